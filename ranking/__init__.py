@@ -1,0 +1,1 @@
+"""The online path: user tower, ANN candidates, item features, LightGBM rerank, top-k; API and HTTP service."""

@@ -1,0 +1,1 @@
+"""Offline jobs: behaviour features, the TorchRec two-tower retriever, the LightGBM reranker, the pipeline."""
