@@ -9,6 +9,7 @@ Each stage writes files that the next stage reads; this module is the one place 
         users.parquet
         events/event_date=YYYY-MM-DD/*.parquet
         images/<item_id>.<ext>
+      incoming/                what `generate` / `import` wrote in the contract's format, before validation
       truth/                   synthetic shops only: ground-truth tastes, for evaluation only
       rejects/                 rows that failed validation, with the reason
       embeddings/              item_embeddings.parquet, written by `vitrine embed`
@@ -59,6 +60,10 @@ class DataDir:
     @property
     def images(self) -> Path:
         return self.shop / "images"
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
 
     @property
     def truth(self) -> Path:
