@@ -1,0 +1,298 @@
+"""The serving side of the LightGBM reranker: load a saved model, score a request's candidates.
+
+A ranker directory holds two files, never a pickle:
+
+    model.txt      the LightGBM booster in LightGBM's own text format
+    ranker.json    the exact ordered feature list, label gains, training lineage and blend defaults
+
+`Reranker.load` refuses a directory whose feature list differs from the one
+`ranking.ranker_features.build_features` produces (ModelUnavailable naming the difference), because
+a booster applied to columns in another order returns confident nonsense.
+
+The final score (`Reranker.score`) blends relevance with conversion; the operator picks the objective:
+
+- `engagement` (default): the LambdaRank score itself. It is trained with graded labels
+  (purchase > add_to_cart > click), so it already prefers items that get bought.
+- `revenue`: expected value = P(relevant) x CVR x (price / reference_price)^alpha, where
+  P(relevant) is the softmax of the LambdaRank scores over the request's candidates (the model's
+  belief about which candidate the user engages with), CVR is the item's smoothed 30-day
+  conversion rate from the feature store, and alpha (>= 0) sets how much price counts: 0 ranks by
+  expected purchases, 1 by expected revenue. Unknown CVR falls back to the training median and an
+  unknown price to the reference price (the training median), so missing data is neutral.
+
+Example:
+    >>> ranker = Reranker.from_registry(DataDir.resolve(), alias="champion")
+    >>> X = build_features(items, user, candidate_ids, retriever_scores)
+    >>> order = np.argsort(-ranker.score(X))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ranking.ranker_features import FEATURE_NAMES
+from vitrine.errors import InvalidInput, ModelUnavailable
+from vitrine.paths import DataDir
+
+MODEL_FILE = "model.txt"
+META_FILE = "ranker.json"
+FORMAT_VERSION = 1
+REGISTERED_MODEL = "vitrine-ranker"
+
+# One thread per scoring call: a request scores a few hundred rows, where OpenMP's thread start-up
+# and synchronisation cost more than they save, and the service runs several requests (workers) in
+# parallel, so extra threads per request would only fight each other for the same cores.
+SERVING_THREADS = 1
+
+Objective = Literal["engagement", "revenue"]
+OBJECTIVES: tuple[str, ...] = ("engagement", "revenue")
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """How `Reranker.score` turns relevance into the final score.
+
+    Args:
+        objective: "engagement" ranks by the LambdaRank score; "revenue" by expected value
+            P(relevant) x CVR x (price / reference_price)^alpha.
+        alpha: price exponent of the revenue objective; 0 = expected purchases, 1 = expected revenue.
+    """
+
+    objective: Objective = "engagement"  # the default serves what users click and buy
+    alpha: float = 1.0  # expected revenue when objective="revenue"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InvalidInput(f"blend objective: {self.objective!r} is not one of {OBJECTIVES}")
+        if not np.isfinite(self.alpha) or self.alpha < 0:
+            raise InvalidInput(f"blend alpha: {self.alpha!r} must be a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class RankerMetadata:
+    """What `ranker.json` records beside the booster.
+
+    Args:
+        feature_names: the exact ordered columns the booster was trained on.
+        label_gain: gain per label grade (index = grade), as passed to LightGBM.
+        reference_price: the price that counts as 1 in the revenue blend (training median).
+        cvr_prior: CVR used when an item's is unknown (training median).
+        best_iteration: the early-stopped iteration used for prediction.
+        lineage: free-form tags (retriever version, feature service, data snapshot, git commit...).
+    """
+
+    feature_names: tuple[str, ...]
+    label_gain: tuple[float, ...]
+    reference_price: float = 1.0
+    cvr_prior: float = 0.0
+    best_iteration: int = 0
+    lineage: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        payload = asdict(self)
+        payload["feature_names"] = list(self.feature_names)
+        payload["label_gain"] = list(self.label_gain)
+        return json.dumps(payload, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: Path) -> "RankerMetadata":
+        try:
+            payload = json.loads(text)
+            return cls(
+                feature_names=tuple(payload["feature_names"]),
+                label_gain=tuple(float(g) for g in payload["label_gain"]),
+                reference_price=float(payload.get("reference_price", 1.0)),
+                cvr_prior=float(payload.get("cvr_prior", 0.0)),
+                best_iteration=int(payload.get("best_iteration", 0)),
+                lineage={str(k): str(v) for k, v in payload.get("lineage", {}).items()},
+                format_version=int(payload.get("format_version", FORMAT_VERSION)),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelUnavailable(f"{source}: not a ranker metadata file ({exc})") from exc
+
+
+def feature_list_difference(saved: tuple[str, ...], expected: tuple[str, ...] = FEATURE_NAMES) -> str | None:
+    """A human description of how `saved` differs from `expected`, None when they are identical."""
+    if tuple(saved) == tuple(expected):
+        return None
+    missing = [name for name in expected if name not in saved]
+    extra = [name for name in saved if name not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {missing}")
+    if extra:
+        parts.append(f"unknown {extra}")
+    if not parts:
+        moved = [f"{name} at {saved.index(name)} (expected {i})" for i, name in enumerate(expected) if saved[i] != name]
+        parts.append(f"same features in another order: {moved[:5]}")
+    return "; ".join(parts)
+
+
+def save_ranker(booster: Any, directory: Path, metadata: RankerMetadata) -> Path:
+    """Write `model.txt` (LightGBM text, best iteration) and `ranker.json` into `directory`.
+
+    Args:
+        booster: a trained `lightgbm.Booster` whose feature names equal `metadata.feature_names`.
+        directory: created when missing; existing files are replaced.
+        metadata: feature list, gains and lineage.
+    """
+    names = tuple(booster.feature_name())
+    difference = feature_list_difference(names, metadata.feature_names)
+    if difference is not None:
+        raise InvalidInput(f"ranker: booster features differ from the metadata: {difference}")
+    directory.mkdir(parents=True, exist_ok=True)
+    iteration = metadata.best_iteration if metadata.best_iteration > 0 else None
+    booster.save_model(str(directory / MODEL_FILE), num_iteration=iteration)
+    (directory / META_FILE).write_text(metadata.to_json() + "\n")
+    return directory
+
+
+class Reranker:
+    """A loaded LightGBM ranker plus its blend: `score(features) -> np.ndarray`.
+
+    Args:
+        booster: the LightGBM booster (loaded from text).
+        metadata: what `ranker.json` says.
+        version: an identifier shown in logs and /metrics (registry version, or a content hash).
+        blend: how relevance and conversion combine (see the module docstring).
+    """
+
+    def __init__(self, booster: Any, metadata: RankerMetadata, version: str, blend: BlendConfig | None = None):
+        self.booster = booster
+        self.metadata = metadata
+        self.version = version
+        self.blend = blend or BlendConfig()
+        self._cvr = FEATURE_NAMES.index("item_cvr_30d")
+        self._price = FEATURE_NAMES.index("item_price")
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.metadata.feature_names
+
+    @classmethod
+    def load(cls, directory: str | Path, blend: BlendConfig | None = None, version: str | None = None) -> "Reranker":
+        """Load `model.txt` + `ranker.json` from `directory`.
+
+        Raises:
+            ModelUnavailable: files missing or unreadable, or a feature list that is not `FEATURE_NAMES`.
+        """
+        import lightgbm
+
+        directory = Path(directory)
+        model_path, meta_path = directory / MODEL_FILE, directory / META_FILE
+        for path in (model_path, meta_path):
+            if not path.is_file():
+                raise ModelUnavailable(f"{path}: missing; train one with `vitrine train ranker`")
+        metadata = RankerMetadata.from_json(meta_path.read_text(), meta_path)
+        difference = feature_list_difference(metadata.feature_names)
+        if difference is not None:
+            raise ModelUnavailable(
+                f"{meta_path}: the model's features differ from the ones this code builds: {difference}; "
+                "retrain with `vitrine train ranker`"
+            )
+        text = model_path.read_text()
+        try:
+            booster = lightgbm.Booster(model_str=text, params={"num_threads": SERVING_THREADS})
+        except lightgbm.basic.LightGBMError as exc:
+            raise ModelUnavailable(f"{model_path}: LightGBM cannot read it ({exc})") from exc
+        booster_difference = feature_list_difference(tuple(booster.feature_name()), metadata.feature_names)
+        if booster_difference is not None:
+            raise ModelUnavailable(f"{model_path}: booster features differ from {meta_path}: {booster_difference}")
+        if version is None:
+            version = "local-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        return cls(booster, metadata, version, blend)
+
+    @classmethod
+    def from_registry(
+        cls, data: DataDir, alias: str = "champion", blend: BlendConfig | None = None, name: str = REGISTERED_MODEL
+    ) -> "Reranker":
+        """Load the registered `vitrine-ranker@alias` (downloaded once into `data/models/ranker/registry/`).
+
+        Raises:
+            ModelUnavailable: no such alias, or its files do not load.
+        """
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from vitrine.tracking import configure
+
+        configure(data)
+        client = mlflow.MlflowClient()
+        try:
+            model_version = client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            raise ModelUnavailable(f"model registry: no {name}@{alias} ({exc.message}); run `vitrine train ranker`") from exc
+        local = data.models / "ranker" / "registry" / f"v{model_version.version}"
+        if not (local / META_FILE).is_file() or not (local / MODEL_FILE).is_file():
+            local.mkdir(parents=True, exist_ok=True)
+            try:
+                mlflow.artifacts.download_artifacts(artifact_uri=model_version.source, dst_path=str(local))
+            except (MlflowException, OSError) as exc:
+                raise ModelUnavailable(f"{name} version {model_version.version}: cannot fetch {model_version.source} ({exc})") from exc
+            nested = local / Path(str(model_version.source).rstrip("/")).name
+            if not (local / META_FILE).is_file() and (nested / META_FILE).is_file():
+                for path in nested.iterdir():
+                    path.replace(local / path.name)
+        return cls.load(local, blend=blend, version=f"{name}/{model_version.version}")
+
+    def with_blend(self, blend: BlendConfig) -> "Reranker":
+        """The same model with another blend (no reload)."""
+        return Reranker(self.booster, self.metadata, self.version, blend)
+
+    def relevance(self, features: np.ndarray) -> np.ndarray:
+        """The LambdaRank score of each row (higher = more relevant), float64 (n,)."""
+        features = self._check(features)
+        if len(features) == 0:
+            return np.empty(0, dtype=np.float64)
+        return np.asarray(self.booster.predict(features, num_threads=SERVING_THREADS), dtype=np.float64)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """The final score of each candidate of ONE request (rows from `build_features`), higher first.
+
+        Args:
+            features: float32 (n, len(feature_names)) for the candidates of a single request
+                (the revenue blend normalises relevance over the request's candidates).
+        """
+        relevance = self.relevance(features)
+        if self.blend.objective == "engagement" or len(relevance) == 0:
+            return relevance
+        return self.expected_value(relevance, features)
+
+    def expected_value(self, relevance: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """P(relevant) x CVR x (price / reference_price)^alpha for one request's candidates."""
+        shifted = np.exp(relevance - relevance.max())
+        p_relevant = shifted / shifted.sum()
+        cvr = features[:, self._cvr].astype(np.float64)
+        cvr = np.where(np.isfinite(cvr) & (cvr > 0), cvr, max(self.metadata.cvr_prior, 1e-6))
+        price = features[:, self._price].astype(np.float64)
+        reference = self.metadata.reference_price if self.metadata.reference_price > 0 else 1.0
+        relative = np.where(np.isfinite(price) & (price > 0), price / reference, 1.0)
+        return p_relevant * cvr * relative**self.blend.alpha
+
+    def _check(self, features: np.ndarray) -> np.ndarray:
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != len(self.feature_names):
+            raise InvalidInput(
+                f"ranker features: shape {features.shape}, expected (n, {len(self.feature_names)}) "
+                f"columns {list(self.feature_names)[:3]}..."
+            )
+        return features
+
+
+__all__ = [
+    "BlendConfig",
+    "FORMAT_VERSION",
+    "REGISTERED_MODEL",
+    "RankerMetadata",
+    "Reranker",
+    "SERVING_THREADS",
+    "feature_list_difference",
+    "save_ranker",
+]
