@@ -160,8 +160,11 @@ class ItemTable:
         n = len(frame)
         numeric = np.full((n, len(ITEM_NUMERIC_COLUMNS)), np.nan, dtype=np.float32)
         for name, col in _COL.items():
-            if name in frame.columns:
-                numeric[:, col] = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            # A read of a service holding both user_stats and item_stats names the shared counts
+            # `item_stats__views_30d` (training.feature_store); the bare name wins when both exist.
+            source = name if name in frame.columns else f"item_stats__{name}"
+            if source in frame.columns:
+                numeric[:, col] = pd.to_numeric(frame[source], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         vectors = frame[embedding_column] if embedding_column in frame.columns else pd.Series([None] * n)
         dims = {len(v) for v in vectors if v is not None and not (isinstance(v, float)) and len(v) > 0}
         if len(dims) > 1:
