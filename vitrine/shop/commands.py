@@ -1,12 +1,138 @@
-"""CLI commands of this stage, registered into `vitrine` by `vitrine.cli`."""
+"""CLI commands of the shop stage, registered into `vitrine` by `vitrine.cli`.
+
+    vitrine generate [--users N --items M --days D --seed S --start YYYY-MM-DD] [--scale]
+    vitrine import amazon-reviews --reviews F --meta F [--images DIR]
+    vitrine ingest [--source DIR] [--append]
+
+Each one ends with `ingest`, so the shop in `data/shop` is always validated, and prints the counts
+(a table, or JSON with `--json`). Invalid rows never fail a command: they go to `data/rejects/`.
+A file that is unusable as a whole exits 2 (`UnusableFile`), through `vitrine.cli`.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import shutil
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vitrine.options import DataDirOption, JsonOption, data_dir
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
+    from vitrine.shop.ingest import IngestReport
+
+out = Console()
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    # Plain print, not rich: JSON output must stay machine-readable (no wrapping, no markup).
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def _counts_table(title: str, counts: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in counts.items():
+        shown = f"{value:,}" if isinstance(value, int) else f"{value:.3f}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
+    return table
+
+
+def _print_ingest(report: "IngestReport") -> None:
+    out.print(report.to_table())
+
+
+def generate(
+    users: Annotated[Optional[int], typer.Option(help="Users (default: the preset's).", min=1)] = None,
+    items: Annotated[Optional[int], typer.Option(help="Items (default: the preset's).", min=1)] = None,
+    days: Annotated[Optional[int], typer.Option(help="Days of events (default: the preset's).", min=1)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed; a seed gives the same shop.")] = None,
+    start: Annotated[Optional[str], typer.Option(help="First day of events, YYYY-MM-DD (UTC).")] = None,
+    scale: Annotated[bool, typer.Option("--scale", help="Start from the benchmark preset (1M users, 100k items, 20M+ events).")] = False,
+    data_dir_option: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate the synthetic multimodal shop, validate it and store it in the data dir."""
+    # Imported here: the generator is heavy and only this command needs it.
+    from vitrine.errors import InvalidInput
+    from vitrine.shop.generate import DEMO, SCALE, generate_shop
+    from vitrine.shop.ingest import ingest
+
+    base = SCALE if scale else DEMO
+    spec = replace(
+        base,
+        users=base.users if users is None else users,
+        items=base.items if items is None else items,
+        days=base.days if days is None else days,
+        seed=base.seed if seed is None else seed,
+    )
+    if start is not None:
+        try:
+            spec = replace(spec, start=date.fromisoformat(start))
+        except ValueError as exc:
+            raise InvalidInput(f"--start {start!r}: not a YYYY-MM-DD date") from exc
+    data = data_dir(data_dir_option)
+    # incoming/ is a staging area: leftovers of an earlier import would be ingested with the new shop.
+    if data.incoming.exists():
+        shutil.rmtree(data.incoming)
+    summary = generate_shop(data, spec, progress=not as_json)
+    report = ingest(data)
+    if as_json:
+        _print_json({"generate": summary, "ingest": report.to_dict()})
+        return
+    out.print(_counts_table(f"generated shop (seed {spec.seed})", summary))
+    _print_ingest(report)
+
+
+def ingest_command(
+    source: Annotated[Optional[Path], typer.Option(help="Dir with the contract files (default: <data-dir>/incoming).")] = None,
+    append: Annotated[bool, typer.Option("--append", help="Add to the stored shop: upsert items/users, replace only the event days given.")] = False,
+    data_dir_option: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate a shop in the data contract and store it; invalid rows go to <data-dir>/rejects/."""
+    from vitrine.shop.ingest import ingest
+
+    report = ingest(data_dir(data_dir_option), source, append=append)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        _print_ingest(report)
+
+
+def amazon_reviews(
+    reviews: Annotated[Path, typer.Option(help="Reviews JSON-lines, e.g. Gift_Cards_5.json.")],
+    meta: Annotated[Path, typer.Option(help="Metadata JSON-lines, e.g. meta_Gift_Cards.json.")],
+    images: Annotated[Optional[Path], typer.Option(help="Dir of <asin>.jpg product photos.")] = None,
+    data_dir_option: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Import an Amazon Reviews 2018 shop (a review counts as a purchase), validate it and store it."""
+    from vitrine.shop.amazon import import_amazon_reviews
+
+    result = import_amazon_reviews(data_dir(data_dir_option), reviews, meta, images)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    out.print(_counts_table("converted from Amazon Reviews 2018", result.to_dict()["converted"]))
+    for bad in result.bad_lines[:5]:
+        out.print(f"[yellow]{bad.file}:{bad.line}[/] {bad.reason}: {bad.problem}", highlight=False)
+    if result.ingest is not None:
+        _print_ingest(result.ingest)
 
 
 def register(cli: "Groups") -> None:
     """Add this stage's commands to the `vitrine` CLI."""
+    cli.root.command("generate")(generate)
+    cli.root.command("ingest")(ingest_command)
+    imports = typer.Typer(help="Import a real shop into the data contract.", no_args_is_help=True)
+    imports.command("amazon-reviews")(amazon_reviews)
+    cli.root.add_typer(imports, name="import")

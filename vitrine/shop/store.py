@@ -33,28 +33,94 @@ def write_users(data: DataDir, users: pd.DataFrame) -> None:
 
 def write_events(data: DataDir, events: pd.DataFrame) -> None:
     """Replace all events with `events`, partitioned by UTC day."""
-    if data.events.exists():
-        shutil.rmtree(data.events)
-    append_events(data, events)
+    with EventWriter(data, append=False) as writer:
+        writer.write(events)
 
 
 def append_events(data: DataDir, events: pd.DataFrame) -> None:
     """Add events; days already stored are replaced whole, other days are left untouched."""
-    if events.empty:
-        return
-    frame = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    frame[PARTITION] = frame["timestamp"].dt.strftime("%Y-%m-%d")
-    for day in frame[PARTITION].unique():
-        part = data.events / f"{PARTITION}={day}"
-        if part.exists():
-            shutil.rmtree(part)
-    data.events.mkdir(parents=True, exist_ok=True)
-    pq.write_to_dataset(
-        pa.Table.from_pandas(frame, preserve_index=False),
-        root_path=str(data.events),
-        partition_cols=[PARTITION],
-        basename_template="part-{i}.parquet",
-    )
+    with EventWriter(data, append=True) as writer:
+        writer.write(events)
+
+
+class EventWriter:
+    """Writes events batch by batch into a staging folder, then publishes them in one step.
+
+    Batches bound memory when ingesting tens of millions of events; staging means a failure half way
+    leaves the stored events as they were. On `publish`, `append=False` replaces every event;
+    `append=True` replaces only the days present in the batches and leaves other days' files untouched.
+
+    Example:
+        >>> with EventWriter(data, append=True) as writer:
+        ...     for batch in batches:
+        ...         writer.write(batch)
+        >>> # published on leaving the block; discarded if it raised
+    """
+
+    def __init__(self, data: DataDir, *, append: bool) -> None:
+        self.data = data
+        self.append = append
+        self.staging = data.shop / ".events-staging"
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        self._schema: pa.Schema | None = None
+        self._batches = 0
+
+    def write(self, events: pd.DataFrame) -> None:
+        """Stage one batch (any days, any order)."""
+        if events.empty:
+            return
+        frame = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
+        # strftime per row is slow at scale; format each distinct day once.
+        codes, days = pd.factorize(frame["timestamp"].dt.floor("D"), sort=True)
+        frame[PARTITION] = pd.Index(days.strftime("%Y-%m-%d"))[codes]
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._schema is None:
+            self._schema = table.schema
+        elif table.schema != self._schema:
+            # Later batches follow the first one's types, so that the dataset reads as one table.
+            table = table.select(self._schema.names).cast(self._schema)
+        pq.write_to_dataset(
+            table,
+            root_path=str(self.staging),
+            partition_cols=[PARTITION],
+            basename_template=f"part-{self._batches:05d}-{{i}}.parquet",
+        )
+        self._batches += 1
+
+    def publish(self) -> list[str]:
+        """Move the staged days into the store; returns them, sorted."""
+        if not self.staging.exists():
+            if not self.append and self.data.events.exists():
+                shutil.rmtree(self.data.events)
+            return []
+        days = sorted(self.staging.glob(f"{PARTITION}=*"))
+        if not self.append:
+            if self.data.events.exists():
+                shutil.rmtree(self.data.events)
+            self.staging.replace(self.data.events)
+        else:
+            self.data.events.mkdir(parents=True, exist_ok=True)
+            for day in days:
+                target = self.data.events / day.name
+                if target.exists():
+                    shutil.rmtree(target)
+                day.replace(target)
+            shutil.rmtree(self.staging)
+        return [day.name.split("=", 1)[1] for day in days]
+
+    def discard(self) -> None:
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+
+    def __enter__(self) -> "EventWriter":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.publish()
+        else:
+            self.discard()
 
 
 def utc(moment: datetime | str | pd.Timestamp) -> pd.Timestamp:

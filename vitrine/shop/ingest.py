@@ -1,0 +1,669 @@
+"""Validation of a shop in the data contract, and its canonical storage.
+
+`ingest` reads the contract files a shop brings (`items`, `events`, optional `users`, as Parquet or
+CSV, plus images), checks every row against the pandera schemas in `vitrine.shop.contract` and the
+cross-table rules, and writes what passes to `DataDir.shop` (see `vitrine.shop.store`).
+
+Nothing is dropped silently. Every problem becomes one row of `DataDir.rejects/<table>.parquet`:
+the row's original columns as text, plus
+
+    reject_file    the source file, relative to the source dir (e.g. `events/part-003.csv`)
+    reject_row     1-based data row in that file (the CSV header line is not counted)
+    reject_field   the column at fault
+    reject_value   its value as text (None when missing)
+    reject_reason  one of REASONS
+
+A row with several problems has one reject row per problem and is counted once as rejected.
+Image problems are the one exception to "an invalid row is dropped": the item is kept with
+`image_path` null (every later stage copes with items without images) and still gets a reject row.
+
+Whole-file problems (no such file, unreadable, a required column missing, a column whose values
+cannot be read as its type at all) raise `UnusableFile` before anything is written, so a failed
+ingest leaves the previous canonical shop as it was.
+
+Example:
+    >>> from vitrine.paths import DataDir
+    >>> report = ingest(DataDir.resolve("data"))          # reads data/incoming/
+    >>> report.tables["events"].accepted
+    412734
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import shutil
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow as pyarrow
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from PIL import Image
+from rich.table import Table
+
+from vitrine.errors import InvalidInput, UnusableFile
+from vitrine.paths import DataDir
+from vitrine.shop import contract, store
+
+# Rows validated at once. Bounds memory at 20M+ events (one chunk of ~10 object columns is
+# about 1 GB at peak) while keeping pandera's fixed per-call cost negligible (~1.3 s per 1M rows).
+EVENT_CHUNK_ROWS = 1_000_000
+# Threads that decode images. PIL releases the GIL while decoding, so a few threads overlap
+# file reads and decoding without starving the other work on a 2-core machine.
+IMAGE_WORKERS = 4
+# Longest reject_value kept, so that a garbage megabyte-long cell does not bloat the rejects file.
+MAX_REJECT_VALUE_CHARS = 500
+
+# Why a row was rejected (reject_reason). The README lists them with what to fix.
+MISSING_VALUE = "missing_value"  # a required field is empty
+UNKNOWN_EVENT_TYPE = "unknown_event_type"  # event_type not in contract.EVENT_TYPES
+UNKNOWN_ITEM = "unknown_item"  # an event's item_id is not an accepted item
+UNPARSABLE_TIMESTAMP = "unparsable_timestamp"  # timestamp / created_at / signup_at is not a date
+NOT_A_NUMBER = "not_a_number"  # price / quantity is not a number
+NON_POSITIVE_PRICE = "non_positive_price"  # price <= 0
+INVALID_QUANTITY = "invalid_quantity"  # quantity < 1
+DUPLICATE_ID = "duplicate_id"  # item_id / user_id seen on an earlier row (the first one is kept)
+IMAGE_MISSING = "image_missing"  # image_path names no file inside the source dir (item kept)
+IMAGE_CORRUPT = "image_corrupt"  # the file does not decode as an image (item kept)
+REASONS = (
+    MISSING_VALUE, UNKNOWN_EVENT_TYPE, UNKNOWN_ITEM, UNPARSABLE_TIMESTAMP, NOT_A_NUMBER,
+    NON_POSITIVE_PRICE, INVALID_QUANTITY, DUPLICATE_ID, IMAGE_MISSING, IMAGE_CORRUPT,
+)
+# Reasons that flag a row but keep it (with the field nulled).
+KEEP_ROW_REASONS = frozenset({IMAGE_MISSING, IMAGE_CORRUPT})
+
+REJECT_COLUMNS = ("reject_file", "reject_row", "reject_field", "reject_value", "reject_reason")
+TABLES = ("items", "users", "events")
+FORMATS = (".parquet", ".csv")
+
+
+@dataclass
+class TableReport:
+    """Counts for one table of one ingest."""
+
+    table: str
+    files: list[str] = field(default_factory=list)  # source files read, relative to the source dir
+    read: int = 0  # data rows read
+    accepted: int = 0  # rows written to the canonical shop
+    rejected: int = 0  # rows dropped (each has at least one reject row)
+    reasons: Counter[str] = field(default_factory=Counter)  # reject rows by reason (kept rows included)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files, "read": self.read, "accepted": self.accepted,
+            "rejected": self.rejected, "reasons": dict(sorted(self.reasons.items())),
+        }
+
+
+@dataclass
+class IngestReport:
+    """What one `ingest` read, accepted and rejected; prints as a rich table or JSON."""
+
+    source: Path
+    shop: Path
+    rejects: Path
+    append: bool
+    tables: dict[str, TableReport]
+    images: int = 0  # images copied or linked into the shop
+    event_days: list[str] = field(default_factory=list)  # UTC days whose partitions were written
+
+    @property
+    def problems(self) -> int:
+        """Reject rows written, over all tables."""
+        return sum(sum(t.reasons.values()) for t in self.tables.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source), "shop": str(self.shop), "rejects": str(self.rejects),
+            "append": self.append, "images": self.images,
+            "event_days": {"count": len(self.event_days), "first": self.event_days[0] if self.event_days else None,
+                           "last": self.event_days[-1] if self.event_days else None},
+            "tables": {name: report.to_dict() for name, report in self.tables.items()},
+        }
+
+    def to_table(self) -> Table:
+        table = Table(title=f"ingest {self.source} -> {self.shop}")
+        for column in ("table", "read", "accepted", "rejected", "reject rows by reason"):
+            table.add_column(column, justify="left" if column in ("table", "reject rows by reason") else "right")
+        for name, report in self.tables.items():
+            reasons = ", ".join(f"{reason} {count:,}" for reason, count in sorted(report.reasons.items()))
+            table.add_row(name, f"{report.read:,}", f"{report.accepted:,}", f"{report.rejected:,}", reasons or "-")
+        table.caption = (
+            f"{self.images:,} images, {len(self.event_days)} event days"
+            + (f" ({self.event_days[0]} .. {self.event_days[-1]})" if self.event_days else "")
+            + (f"; reject rows in {self.rejects}" if self.problems else "")
+        )
+        return table
+
+
+def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -> IngestReport:
+    """Validate the contract files in `source` and write what passes to the canonical shop.
+
+    Args:
+        data: the data dir; the shop goes to `data.shop`, reject rows to `data.rejects`.
+        source: dir holding `items.{parquet,csv}`, `events.{parquet,csv}` or an `events/` folder of
+            Parquet/CSV parts, optional `users.{parquet,csv}`, and the images that `image_path` names
+            (relative to `source`). Defaults to `data.incoming`.
+        append: add to the existing shop instead of replacing it: items and users are upserted by
+            id, event days present in `source` replace those days (other days are not rewritten),
+            and `items` may be absent (events may refer to items already in the shop).
+
+    Returns:
+        The counts per table; `report.to_table()` / `report.to_dict()` print them.
+
+    Raises:
+        UnusableFile: a file is missing, unreadable, lacks a required column, or has a column whose
+            values cannot be read as its type at all. Nothing has been written then.
+
+    Example:
+        >>> report = ingest(DataDir.resolve("data"), Path("exports/2024-06-01"), append=True)
+        >>> report.tables["events"].reasons
+        Counter({'unknown_item': 3})
+    """
+    source = (source or data.incoming).resolve()
+    if not source.is_dir():
+        raise InvalidInput(f"{source}: no such directory to ingest")
+    if source == data.shop or data.shop in source.parents:
+        raise InvalidInput(f"{source}: is the canonical shop itself; ingest reads a copy in the contract format")
+    reports = {name: TableReport(name) for name in TABLES}
+    rejects = RejectWriter(data.rejects)
+
+    items_file = _one_file(source, "items", required=not append)
+    users_file = _one_file(source, "users", required=False)
+    event_files = _event_files(source)
+    # Whole-file problems first, so that a failed ingest writes nothing.
+    for path in [items_file, users_file, *event_files]:
+        if path is not None:
+            _check_columns(path, source, _schema_for(path, source))
+
+    items = pd.DataFrame()
+    if items_file is not None:
+        items = _validate_table(items_file, source, contract.ITEMS, reports["items"], rejects)
+        items = _drop_duplicates(items, "item_id", items_file, source, reports["items"], rejects)
+    users = None
+    if users_file is not None:
+        users = _validate_table(users_file, source, contract.USERS, reports["users"], rejects)
+        users = _drop_duplicates(users, "user_id", users_file, source, reports["users"], rejects)
+
+    known_items = set(items["item_id"]) if items_file is not None else set()
+    if append and data.items.exists():
+        known_items |= set(store.read_items(data)["item_id"])
+
+    writer = store.EventWriter(data, append=append)
+    try:
+        for path in event_files:
+            reports["events"].files.append(_relative(path, source))
+            for offset, chunk in _chunks(path, source):
+                events = _validate_chunk(chunk, offset, path, source, contract.EVENTS, reports["events"], rejects,
+                                         known_items=known_items)
+                writer.write(events)
+        image_count = 0
+        if items_file is not None:
+            items, image_count = _place_images(items, items_file, source, data, append, reports["items"], rejects)
+    except BaseException:
+        writer.discard()
+        rejects.discard()
+        raise
+
+    # Everything validated: publish. Events first (the largest), then the tables that name them.
+    days = writer.publish()
+    if items_file is not None:
+        items = _canonical(items, contract.ITEMS)
+        if append and data.items.exists():
+            old = store.read_items(data)
+            items = pd.concat([old[~old["item_id"].isin(items["item_id"])], items], ignore_index=True)
+        store.write_items(data, items)
+    if users is not None:
+        users = _canonical(users, contract.USERS)
+        if append and data.users.exists():
+            old = store.read_users(data)
+            users = pd.concat([old[~old["user_id"].isin(users["user_id"])], users], ignore_index=True)
+        store.write_users(data, users)
+    rejects.publish([name for name in TABLES if name != "users" or users_file is not None])
+    return IngestReport(source, data.shop, data.rejects, append, reports, image_count, days)
+
+
+# --- finding and reading files -------------------------------------------------------------------
+
+
+def _one_file(source: Path, table: str, *, required: bool) -> Path | None:
+    found = [source / f"{table}{suffix}" for suffix in FORMATS if (source / f"{table}{suffix}").is_file()]
+    if len(found) > 1:
+        raise UnusableFile(f"{source}: both {found[0].name} and {found[1].name}; keep one")
+    if not found and required:
+        raise UnusableFile(f"{source}: no {table}.parquet or {table}.csv")
+    return found[0] if found else None
+
+
+def _event_files(source: Path) -> list[Path]:
+    single = _one_file(source, "events", required=False)
+    folder = source / "events"
+    parts = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in FORMATS) if folder.is_dir() else []
+    if single is not None and parts:
+        raise UnusableFile(f"{source}: both {single.name} and an events/ folder; keep one")
+    if single is None and not parts:
+        raise UnusableFile(f"{source}: no events.parquet, events.csv or events/ folder of .parquet/.csv parts")
+    return [single] if single is not None else parts
+
+
+def _schema_for(path: Path, source: Path) -> pa.DataFrameSchema:
+    name = _relative(path, source).split("/")[0].split(".")[0]
+    return {"items": contract.ITEMS, "users": contract.USERS, "events": contract.EVENTS}[name]
+
+
+def _relative(path: Path, source: Path) -> str:
+    return path.relative_to(source).as_posix()
+
+
+def _columns(path: Path, source: Path) -> list[str]:
+    try:
+        if path.suffix == ".parquet":
+            return list(pq.read_schema(path).names)
+        with path.open(newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, pyarrow.ArrowException, csv.Error) as exc:
+        raise UnusableFile(f"{_relative(path, source)}: unreadable ({exc})") from exc
+
+
+def _check_columns(path: Path, source: Path, schema: pa.DataFrameSchema) -> None:
+    columns = _columns(path, source)
+    missing = [name for name, column in schema.columns.items() if column.required and name not in columns]
+    if missing:
+        raise UnusableFile(
+            f"{_relative(path, source)}: required column {', '.join(repr(m) for m in missing)} missing "
+            f"(columns present: {', '.join(columns) or 'none'})"
+        )
+
+
+def _read_whole(path: Path, source: Path) -> pyarrow.Table:
+    return pyarrow.concat_tables([chunk for _, chunk in _chunks(path, source)]) if path.stat().st_size else pyarrow.table({})
+
+
+def _chunks(path: Path, source: Path) -> Iterator[tuple[int, pyarrow.Table]]:
+    """(row offset, table) pieces of at most about EVENT_CHUNK_ROWS rows; CSV cells stay text."""
+    try:
+        if path.suffix == ".parquet":
+            reader = pq.ParquetFile(path)
+            batches: Iterator[pyarrow.RecordBatch] = reader.iter_batches(batch_size=EVENT_CHUNK_ROWS)
+            schema = reader.schema_arrow
+        else:
+            # Every CSV cell is read as text: ids like "00123" stay ids and bad values stay visible.
+            columns = _columns(path, source)
+            stream = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=64 << 20),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pyarrow.string() for name in columns},
+                    strings_can_be_null=True, quoted_strings_can_be_null=True,
+                ),
+            )
+            batches, schema = iter(stream), stream.schema
+        offset, pending, pending_rows = 0, [], 0
+        for batch in batches:
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            if pending_rows >= EVENT_CHUNK_ROWS:
+                yield offset, pyarrow.Table.from_batches(pending, schema=schema)
+                offset, pending, pending_rows = offset + pending_rows, [], 0
+        if pending or offset == 0:
+            yield offset, pyarrow.Table.from_batches(pending, schema=schema)
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise UnusableFile(f"{_relative(path, source)}: unreadable ({exc})") from exc
+
+
+# --- validating rows -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Problem:
+    row: int  # 0-based position in the chunk
+    field: str
+    value: str | None
+    reason: str
+
+
+def _kind(column: pa.Column) -> str:
+    dtype = str(column.dtype)
+    return "timestamp" if dtype.startswith("datetime") else "number" if dtype.startswith("float") else "text"
+
+
+def _coerce(table: pyarrow.Table, schema: pa.DataFrameSchema, path: Path, source: Path) -> tuple[pd.DataFrame, list[_Problem]]:
+    """The chunk as pandas with contract columns in their contract types, and the values that did not parse."""
+    columns: dict[str, pd.Series] = {}
+    problems: list[_Problem] = []
+    for name in table.column_names:
+        if name not in schema.columns:
+            columns[name] = table.column(name).to_pandas()
+            continue
+        column = schema.columns[name]
+        raw = table.column(name)
+        if pyarrow.types.is_dictionary(raw.type):
+            raw = raw.cast(raw.type.value_type)
+        kind = _kind(column)
+        where = f"{_relative(path, source)}: column {name!r}"
+        if kind == "text":
+            columns[name] = _text(raw, where)
+            continue
+        if kind == "number":
+            values, text = _number(raw, where)
+            reason = NOT_A_NUMBER
+        else:
+            values, text = _timestamp(raw, where)
+            reason = UNPARSABLE_TIMESTAMP
+        columns[name] = values
+        if text is not None:
+            given = text.notna() & (text.str.strip() != "")
+            failed = given & values.isna()
+            if failed.any() and failed.sum() == given.sum() and given.sum() > 1:
+                sample = text[failed].iloc[0]
+                raise UnusableFile(f"{where} cannot be read as {kind} (no value parses, e.g. {sample!r})")
+            problems += [_Problem(int(i), name, text.iat[i], reason) for i in failed.to_numpy().nonzero()[0]]
+    frame = pd.DataFrame({name: series.reset_index(drop=True) for name, series in columns.items()}, index=pd.RangeIndex(table.num_rows))
+    return frame, problems
+
+
+def _text(raw: pyarrow.ChunkedArray, where: str) -> pd.Series:
+    if pyarrow.types.is_nested(raw.type):
+        raise UnusableFile(f"{where} holds {raw.type}, not text")
+    if not (pyarrow.types.is_string(raw.type) or pyarrow.types.is_large_string(raw.type)):
+        raw = raw.cast(pyarrow.string())
+    # Surrounding blanks are noise in every text field; an empty field is a missing one.
+    trimmed = pc.utf8_trim_whitespace(raw)
+    trimmed = pc.if_else(pc.equal(trimmed, ""), pyarrow.scalar(None, pyarrow.string()), trimmed)
+    return trimmed.to_pandas()
+
+
+def _number(raw: pyarrow.ChunkedArray, where: str) -> tuple[pd.Series, pd.Series | None]:
+    if pyarrow.types.is_integer(raw.type) or pyarrow.types.is_floating(raw.type) or pyarrow.types.is_null(raw.type):
+        return raw.cast(pyarrow.float64()).to_pandas(), None
+    if pyarrow.types.is_string(raw.type) or pyarrow.types.is_large_string(raw.type):
+        text = raw.to_pandas()
+        return pd.to_numeric(text.str.strip(), errors="coerce").astype("float64"), text
+    raise UnusableFile(f"{where} holds {raw.type}, not numbers")
+
+
+def _timestamp(raw: pyarrow.ChunkedArray, where: str) -> tuple[pd.Series, pd.Series | None]:
+    kind = raw.type
+    if pyarrow.types.is_timestamp(kind) or pyarrow.types.is_date(kind):
+        # Naive timestamps are taken to be UTC already, as the contract says.
+        values = pd.to_datetime(raw.to_pandas(), utc=True).astype(contract.UTC_TIMESTAMP)
+        return values, None
+    if pyarrow.types.is_null(kind):
+        return pd.Series(pd.NaT, index=range(len(raw)), dtype=contract.UTC_TIMESTAMP), None
+    if pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind):
+        text = raw.to_pandas()
+        values = pd.to_datetime(text.str.strip(), utc=True, errors="coerce", format="ISO8601")
+        return values.astype(contract.UTC_TIMESTAMP), text
+    # Numbers are refused rather than guessed: seconds, milliseconds and nanoseconds all look alike.
+    raise UnusableFile(f"{where} holds {kind}; write ISO 8601 text (2024-05-01T12:00:00Z) or a timestamp type")
+
+
+# pandera check name -> reject reason; the rest of the check names are the schema's own.
+_CHECK_REASONS = {
+    "not_nullable": MISSING_VALUE,
+    "str_length": MISSING_VALUE,
+    "isin": UNKNOWN_EVENT_TYPE,
+    "greater_than": NON_POSITIVE_PRICE,
+    "greater_than_or_equal_to": INVALID_QUANTITY,
+}
+
+
+_CHECKS_ONLY: dict[str, pa.DataFrameSchema] = {}
+
+
+def _checks_only(schema: pa.DataFrameSchema) -> pa.DataFrameSchema:
+    """`schema` without coercion and uniqueness, which `_coerce` and `_drop_duplicates` do instead."""
+    if str(schema.name) not in _CHECKS_ONLY:
+        checks = schema.update_columns({name: {"coerce": False, "unique": False} for name in schema.columns})
+        checks.coerce = False
+        _CHECKS_ONLY[str(schema.name)] = checks
+    return _CHECKS_ONLY[str(schema.name)]
+
+
+def _schema_problems(frame: pd.DataFrame, schema: pa.DataFrameSchema, skip: set[tuple[int, str]]) -> list[_Problem]:
+    """Every row-level failure pandera finds (lazy: all of them, not just the first)."""
+    # Coercion is done by `_coerce`, which tells unparsable from missing; uniqueness by `_drop_duplicates`,
+    # which keeps the first row of an id.
+    checks = _checks_only(schema)
+    try:
+        with warnings.catch_warnings():
+            # pandera's own failure-case concat trips a pandas FutureWarning; it is not ours to fix.
+            warnings.simplefilter("ignore", FutureWarning)
+            checks.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    else:
+        return []
+    problems = []
+    for case in cases.itertuples(index=False):
+        if pd.isna(case.index):
+            raise UnusableFile(f"column {case.column!r}: {case.check} ({case.failure_case})")
+        if (int(case.index), str(case.column)) in skip:
+            continue
+        check = str(case.check).split("(")[0]
+        reason = _CHECK_REASONS.get(check, check)
+        value = None if pd.isna(case.failure_case) else str(case.failure_case)
+        problems.append(_Problem(int(case.index), str(case.column), value, reason))
+    return problems
+
+
+def _validate_chunk(
+    table: pyarrow.Table, offset: int, path: Path, source: Path, schema: pa.DataFrameSchema,
+    report: TableReport, rejects: RejectWriter, *, known_items: set[str] | None = None,
+) -> pd.DataFrame:
+    """The valid rows of one chunk, in contract types; the invalid ones go to `rejects`."""
+    frame, problems = _coerce(table, schema, path, source)
+    skip = {(p.row, p.field) for p in problems}
+    problems += _schema_problems(frame, schema, skip)
+    if known_items is not None:
+        ids = frame["item_id"]
+        unknown = ids.notna() & ~ids.isin(known_items)
+        problems += [_Problem(int(i), "item_id", ids.iat[i], UNKNOWN_ITEM) for i in unknown.to_numpy().nonzero()[0]]
+    dropped = sorted({p.row for p in problems})
+    report.read += len(frame)
+    report.rejected += len(dropped)
+    report.reasons.update(p.reason for p in problems)
+    rejects.add(report.table, table, problems, offset, _relative(path, source))
+    keep = pd.Series(True, index=frame.index)
+    keep.iloc[dropped] = False
+    valid = _canonical(frame[keep.to_numpy()].reset_index(drop=True), schema)
+    report.accepted += len(valid)
+    return valid
+
+
+def _validate_table(path: Path, source: Path, schema: pa.DataFrameSchema, report: TableReport, rejects: RejectWriter) -> pd.DataFrame:
+    report.files.append(_relative(path, source))
+    table = _read_whole(path, source)
+    frame = _validate_chunk(table, 0, path, source, schema, report, rejects)
+    # Remember each row's place in the file for the reject rows that come later (duplicates, images).
+    keep_rows = _surviving_rows(table.num_rows, rejects.rows_for(report.table, _relative(path, source)))
+    frame["_source_row"] = keep_rows
+    rejects.keep_source(report.table, _relative(path, source), table)
+    return frame
+
+
+def _surviving_rows(total: int, rejected: set[int]) -> np.ndarray:
+    return np.setdiff1d(np.arange(total), np.fromiter(rejected, dtype=np.int64, count=len(rejected)))
+
+
+def _drop_duplicates(frame: pd.DataFrame, key: str, path: Path, source: Path, report: TableReport, rejects: RejectWriter) -> pd.DataFrame:
+    """Keep the first valid row of each id; later ones are rejected as duplicates."""
+    duplicated = frame[key].duplicated(keep="first")
+    if duplicated.any():
+        dup = frame[duplicated]
+        problems = [_Problem(int(row), key, value, DUPLICATE_ID) for row, value in zip(dup["_source_row"], dup[key])]
+        rejects.add_from_source(report.table, _relative(path, source), problems)
+        report.rejected += len(problems)
+        report.accepted -= len(problems)
+        report.reasons[DUPLICATE_ID] += len(problems)
+    return frame[~duplicated].reset_index(drop=True)
+
+
+def _canonical(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """Contract columns first, in contract types (absent optional ones as nulls), then extra columns."""
+    out = pd.DataFrame(index=frame.index)
+    for name, column in schema.columns.items():
+        kind = _kind(column)
+        if name in frame:
+            out[name] = frame[name]
+        elif kind == "timestamp":
+            out[name] = pd.Series(pd.NaT, index=frame.index, dtype=contract.UTC_TIMESTAMP)
+        elif kind == "number":
+            out[name] = pd.Series(float("nan"), index=frame.index, dtype="float64")
+        else:
+            out[name] = pd.Series(None, index=frame.index, dtype=object)
+    for name in frame.columns:
+        if name not in out:
+            out[name] = frame[name]
+    return out
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def _image_problem(path: Path, source: Path) -> str | None:
+    """None when `path` is a decodable image inside `source`, else the reject reason."""
+    if source not in path.parents or not path.is_file():
+        return IMAGE_MISSING
+    try:
+        # verify() checks structure without decoding; load() then decodes the pixels (truncated files fail here).
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except Exception:  # PIL raises many unrelated types for bad files; every one means "not an image"
+        return IMAGE_CORRUPT
+    return None
+
+
+def _image_name(item_id: str, suffix: str) -> str:
+    """A file name for the item's image: the id itself when it is file-safe, else a safe form plus a hash."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", item_id)
+    if safe != item_id or safe.startswith("."):
+        safe = f"{safe.lstrip('.')}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"
+    return f"{safe}{suffix.lower()}"
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put `src` at `dst`: a hard link when both are on one file system (no second copy), else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _place_images(
+    items: pd.DataFrame, path: Path, source: Path, data: DataDir, append: bool, report: TableReport, rejects: RejectWriter,
+) -> tuple[pd.DataFrame, int]:
+    """Check each item's image, copy the good ones into the shop and point image_path at the copy."""
+    items = items.copy()
+    given = items["image_path"].notna() if "image_path" in items else pd.Series(False, index=items.index)
+    candidates = [(i, (source / str(items.at[i, "image_path"])).resolve()) for i in items.index[given]]
+    with ThreadPoolExecutor(IMAGE_WORKERS) as pool:
+        verdicts = list(pool.map(lambda pair: _image_problem(pair[1], source), candidates))
+    staging = data.shop / ".images-staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    problems, placed = [], {}
+    for (i, image), verdict in zip(candidates, verdicts):
+        if verdict is not None:
+            problems.append(_Problem(int(items.at[i, "_source_row"]), "image_path", str(items.at[i, "image_path"]), verdict))
+            continue
+        name = _image_name(str(items.at[i, "item_id"]), image.suffix)
+        link_or_copy(image, staging / name)
+        placed[i] = f"{data.images.name}/{name}"
+    rejects.add_from_source(report.table, _relative(path, source), problems)
+    report.reasons.update(p.reason for p in problems)
+    if "image_path" in items:
+        items["image_path"] = pd.Series(placed, dtype=object).reindex(items.index)
+    # Swap the new images in: replacing the folder, or adding to it when appending.
+    if not append and data.images.exists():
+        shutil.rmtree(data.images)
+    data.images.mkdir(parents=True, exist_ok=True)
+    for image in staging.iterdir():
+        image.replace(data.images / image.name)
+    shutil.rmtree(staging)
+    return items.drop(columns="_source_row"), len(placed)
+
+
+# --- reject rows ---------------------------------------------------------------------------------
+
+
+class RejectWriter:
+    """Collects reject rows per table and writes `rejects/<table>.parquet` once the ingest succeeds."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._frames: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+        self._rows: dict[tuple[str, str], set[int]] = {}
+        self._sources: dict[tuple[str, str], pyarrow.Table] = {}
+
+    def add(self, table: str, chunk: pyarrow.Table, problems: list[_Problem], offset: int, file: str) -> None:
+        """Reject rows for `problems` found in `chunk` (rows 0-based within the chunk, which starts at `offset`)."""
+        self._rows.setdefault((table, file), set()).update(p.row + offset for p in problems)
+        if not problems:
+            return
+        rows = [p.row for p in problems]
+        original = _as_text(chunk.take(pyarrow.array(rows, pyarrow.int64())))
+        original["reject_file"] = file
+        original["reject_row"] = [row + offset + 1 for row in rows]
+        original["reject_field"] = [p.field for p in problems]
+        # The value as the file holds it (before trimming or parsing), so that it can be found there.
+        values = [original.at[i, p.field] if p.field in original else p.value for i, p in enumerate(problems)]
+        original["reject_value"] = [None if v is None or v is pd.NA else str(v)[:MAX_REJECT_VALUE_CHARS] for v in values]
+        original["reject_reason"] = [p.reason for p in problems]
+        self._frames[table].append(original)
+
+    def rows_for(self, table: str, file: str) -> set[int]:
+        return self._rows.get((table, file), set())
+
+    def keep_source(self, table: str, file: str, chunk: pyarrow.Table) -> None:
+        """Keep a whole (small) file, so that later checks can quote its rows."""
+        self._sources[(table, file)] = chunk
+
+    def add_from_source(self, table: str, file: str, problems: list[_Problem]) -> None:
+        self.add(table, self._sources[(table, file)], problems, 0, file)
+
+    def discard(self) -> None:
+        self._frames = {name: [] for name in TABLES}
+
+    def publish(self, tables: list[str]) -> None:
+        """Replace `rejects/<table>.parquet` for each of `tables` (removed when the table has none)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for table in tables:
+            target = self.folder / f"{table}.parquet"
+            frames = self._frames[table]
+            if not frames:
+                target.unlink(missing_ok=True)
+                continue
+            frame = pd.concat(frames, ignore_index=True).sort_values(["reject_file", "reject_row"], kind="stable")
+            columns = [c for c in frame.columns if c not in REJECT_COLUMNS] + list(REJECT_COLUMNS)
+            frame[columns].to_parquet(target, index=False)
+
+
+def _as_text(chunk: pyarrow.Table) -> pd.DataFrame:
+    """Every column as text (None for nulls), for the reject file."""
+    out = {}
+    for name in chunk.column_names:
+        column = chunk.column(name)
+        try:
+            out[name] = column.cast(pyarrow.string()).to_pandas()
+        except (pyarrow.ArrowNotImplementedError, pyarrow.ArrowInvalid):
+            out[name] = pd.Series([None if v is None else str(v) for v in column.to_pylist()], dtype=object)
+    return pd.DataFrame(out, index=range(chunk.num_rows))
