@@ -199,7 +199,7 @@ class Reranker:
             )
         text = model_path.read_text()
         try:
-            booster = lightgbm.Booster(model_str=text, params={"num_threads": SERVING_THREADS})
+            booster = lightgbm.Booster(model_str=text)
         except lightgbm.basic.LightGBMError as exc:
             raise ModelUnavailable(f"{model_path}: LightGBM cannot read it ({exc})") from exc
         booster_difference = feature_list_difference(tuple(booster.feature_name()), metadata.feature_names)
