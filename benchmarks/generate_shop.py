@@ -4,8 +4,8 @@
     python benchmarks/generate_shop.py --preset scale --json --data-dir /tmp/scale-shop
     python benchmarks/generate_shop.py --preset scale --users 200000 --items 20000 --json   # a partial scale run
 
-The summary of `generate_shop` (counts, funnel ratios, seconds per phase) plus peak memory (max RSS)
-and the bytes written. Without `--data-dir` the shop goes to a temporary dir that is removed after.
+The summary of `generate_shop` (counts, funnel ratios, wall seconds per phase) plus peak memory
+(max RSS), process CPU seconds and the bytes written. Without `--data-dir` the shop goes to a temporary dir that is removed after.
 """
 
 from __future__ import annotations
@@ -49,14 +49,17 @@ def main() -> None:
             "images_bytes": _bytes_under(data.incoming / "images"),
             "event_files": len(list((data.incoming / "events").glob("*.parquet"))),
         }
-    # ru_maxrss is in KiB on Linux.
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_mib = usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    # CPU seconds: on a shared machine wall time depends on neighbours; CPU time much less so.
+    cpu_s = usage.ru_utime + usage.ru_stime
     result = {
         "preset": args.preset,
         "spec": dataclasses.asdict(spec),
         **summary,
         **written,
         "peak_rss_mib": round(peak_mib, 1),
+        "cpu_seconds": round(cpu_s, 1),
     }
     text = json.dumps(result, indent=2, default=str)
     if not args.json:
