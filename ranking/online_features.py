@@ -120,7 +120,7 @@ class OnlineFeatureReader(ABC):
         """Release connections; the reader must not be used afterwards."""
 
     def _assemble(
-        self, per_view: list[tuple[Sequence[Any], float | None]], now_s: float
+        self, per_view: Sequence[tuple[Sequence[Any], float | None]], now_s: float
     ) -> dict[str, Any] | None:
         """One entity's dict from (values, event time in epoch seconds) per view, applying max age."""
         row: dict[str, Any] = {}

@@ -1,0 +1,206 @@
+"""Keeps the serving bundle current: new `@champion` models and new materializations, without a restart.
+
+A background thread polls, every `POLL_INTERVAL_S`, three cheap facts: the registry versions behind
+`vitrine-retriever@champion` and `vitrine-ranker@champion`, and the item views' materialization
+watermark (`ranking.item_table.materialization_version`). When one changes it builds the new bundle
+off the request path (reusing the parts that did not change), checks that the parts fit together
+(`ranking.recommend.check_bundle`), then swaps it in with one assignment. Requests in flight keep
+the bundle they started with.
+
+A candidate that fails to load (truncated file, wrong dimension, feature list mismatch, missing
+artifact) is refused: the old bundle keeps serving and `status()` (shown by `/readyz`) names the
+version and the reason. The same broken version is not retried until the registry moves again.
+
+Example:
+    >>> watcher = ModelWatcher(data, store, state)
+    >>> watcher.poll_once()      # what the thread does every POLL_INTERVAL_S
+    >>> watcher.start(); ...; watcher.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from ranking.item_table import load_serving_items, materialization_version
+from ranking.online_features import OnlineKind, open_reader
+from ranking.recommend import USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle
+from vitrine.errors import VitrineError
+from vitrine.paths import DataDir
+
+log = logging.getLogger(__name__)
+
+# How often the registry and the feature registry are polled. Both queries are a few ms; 30 s picks up
+# a promotion or a nightly materialization within half a minute without loading the tracking DB.
+POLL_INTERVAL_S = 30.0
+# Joining the thread on shutdown waits at most this long; a load in progress is abandoned after it.
+STOP_TIMEOUT_S = 5.0
+RETRIEVER_MODEL = "vitrine-retriever"
+RANKER_MODEL = "vitrine-ranker"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the registries say should be serving now."""
+
+    retriever: str  # registry version of vitrine-retriever@alias ("" when none)
+    ranker: str  # registry version of vitrine-ranker@alias ("" when none)
+    items: str  # materialization watermark of the item views
+
+
+@dataclass
+class ServingState:
+    """What the service serves and why: the recommender (None until a first bundle loads) and problems.
+
+    Attributes:
+        recommender: the live recommender, or None while nothing could be loaded.
+        loaded: the probe the live bundle was built from.
+        last_error: why the latest candidate was refused (None when the latest load worked).
+        refused: the probe that failed, so that it is not retried until the registry moves.
+        checked_at: when the registries were last polled.
+    """
+
+    recommender: Recommender | None = None
+    loaded: Probe | None = None
+    last_error: str | None = None
+    refused: Probe | None = None
+    checked_at: datetime | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def registry_version(name: str, alias: str) -> str:
+    """The version number behind `name@alias`, "" when the alias does not exist."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return ""
+
+
+class ModelWatcher:
+    """Polls the registries and swaps in new bundles (see the module docstring).
+
+    Args:
+        data: the data dir (MLflow store, shop for the catalog and purchases).
+        store: the opened Feast store.
+        state: the serving state to update.
+        online: which online store the readers use.
+        alias: registry alias to follow.
+        interval_s: seconds between polls.
+    """
+
+    def __init__(
+        self,
+        data: DataDir,
+        store: Any,
+        state: ServingState,
+        *,
+        online: OnlineKind = "sqlite",
+        alias: str = "champion",
+        interval_s: float = POLL_INTERVAL_S,
+        on_change: Callable[[ServingState], None] | None = None,
+    ) -> None:
+        self.data = data
+        self.store = store
+        self.state = state
+        self.online = online
+        self.alias = alias
+        self.interval_s = interval_s
+        self.on_change = on_change
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def probe(self) -> Probe:
+        from vitrine.tracking import configure
+
+        configure(self.data)
+        return Probe(
+            retriever=registry_version(RETRIEVER_MODEL, self.alias),
+            ranker=registry_version(RANKER_MODEL, self.alias),
+            items=materialization_version(self.store),
+        )
+
+    def poll_once(self) -> bool:
+        """Check the registries once; load and swap when something changed. True when a swap happened."""
+        try:
+            probe = self.probe()
+        except Exception as exc:  # the tracking DB itself is unreachable: keep serving, say why
+            self._refuse(None, f"cannot read the model registry: {exc}")
+            return False
+        self.state.checked_at = datetime.now(timezone.utc)
+        if probe == self.state.loaded or probe == self.state.refused:
+            return False
+        try:
+            bundle = self._build(probe)
+        except VitrineError as exc:
+            self._refuse(probe, str(exc))
+            return False
+        except Exception as exc:  # anything a broken artifact makes torch/faiss/lightgbm raise
+            self._refuse(probe, f"{type(exc).__name__}: {exc}")
+            return False
+        self._install(bundle, probe)
+        return True
+
+    def _build(self, probe: Probe) -> ModelBundle:
+        """The bundle for `probe`, reusing the live parts whose versions did not change."""
+        from ranking.reranker import Reranker
+        from ranking.retriever import Retriever
+        from vitrine.shop.store import read_items
+
+        if not probe.retriever or not probe.ranker:
+            missing = [name for name, v in ((RETRIEVER_MODEL, probe.retriever), (RANKER_MODEL, probe.ranker)) if not v]
+            raise VitrineError(f"model registry: no {' or '.join(missing)}@{self.alias}; train and promote a model")
+        live = self.state.recommender.bundle if self.state.recommender else None
+        loaded = self.state.loaded
+        same = live is not None and loaded is not None
+        retriever = live.retriever if same and loaded.retriever == probe.retriever else Retriever.from_registry(self.data, alias=self.alias)  # type: ignore[union-attr]
+        reranker = live.reranker if same and loaded.ranker == probe.ranker else Reranker.from_registry(self.data, alias=self.alias)  # type: ignore[union-attr]
+        items = live.items if same and loaded.items == probe.items else load_serving_items(self.store, read_items(self.data), online=self.online)  # type: ignore[union-attr]
+        return check_bundle(ModelBundle(retriever, reranker, items))
+
+    def _install(self, bundle: ModelBundle, probe: Probe) -> None:
+        with self.state.lock:
+            recommender = self.state.recommender
+            if recommender is None:
+                users = open_reader(self.store, "user_id", USER_VIEWS, online=self.online)
+                self.state.recommender = Recommender(bundle, users, Purchases.from_shop(self.data))
+            else:
+                if self.state.loaded is not None and self.state.loaded.items != probe.items:
+                    recommender.purchases = Purchases.from_shop(self.data)  # new events came with the materialization
+                recommender.swap(bundle)
+            self.state.loaded = probe
+            self.state.last_error = None
+            self.state.refused = None
+        log.info("serving %s", bundle.versions)
+        if self.on_change:
+            self.on_change(self.state)
+
+    def _refuse(self, probe: Probe | None, reason: str) -> None:
+        with self.state.lock:
+            self.state.last_error = reason if probe is None else f"refused {replace(probe)}: {reason}"
+            self.state.refused = probe
+        log.warning("model watcher: %s", self.state.last_error)
+        if self.on_change:
+            self.on_change(self.state)
+
+    def start(self) -> None:
+        """Poll in a daemon thread until `stop()`."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="vitrine-model-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_TIMEOUT_S)
+            self._thread = None

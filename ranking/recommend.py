@@ -1,0 +1,528 @@
+"""`recommend(user_id)`: the online path from a user id to k ranked, explained items.
+
+Per request, in this order (each stage is timed; the service exports the timings per stage):
+
+1. `features`   one online read of the user's Feast features (`ranking.online_features`);
+2. `retrieve`   user tower + FAISS search for `CANDIDATES` items (`ranking.retriever.Retriever`);
+3. `rank_features` item-side features by numpy indexing into the in-process item table
+                (`ranking.item_table`), user-side from the online row (`ranking.ranker_features`);
+4. `score`      LightGBM (`ranking.reranker.Reranker`, one thread);
+5. `filter`     business rules: drop purchased items, keep the requested category, pad from the
+                cold-start list so that k items come back whenever the catalog has k eligible ones.
+
+A user the feature store does not know (new, or whose features are older than the views' ttl) gets
+the cold-start list (popular and trending items) flagged `cold_start`. When the online store is down
+or slow the answer is the same cold-start list flagged `degraded`: never an error, never a hang.
+
+`recommend_batch` runs the same stages for many users at once (one online read, one tower pass,
+one FAISS search, one LightGBM call), for e-mail campaigns and offline evaluation.
+
+The models, item table and versions live in one immutable `ModelBundle`; a request takes the
+bundle once at its start, so a swap (`Recommender.swap`, done by `ranking.model_watcher`) never
+mixes two versions inside one answer and never fails a request in flight.
+
+Example:
+    >>> recommender = Recommender.from_data(DataDir.resolve())
+    >>> for rec in recommender.recommend("U000042", k=5):
+    ...     print(rec.item_id, rec.score, rec.reasons[0].feature)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ranking.item_table import ServingItems, load_serving_items
+from ranking.online_features import OnlineFeatureReader, OnlineKind, open_reader
+from ranking.ranker_features import UserContext, build_features
+from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable
+from vitrine.paths import DataDir
+
+if TYPE_CHECKING:
+    from ranking.reranker import Reranker
+    from ranking.retriever import Retriever
+
+# Candidates the retriever hands to the ranker: enough that the ranker's reordering matters and the
+# business filters rarely run short, few enough that features + LightGBM stay ~1 ms per request.
+CANDIDATES = 200
+# Largest k a caller may ask for: a page of results, not a catalog dump (also bounds the work).
+MAX_K = 200
+# Reasons (the largest LightGBM feature contributions) attached to each recommendation.
+REASONS_PER_ITEM = 3
+# Ids are short opaque tokens: letters, digits and `_ - . :`. Anything else (spaces, slashes, control
+# characters) is refused before it can reach a Redis key or a file path.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+# Same limit as ID_PATTERN's length, named for messages.
+MAX_ID_LENGTH = 64
+# Feature views keyed by user that the retriever and the ranker read.
+USER_VIEWS: tuple[str, ...] = ("user_stats", "user_recent_items")
+STAGES: tuple[str, ...] = ("features", "retrieve", "rank_features", "score", "filter")
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One feature that pushed an item up (or down): its value and its LightGBM contribution."""
+
+    feature: str
+    value: float | None
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item.
+
+    Args:
+        item_id: the catalog id.
+        title: the catalog title.
+        score: the ranker's score (higher is better); for cold-start items the list position as
+            a decreasing score, so a list is always sorted by `score`.
+        retriever_score: the two-tower cosine score, None for items that did not come from retrieval.
+        source: "ranked" (retrieved and reranked) or "popular" (cold start or padding).
+        reasons: the top `REASONS_PER_ITEM` feature contributions, empty for popular items.
+    """
+
+    item_id: str
+    title: str
+    score: float
+    retriever_score: float | None
+    source: str
+    reasons: tuple[Reason, ...] = ()
+
+
+class RecommendationList(list[Recommendation]):
+    """A `list[Recommendation]` plus how it was made.
+
+    Attributes:
+        user_id: who it is for.
+        cold_start: True when the user has no usable features (new, unknown or stale): popular items.
+        degraded: True when the feature store failed and a non-personalised list was served instead.
+        versions: retriever, ranker and item-table versions that produced it.
+        timings_ms: milliseconds per stage (see STAGES), for this call.
+    """
+
+    def __init__(
+        self,
+        items: Iterable[Recommendation] = (),
+        *,
+        user_id: str = "",
+        cold_start: bool = False,
+        degraded: bool = False,
+        versions: Mapping[str, str] | None = None,
+        timings_ms: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__(items)
+        self.user_id = user_id
+        self.cold_start = cold_start
+        self.degraded = degraded
+        self.versions = dict(versions or {})
+        self.timings_ms = dict(timings_ms or {})
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """Everything one answer is computed from, swapped as one unit.
+
+    Args:
+        retriever: the user tower + ANN index (`ranking.retriever.Retriever`).
+        reranker: the LightGBM ranker (`ranking.reranker.Reranker`).
+        items: the in-process item table at one materialization.
+    """
+
+    retriever: "Retriever"
+    reranker: "Reranker"
+    items: ServingItems
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {
+            "retriever": str(self.retriever.version),
+            "ranker": str(self.reranker.version),
+            "items": self.items.version,
+        }
+
+
+def check_id(value: str, field_name: str = "user_id") -> str:
+    """`value` if it is a well-formed id, else InvalidInput naming the field and the problem.
+
+    Example:
+        >>> check_id("U000042")
+        'U000042'
+    """
+    if not isinstance(value, str) or value == "":
+        raise InvalidInput(f"{field_name}: must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(f"{field_name}: {len(value)} characters, at most {MAX_ID_LENGTH} allowed")
+    if not ID_PATTERN.match(value):
+        raise InvalidInput(
+            f"{field_name}: {value[:MAX_ID_LENGTH]!r} is malformed; ids are letters, digits and _ - . : "
+            "and start with a letter or digit"
+        )
+    return value
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
+        raise InvalidInput(f"k: must be an integer from 1 to {MAX_K}, got {k!r}")
+    return int(k)
+
+
+class Purchases:
+    """Items each user bought, as item ids: what `exclude_purchased` removes.
+
+    Built from the shop's purchase events when the service starts and with each item-table refresh.
+    The feature store has no purchase-history view yet (see the report): a `user_purchases` view
+    would make this an online read instead.
+    """
+
+    def __init__(self, bought: Mapping[str, frozenset[str]]) -> None:
+        self._bought = bought
+
+    @classmethod
+    def from_shop(cls, data: DataDir) -> "Purchases":
+        import pyarrow.dataset as ds
+
+        if not data.events.exists():
+            return cls({})
+        table = ds.dataset(str(data.events), format="parquet", partitioning="hive").to_table(
+            columns=["user_id", "item_id"], filter=ds.field("event_type") == "purchase"
+        )
+        frame = table.to_pandas()
+        grouped = frame.groupby("user_id", sort=False)["item_id"].agg(frozenset)
+        return cls(grouped.to_dict())
+
+    def of(self, user_id: str) -> frozenset[str]:
+        return self._bought.get(user_id, frozenset())
+
+
+@dataclass
+class _Timer:
+    """Milliseconds per stage for one call."""
+
+    spent: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.perf_counter)
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.spent[stage] = self.spent.get(stage, 0.0) + (now - self._last) * 1000.0
+        self._last = now
+
+
+class Recommender:
+    """One object holding the current model bundle and the online readers.
+
+    Args:
+        bundle: the models and item table to serve (replace with `swap`).
+        users: the online reader of user features; None serves everyone the cold-start list.
+        purchases: what each user bought (for `exclude_purchased`).
+        candidates: how many candidates the retriever hands to the ranker.
+
+    Example:
+        >>> recommender = Recommender.from_data(DataDir.resolve(), online="redis")
+        >>> recommender.recommend("U000042", k=10, category="toys")
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        users: OnlineFeatureReader | None,
+        purchases: Purchases | None = None,
+        candidates: int = CANDIDATES,
+    ) -> None:
+        self._bundle = bundle
+        self.users = users
+        self.purchases = purchases or Purchases({})
+        self.candidates = candidates
+        # Counted for /metrics: how many answers fell back, by reason.
+        self.fallbacks: dict[str, int] = {"cold_start": 0, "degraded": 0, "padded": 0}
+        self._count_lock = threading.Lock()
+
+    @property
+    def bundle(self) -> ModelBundle:
+        return self._bundle
+
+    def swap(self, bundle: ModelBundle) -> None:
+        """Serve `bundle` from the next request on; requests in flight finish with the old one.
+
+        An attribute assignment is atomic in CPython, and each request reads `self._bundle` once.
+        """
+        self._bundle = bundle
+
+    @classmethod
+    def from_data(
+        cls, data: DataDir, *, online: OnlineKind = "sqlite", alias: str = "champion", candidates: int = CANDIDATES
+    ) -> "Recommender":
+        """Load `vitrine-retriever@alias`, `vitrine-ranker@alias`, the item table and the readers.
+
+        Raises:
+            ModelUnavailable: a model is not registered or does not load.
+            FeatureUnavailable: the feature store is not set up (`vitrine features apply/materialize`).
+        """
+        store = open_feature_store(data, online)
+        bundle = load_bundle(data, store, alias=alias, online=online)
+        users = open_reader(store, "user_id", USER_VIEWS, online=online)
+        return cls(bundle, users, Purchases.from_shop(data), candidates=candidates)
+
+    def recommend(
+        self, user_id: str, k: int = 20, *, exclude_purchased: bool = True, category: str | None = None, explain: bool = True
+    ) -> RecommendationList:
+        """The top `k` items for `user_id`, best first (see the module docstring for the stages).
+
+        Args:
+            user_id: the user (strict id pattern, see `check_id`).
+            k: how many items, 1..MAX_K.
+            exclude_purchased: drop items the user already bought.
+            category: only items of this category.
+            explain: attach the top feature contributions (`reasons`) to ranked items.
+
+        Raises:
+            InvalidInput: a malformed id or k out of range.
+        """
+        return self.recommend_batch([user_id], k, exclude_purchased=exclude_purchased, category=category, explain=explain)[0]
+
+    def recommend_batch(
+        self,
+        user_ids: Sequence[str],
+        k: int = 20,
+        *,
+        exclude_purchased: bool = True,
+        category: str | None = None,
+        explain: bool = False,
+    ) -> list[RecommendationList]:
+        """`recommend` for many users through the same stages, each done once for the whole batch."""
+        k = check_k(k)
+        ids = [check_id(u) for u in user_ids]
+        if category is not None:
+            check_category(category)
+        bundle = self._bundle  # one read: the whole batch uses one version of everything
+        timer = _Timer()
+        degraded = False
+        rows: list[dict[str, Any] | None]
+        if self.users is None:
+            rows = [None] * len(ids)
+        else:
+            try:
+                rows = self.users.read(ids)
+            except FeatureUnavailable:
+                rows, degraded = [None] * len(ids), True
+        timer.lap("features")
+
+        known = [n for n, row in enumerate(rows) if row is not None]
+        bought = [self.purchases.of(u) if exclude_purchased else frozenset() for u in ids]
+        candidates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if known:
+            frame = pd.DataFrame([{**rows[n], "user_id": ids[n]} for n in known])  # type: ignore[dict-item]
+            found = bundle.retriever.retrieve_batch(frame, self.candidates, exclude_items=[bought[n] for n in known])
+            for n, retrieved in zip(known, found):
+                candidates[n] = (
+                    np.array([c.item_id for c in retrieved], dtype=object),
+                    np.array([c.score for c in retrieved], dtype=np.float32),
+                )
+        timer.lap("retrieve")
+
+        matrices = {
+            n: build_features(bundle.items.table, UserContext.from_features(rows[n] or {}), *candidates[n]) for n in candidates
+        }
+        timer.lap("rank_features")
+        scores = score_requests(bundle.reranker, matrices)
+        timer.lap("score")
+
+        allowed = bundle.items.category_mask(category)
+        results = []
+        for n, user_id in enumerate(ids):
+            picked = self._pick(bundle, candidates.get(n), scores.get(n), matrices.get(n), k, bought[n], allowed, category, explain)
+            cold = rows[n] is None
+            results.append(
+                RecommendationList(
+                    picked, user_id=user_id, cold_start=cold, degraded=degraded, versions=bundle.versions
+                )
+            )
+        timer.lap("filter")
+        with self._count_lock:
+            self.fallbacks["degraded"] += sum(r.degraded for r in results)
+            self.fallbacks["cold_start"] += sum(r.cold_start and not r.degraded for r in results)
+            self.fallbacks["padded"] += sum(
+                (not r.cold_start) and any(rec.source == "popular" for rec in r) for r in results
+            )
+        for result in results:
+            result.timings_ms = timer.spent
+        return results
+
+    def _pick(
+        self,
+        bundle: ModelBundle,
+        candidates: tuple[np.ndarray, np.ndarray] | None,
+        scores: np.ndarray | None,
+        matrix: np.ndarray | None,
+        k: int,
+        bought: frozenset[str],
+        allowed: np.ndarray | None,
+        category: str | None,
+        explain: bool,
+    ) -> list[Recommendation]:
+        """Filter and order one user's candidates; pad from the cold-start list up to k."""
+        items = bundle.items
+        out: list[Recommendation] = []
+        taken: set[str] = set()
+        if candidates is not None and scores is not None and matrix is not None and len(scores):
+            ids, retriever_scores = candidates
+            positions = items.table.positions(ids)
+            keep = positions >= 0  # items that left the catalog since the index was built
+            if allowed is not None:
+                keep &= allowed[np.where(keep, positions, 0)]
+            if bought:
+                keep &= np.fromiter((i not in bought for i in ids), dtype=bool, count=len(ids))
+            order = [o for o in np.argsort(-scores, kind="stable") if keep[o]][:k]
+            reasons = explain_rows(bundle.reranker, matrix[order]) if explain and order else [()] * len(order)
+            for o, why in zip(order, reasons):
+                taken.add(ids[o])
+                out.append(
+                    Recommendation(
+                        item_id=str(ids[o]),
+                        title=str(items.titles[positions[o]]),
+                        score=float(scores[o]),
+                        retriever_score=float(retriever_scores[o]),
+                        source="ranked",
+                        reasons=why,
+                    )
+                )
+        if len(out) < k:
+            floor = min((r.score for r in out), default=0.0)
+            for row in items.cold_start_rows(category):
+                item_id = str(items.table.item_ids[row])
+                if item_id in taken or item_id in bought:
+                    continue
+                floor -= 1.0  # keeps the list sorted by score: padding always ranks below ranked items
+                out.append(Recommendation(item_id, str(items.titles[row]), floor, None, "popular"))
+                taken.add(item_id)
+                if len(out) == k:
+                    break
+        return out
+
+
+def check_category(category: str) -> str:
+    if not category or len(category) > 200 or any(ord(ch) < 32 for ch in category):
+        raise InvalidInput(f"category: {category[:200]!r} must be 1..200 printable characters")
+    return category
+
+
+def score_requests(reranker: "Reranker", matrices: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Ranker scores per request; one LightGBM call for all requests when the blend allows it.
+
+    The engagement blend is the LambdaRank score row by row, so rows of many requests can be scored
+    in one call; the revenue blend normalises over one request's candidates, so it goes per request.
+    """
+    if not matrices:
+        return {}
+    if reranker.blend.objective != "engagement":
+        return {n: reranker.score(matrix) for n, matrix in matrices.items()}
+    keys = list(matrices)
+    stacked = np.vstack([matrices[n] for n in keys])
+    relevance = reranker.relevance(stacked)
+    bounds = np.cumsum([0] + [len(matrices[n]) for n in keys])
+    return {n: relevance[bounds[i] : bounds[i + 1]] for i, n in enumerate(keys)}
+
+
+def explain_rows(reranker: "Reranker", matrix: np.ndarray) -> list[tuple[Reason, ...]]:
+    """The `REASONS_PER_ITEM` largest LightGBM contributions (TreeSHAP) of each row."""
+    if len(matrix) == 0:
+        return []
+    contributions = reranker.booster.predict(matrix, pred_contrib=True, num_threads=1)[:, :-1]  # last = bias
+    names = reranker.feature_names
+    out = []
+    for row, contrib in zip(matrix, contributions):
+        top = np.argsort(-np.abs(contrib))[:REASONS_PER_ITEM]
+        out.append(
+            tuple(
+                Reason(names[j], None if math.isnan(float(row[j])) else float(row[j]), float(contrib[j]))
+                for j in top
+                if contrib[j] != 0
+            )
+        )
+    return out
+
+
+def open_feature_store(data: DataDir, online: OnlineKind = "sqlite") -> Any:
+    """The project's Feast store (`training.feature_store.open_store`), as a FeatureUnavailable on failure."""
+    try:
+        from training.feature_store import open_store
+    except ImportError as exc:  # the feature-store stage is not installed
+        raise FeatureUnavailable(f"the feature store module is unavailable: {exc}") from exc
+    try:
+        return open_store(data, online=online)
+    except (FeatureUnavailable, InvalidInput):
+        raise
+    except Exception as exc:
+        raise FeatureUnavailable(f"{data.feast}: cannot open the Feast store ({exc})") from exc
+
+
+def load_bundle(data: DataDir, store: Any, *, alias: str = "champion", online: OnlineKind | None = None) -> ModelBundle:
+    """Retriever and ranker `@alias` from the registry, plus the item table at the current materialization."""
+    from ranking.reranker import Reranker
+    from ranking.retriever import Retriever
+    from vitrine.shop.store import read_items
+
+    retriever = Retriever.from_registry(data, alias=alias)
+    reranker = Reranker.from_registry(data, alias=alias)
+    items = load_serving_items(store, read_items(data), online=online)
+    return check_bundle(ModelBundle(retriever, reranker, items))
+
+
+def check_bundle(bundle: ModelBundle) -> ModelBundle:
+    """Refuse a bundle whose parts do not fit together (before it replaces a working one).
+
+    Raises:
+        ModelUnavailable: the retriever's index does not match its item ids, its vectors have another
+            dimension than its user tower, or the ranker's features differ from what this code builds.
+    """
+    from ranking.reranker import feature_list_difference
+
+    retriever = bundle.retriever
+    index_dim = int(retriever.index.d)
+    if retriever.index.ntotal != len(retriever.item_ids):
+        raise ModelUnavailable(f"retriever {retriever.version}: {retriever.index.ntotal} index rows for {len(retriever.item_ids)} item ids")
+    probe = retriever.user_vectors(pd.DataFrame({"user_id": ["__probe__"]}))
+    if probe.shape[1] != index_dim:
+        raise ModelUnavailable(
+            f"retriever {retriever.version}: user tower gives {probe.shape[1]}-d vectors, index holds {index_dim}-d"
+        )
+    difference = feature_list_difference(tuple(bundle.reranker.feature_names))
+    if difference is not None:
+        raise ModelUnavailable(f"ranker {bundle.reranker.version}: {difference}")
+    known = bundle.items.table.positions(retriever.item_ids[: min(len(retriever.item_ids), 1000)])
+    if len(known) and (known < 0).all():
+        raise ModelUnavailable(f"retriever {retriever.version}: none of its items is in the current catalog")
+    return bundle
+
+
+_default: Recommender | None = None
+_default_lock = threading.Lock()
+
+
+def default_recommender() -> Recommender:
+    """The process-wide `Recommender` over `$VITRINE_DATA_DIR` (SQLite online store), created on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Recommender.from_data(DataDir.resolve())
+        return _default
+
+
+def recommend(
+    user_id: str, k: int = 20, *, exclude_purchased: bool = True, category: str | None = None
+) -> RecommendationList:
+    """`Recommender.recommend` on the default instance (see `default_recommender`).
+
+    Example:
+        >>> import ranking
+        >>> [r.item_id for r in ranking.recommend("U000042", k=3)]
+        ['I000120', 'I000007', 'I000981']
+    """
+    return default_recommender().recommend(user_id, k, exclude_purchased=exclude_purchased, category=category)

@@ -1,0 +1,398 @@
+"""The HTTP service: recommendations, search and similar items over FastAPI, with health and metrics.
+
+    GET /recommend/{user_id}?k=20&category=...&exclude_purchased=true   ranked items for a user
+    GET /search?q=...&k=20                                             items matching a text query
+    GET /similar/{item_id}?k=20                                        items like an item
+    GET /healthz                                                       the process is alive
+    GET /readyz                                                        models loaded? (503 until then; says why)
+    GET /metrics                                                       Prometheus text format
+    GET /openapi.json, /docs                                           the published API
+
+Errors are mapped in ONE place (`error_response`): the `vitrine.errors` tree gives the status
+(InvalidInput 422, FeatureUnavailable / ModelUnavailable 503), FastAPI's own validation errors stay
+422, and anything unexpected is a 500 whose body never carries a stack trace. Ids are checked
+against a strict pattern (`ranking.recommend.ID_PATTERN`) before anything else sees them, so no
+caller-controlled bytes reach a Redis key or a file path.
+
+A feature store that is down or slow does NOT make a request fail: the recommender answers with a
+non-personalised list flagged `degraded` (and /metrics counts it).
+
+Example:
+    >>> app = create_app(ServiceConfig(data_dir=Path("data")))
+    >>> # uvicorn.run(app, host="127.0.0.1", port=8000)   or: vitrine serve
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict
+
+from ranking.model_watcher import POLL_INTERVAL_S, ModelWatcher, ServingState
+from ranking.online_features import OnlineKind
+from ranking.recommend import ID_PATTERN, MAX_ID_LENGTH, MAX_K, STAGES, RecommendationList, check_id
+from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable, VitrineError
+from vitrine.paths import DataDir
+
+log = logging.getLogger(__name__)
+
+# Default list length when a caller gives no k: one page of a shop's recommendation shelf.
+DEFAULT_K = 20
+# Longest search query accepted: a sentence or two; longer text is not a query but a document.
+MAX_QUERY_LENGTH = 500
+# Latency buckets (seconds): the budget is 25 ms at p99, so resolution is finest below 50 ms.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 1.0)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.1)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How `create_app` builds the service (fields mirror `vitrine serve` options)."""
+
+    data_dir: Path | None = None  # the data dir; None = $VITRINE_DATA_DIR or ./data
+    online: OnlineKind = "sqlite"  # online store for user and item features: "sqlite" (embedded) or "redis"
+    alias: str = "champion"  # registry alias of vitrine-retriever / vitrine-ranker to serve
+    poll_interval_s: float = POLL_INTERVAL_S  # how often to look for a new champion or materialization
+    watch: bool = True  # poll in the background; False = load once at start-up (tests, batch)
+
+
+class ReasonOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feature: str
+    value: float | None
+    contribution: float
+
+
+class ItemOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: str
+    title: str
+    score: float
+    retriever_score: float | None
+    source: Literal["ranked", "popular"]
+    reasons: list[ReasonOut]
+
+
+class RecommendOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str
+    k: int
+    cold_start: bool
+    degraded: bool
+    versions: dict[str, str]
+    items: list[ItemOut]
+
+
+class SearchHit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: str
+    score: float
+    title: str | None = None
+
+
+class SearchOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str
+    items: list[SearchHit]
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: str
+
+
+def recommend_payload(result: RecommendationList, k: int) -> dict[str, Any]:
+    """The JSON body of one recommendation list (also what `vitrine recommend --json` prints)."""
+    return {
+        "user_id": result.user_id,
+        "k": k,
+        "cold_start": result.cold_start,
+        "degraded": result.degraded,
+        "versions": result.versions,
+        "items": [
+            {
+                "item_id": r.item_id,
+                "title": r.title,
+                "score": _finite(r.score),
+                "retriever_score": None if r.retriever_score is None else _finite(r.retriever_score),
+                "source": r.source,
+                "reasons": [
+                    {"feature": why.feature, "value": why.value, "contribution": _finite(why.contribution)} for why in r.reasons
+                ],
+            }
+            for r in result
+        ],
+    }
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app, so tests can build many)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("vitrine_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("vitrine_request_latency_seconds", "HTTP request latency by endpoint", ["endpoint"], buckets=REQUEST_BUCKETS, registry=self.registry)
+        self.stages = Histogram("vitrine_stage_latency_seconds", "recommend() latency per stage", ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
+        self.fallbacks = Counter("vitrine_fallbacks_total", "answers that were not fully personalised, by reason", ["reason"], registry=self.registry)
+        self.model = Gauge("vitrine_model_info", "the serving model versions (value 1)", ["retriever", "ranker", "items"], registry=self.registry)
+        self.ready = Gauge("vitrine_ready", "1 when models are loaded and serving", registry=self.registry)
+        self.load_failures = Counter("vitrine_model_load_failures_total", "candidate bundles refused by the model watcher", registry=self.registry)
+        for reason in ("cold_start", "degraded", "padded"):
+            self.fallbacks.labels(reason)
+        for stage in STAGES:
+            self.stages.labels(stage)
+
+    def observe_result(self, result: RecommendationList) -> None:
+        for stage, ms in result.timings_ms.items():
+            self.stages.labels(stage).observe(ms / 1000.0)
+        if result.degraded:
+            self.fallbacks.labels("degraded").inc()
+        elif result.cold_start:
+            self.fallbacks.labels("cold_start").inc()
+        elif any(r.source == "popular" for r in result):
+            self.fallbacks.labels("padded").inc()
+
+    def on_state(self, state: ServingState) -> None:
+        self.model.clear()
+        if state.recommender is not None:
+            versions = state.recommender.bundle.versions
+            self.model.labels(versions["retriever"], versions["ranker"], versions["items"]).set(1)
+        self.ready.set(1 if state.recommender is not None else 0)
+        if state.last_error is not None:
+            self.load_failures.inc()
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The one mapping from exceptions to HTTP answers (see the module docstring)."""
+    if isinstance(exc, VitrineError):
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=exc.http_status)
+    if isinstance(exc, RequestValidationError):
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in ('path', 'query'))}: {e.get('msg')}" for e in exc.errors()]
+        return JSONResponse({"error": "InvalidInput", "detail": "; ".join(problems)}, status_code=422)
+    log.exception("unexpected error", exc_info=exc)
+    return JSONResponse({"error": "InternalError", "detail": "internal error; see the server log"}, status_code=500)
+
+
+class Search:
+    """The embeddings stage's text and similar-item search, loaded on first use."""
+
+    def __init__(self, data: DataDir) -> None:
+        self.data = data
+        self._engine: Any = None
+        self._lock = threading.Lock()
+
+    def engine(self) -> Any:
+        with self._lock:
+            if self._engine is None:
+                try:
+                    from embeddings.search import ProductSearch  # type: ignore[import-not-found]
+                except ImportError as exc:
+                    raise ModelUnavailable(f"search is not available: {exc}") from exc
+                try:
+                    self._engine = ProductSearch.load(self.data)
+                except VitrineError:
+                    raise
+                except Exception as exc:
+                    raise ModelUnavailable(f"{self.data.embeddings}: search index does not load ({exc})") from exc
+            return self._engine
+
+
+def _hits(found: Any) -> list[dict[str, Any]]:
+    """Search results as dicts, whatever shape the engine returns (objects, tuples or a frame)."""
+    if hasattr(found, "to_dict") and hasattr(found, "columns"):
+        found = found.to_dict("records")
+    out = []
+    for hit in found:
+        if isinstance(hit, dict):
+            out.append({"item_id": str(hit["item_id"]), "score": float(hit["score"]), "title": hit.get("title")})
+        elif isinstance(hit, tuple):
+            out.append({"item_id": str(hit[0]), "score": float(hit[1]), "title": None})
+        else:
+            out.append({"item_id": str(hit.item_id), "score": float(hit.score), "title": getattr(hit, "title", None)})
+    return out
+
+
+def create_app(config: ServiceConfig = ServiceConfig(), state: ServingState | None = None, watcher_factory: Callable[..., ModelWatcher] | None = None) -> FastAPI:
+    """The FastAPI app. Models load at start-up (lifespan); until they do, /readyz is 503 and says why.
+
+    Args:
+        config: where the data is, which online store, which alias, how often to poll.
+        state: an already loaded serving state (tests, `vitrine recommend`); None loads from `config`.
+        watcher_factory: builds the model watcher (default `ModelWatcher`).
+    """
+    import torch
+
+    # One intra-op thread: a request's tower pass is tiny, and the workers already use every core.
+    torch.set_num_threads(1)
+    data = DataDir.resolve(config.data_dir)
+    metrics = Metrics()
+    serving = state or ServingState()
+    search = Search(data)
+    holder: dict[str, ModelWatcher] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state is None:
+            try:
+                from ranking.recommend import open_feature_store
+
+                store = open_feature_store(data, config.online)
+                watcher = (watcher_factory or ModelWatcher)(
+                    data, store, serving, online=config.online, alias=config.alias, interval_s=config.poll_interval_s, on_change=metrics.on_state
+                )
+                watcher.poll_once()
+                if config.watch:
+                    watcher.start()
+                holder["watcher"] = watcher
+            except VitrineError as exc:
+                serving.last_error = str(exc)
+        metrics.on_state(serving)
+        yield
+        if "watcher" in holder:
+            holder["watcher"].stop()
+
+    app = FastAPI(
+        title="Vitrine",
+        version="0.1.0",
+        description="Multimodal recommendations for online shops: retrieval, reranking, search.",
+        lifespan=lifespan,
+    )
+    app.state.serving = serving
+    app.state.metrics = metrics
+
+    @app.exception_handler(VitrineError)
+    async def _vitrine_error(request: Request, exc: VitrineError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _any_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        route = request.scope.get("route")
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # errors past the handlers (middleware order) still get one mapping
+            response = error_response(exc)
+        route = request.scope.get("route") or route
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    def recommender() -> Any:
+        live = serving.recommender
+        if live is None:
+            raise ModelUnavailable(f"no models loaded yet: {serving.last_error or 'starting'}")
+        return live
+
+    responses: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
+
+    @app.get("/recommend/{user_id}", response_model=RecommendOut, responses=responses, summary="Top-k items for a user")
+    def recommend_endpoint(
+        user_id: str = PathParam(..., min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN.pattern, description="The user's id"),
+        k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="How many items"),
+        category: str | None = Query(None, min_length=1, max_length=200, description="Only items of this category"),
+        exclude_purchased: bool = Query(True, description="Drop items the user already bought"),
+    ) -> dict[str, Any]:
+        result = recommender().recommend(check_id(user_id), k, exclude_purchased=exclude_purchased, category=category)
+        metrics.observe_result(result)
+        return recommend_payload(result, k)
+
+    @app.get("/recommend/", include_in_schema=False)
+    @app.get("/recommend", include_in_schema=False)
+    def recommend_without_user() -> None:
+        raise InvalidInput("user_id: must be a non-empty id, e.g. /recommend/U000042")
+
+    @app.get("/search", response_model=SearchOut, responses=responses, summary="Items matching a text query")
+    def search_endpoint(
+        q: str = Query(..., min_length=1, max_length=MAX_QUERY_LENGTH, description="Free text, e.g. 'red floral dress'"),
+        k: int = Query(DEFAULT_K, ge=1, le=MAX_K),
+    ) -> dict[str, Any]:
+        if not q.strip():
+            raise InvalidInput("q: must contain some text")
+        return {"query": q, "items": _hits(search.engine().search(q, k))}
+
+    @app.get("/similar/{item_id}", response_model=SearchOut, responses=responses, summary="Items like an item")
+    def similar_endpoint(
+        item_id: str = PathParam(..., min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN.pattern),
+        k: int = Query(DEFAULT_K, ge=1, le=MAX_K),
+    ) -> dict[str, Any]:
+        check_id(item_id, "item_id")
+        return {"query": item_id, "items": _hits(search.engine().similar(item_id, k))}
+
+    @app.get("/healthz", summary="The process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Models are loaded and serving (503 until then)")
+    def readyz() -> JSONResponse:
+        live = serving.recommender
+        body: dict[str, Any] = {
+            "ready": live is not None,
+            "versions": live.bundle.versions if live is not None else {},
+            "last_error": serving.last_error,
+            "checked_at": serving.checked_at.isoformat() if serving.checked_at else None,
+        }
+        return JSONResponse(body, status_code=200 if live is not None else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    def metrics_endpoint() -> PlainTextResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(host: str, port: int, workers: int, config: ServiceConfig) -> None:
+    """Run the app under uvicorn (`vitrine serve`). Several workers each load their own models."""
+    import os
+
+    import uvicorn
+
+    if workers > 1:
+        # uvicorn's multi-process mode imports the app by name; the config travels in the environment.
+        os.environ["VITRINE_SERVE_ONLINE"] = config.online
+        os.environ["VITRINE_SERVE_ALIAS"] = config.alias
+        if config.data_dir is not None:
+            os.environ["VITRINE_DATA_DIR"] = str(DataDir.resolve(config.data_dir).root)
+        uvicorn.run("ranking.service:app_from_environment", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    else:
+        uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+
+
+def app_from_environment() -> FastAPI:
+    """The app configured from `VITRINE_*` variables (uvicorn `--factory`, multi-worker serving)."""
+    import os
+
+    online = os.environ.get("VITRINE_SERVE_ONLINE", "sqlite")
+    if online not in ("sqlite", "redis"):
+        raise InvalidInput(f"VITRINE_SERVE_ONLINE: {online!r} is not sqlite or redis")
+    return create_app(ServiceConfig(online=online, alias=os.environ.get("VITRINE_SERVE_ALIAS", "champion")))  # type: ignore[arg-type]
+
+
+__all__ = ["ServiceConfig", "create_app", "error_response", "serve", "app_from_environment", "FeatureUnavailable"]
