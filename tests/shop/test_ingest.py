@@ -15,6 +15,8 @@ from vitrine.shop import ingest as ingest_module
 from vitrine.shop import store
 from vitrine.shop.ingest import REJECT_COLUMNS, ingest
 
+ITEM_COLUMNS = ["item_id", "title", "description", "category", "brand", "price", "image_path", "created_at"]
+
 
 def png_bytes(colour: str = "red") -> bytes:
     buffer = io.BytesIO()
@@ -157,7 +159,9 @@ def test_a_bad_image_keeps_the_item_without_image_and_says_so(
 
     report = ingest(data_dir, source)
 
-    items = store.read_items(data_dir).set_index("item_id")
+    stored = store.read_items(data_dir)
+    assert list(stored.columns) == [*ITEM_COLUMNS, "colour"]
+    items = stored.set_index("item_id")
     assert len(items) == 3
     assert pd.isna(items.at["I2", "image_path"])
     assert items.at["I1", "image_path"] == "images/I1.png"
@@ -283,7 +287,9 @@ def test_users_are_validated_when_given(tmp_path: Path, data_dir: DataDir) -> No
     assert list(zip(bad.reject_row, bad.reject_field, bad.reject_reason)) == [
         (2, "signup_at", "unparsable_timestamp"), (3, "user_id", "duplicate_id"),
     ]
-    assert store.read_users(data_dir)["user_id"].tolist() == ["u1"]
+    stored = store.read_users(data_dir)
+    assert stored["user_id"].tolist() == ["u1"]
+    assert list(stored.columns) == ["user_id", "signup_at", "age"]  # extra attributes are kept
     assert report.tables["users"].accepted == 1
     # Events of users without a users row are fine: users are optional.
     assert report.tables["events"].accepted == 4

@@ -84,6 +84,8 @@ REASONS = (
 # Reasons that flag a row but keep it (with the field nulled).
 KEEP_ROW_REASONS = frozenset({IMAGE_MISSING, IMAGE_CORRUPT})
 
+# Working column: a row's 0-based place in its source file, for reject rows found after filtering.
+SOURCE_ROW = "_source_row"
 REJECT_COLUMNS = ("reject_file", "reject_row", "reject_field", "reject_value", "reject_reason")
 TABLES = ("items", "users", "events")
 FORMATS = (".parquet", ".csv")
@@ -197,9 +199,10 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
         users = _validate_table(users_file, source, contract.USERS, reports["users"], rejects)
         users = _drop_duplicates(users, "user_id", users_file, source, reports["users"], rejects)
 
-    known_items = set(items["item_id"]) if items_file is not None else set()
+    known = [items["item_id"].astype(object)] if items_file is not None else []
     if append and data.items.exists():
-        known_items |= set(store.read_items(data)["item_id"])
+        known.append(store.read_items(data)["item_id"].astype(object))
+    known_items = pyarrow.array(pd.concat(known).unique() if known else [], type=pyarrow.large_string())
 
     writer = store.EventWriter(data, append=append)
     try:
@@ -220,19 +223,21 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
     # Everything validated: publish. Events first (the largest), then the tables that name them.
     days = writer.publish()
     if items_file is not None:
-        items = _canonical(items, contract.ITEMS)
-        if append and data.items.exists():
-            old = store.read_items(data)
-            items = pd.concat([old[~old["item_id"].isin(items["item_id"])], items], ignore_index=True)
-        store.write_items(data, items)
+        old_items = store.read_items(data) if append and data.items.exists() else None
+        store.write_items(data, _upserted(_canonical(items, contract.ITEMS), old_items, "item_id"))
     if users is not None:
-        users = _canonical(users, contract.USERS)
-        if append and data.users.exists():
-            old = store.read_users(data)
-            users = pd.concat([old[~old["user_id"].isin(users["user_id"])], users], ignore_index=True)
-        store.write_users(data, users)
-    rejects.publish([name for name in TABLES if name != "users" or users_file is not None])
+        old_users = store.read_users(data) if append and data.users.exists() else None
+        store.write_users(data, _upserted(_canonical(users, contract.USERS), old_users, "user_id"))
+    # A table not delivered in an append keeps its last rejects; otherwise they describe this ingest.
+    rejects.publish([name for name in TABLES if reports[name].files or not append])
     return IngestReport(source, data.shop, data.rejects, append, reports, image_count, days)
+
+
+def _upserted(new: pd.DataFrame, old: pd.DataFrame | None, key: str) -> pd.DataFrame:
+    """`new`, plus the rows of `old` whose `key` is not in `new` (an append's upsert)."""
+    if old is None:
+        return new
+    return pd.concat([old[~old[key].isin(new[key])], new], ignore_index=True)
 
 
 # --- finding and reading files -------------------------------------------------------------------
@@ -382,7 +387,8 @@ def _text(raw: pyarrow.ChunkedArray, where: str) -> pd.Series:
     # Surrounding blanks are noise in every text field; an empty field is a missing one.
     trimmed = pc.utf8_trim_whitespace(raw)
     trimmed = pc.if_else(pc.equal(trimmed, ""), pyarrow.scalar(None, pyarrow.string()), trimmed)
-    return trimmed.to_pandas()
+    # Arrow-backed strings: no Python object per cell, which is most of the cost at 20M rows.
+    return pd.Series(pd.arrays.ArrowStringArray(trimmed.cast(pyarrow.large_string()).combine_chunks()))
 
 
 def _number(raw: pyarrow.ChunkedArray, where: str) -> tuple[pd.Series, pd.Series | None]:
@@ -426,13 +432,18 @@ _CHECKS_ONLY: dict[str, pa.DataFrameSchema] = {}
 def _checks_only(schema: pa.DataFrameSchema) -> pa.DataFrameSchema:
     """`schema` without coercion and uniqueness, which `_coerce` and `_drop_duplicates` do instead."""
     if str(schema.name) not in _CHECKS_ONLY:
-        checks = schema.update_columns({name: {"coerce": False, "unique": False} for name in schema.columns})
+        changes: dict[str, dict[str, Any]] = {name: {"coerce": False, "unique": False} for name in schema.columns}
+        for name, column in schema.columns.items():
+            if _kind(column) == "text":
+                # `_text` made these strings already; pandera's `str` check would test every cell in Python.
+                changes[name]["dtype"] = None
+        checks = schema.update_columns(changes)
         checks.coerce = False
         _CHECKS_ONLY[str(schema.name)] = checks
     return _CHECKS_ONLY[str(schema.name)]
 
 
-def _schema_problems(frame: pd.DataFrame, schema: pa.DataFrameSchema, skip: set[tuple[int, str]]) -> list[_Problem]:
+def _schema_problems(frame: pd.DataFrame, schema: pa.DataFrameSchema, skip: set[tuple[int, str]], file: str) -> list[_Problem]:
     """Every row-level failure pandera finds (lazy: all of them, not just the first)."""
     # Coercion is done by `_coerce`, which tells unparsable from missing; uniqueness by `_drop_duplicates`,
     # which keeps the first row of an id.
@@ -449,7 +460,7 @@ def _schema_problems(frame: pd.DataFrame, schema: pa.DataFrameSchema, skip: set[
     problems = []
     for case in cases.itertuples(index=False):
         if pd.isna(case.index):
-            raise UnusableFile(f"column {case.column!r}: {case.check} ({case.failure_case})")
+            raise UnusableFile(f"{file}: column {case.column!r} fails {case.check} as a whole ({case.failure_case})")
         if (int(case.index), str(case.column)) in skip:
             continue
         check = str(case.check).split("(")[0]
@@ -461,15 +472,17 @@ def _schema_problems(frame: pd.DataFrame, schema: pa.DataFrameSchema, skip: set[
 
 def _validate_chunk(
     table: pyarrow.Table, offset: int, path: Path, source: Path, schema: pa.DataFrameSchema,
-    report: TableReport, rejects: RejectWriter, *, known_items: set[str] | None = None,
+    report: TableReport, rejects: RejectWriter, *, known_items: pyarrow.Array | None = None,
 ) -> pd.DataFrame:
     """The valid rows of one chunk, in contract types; the invalid ones go to `rejects`."""
     frame, problems = _coerce(table, schema, path, source)
     skip = {(p.row, p.field) for p in problems}
-    problems += _schema_problems(frame, schema, skip)
+    problems += _schema_problems(frame, schema, skip, _relative(path, source))
     if known_items is not None:
         ids = frame["item_id"]
-        unknown = ids.notna() & ~ids.isin(known_items)
+        # Arrow's hash lookup; pandas' isin would rebuild the 100k-id set for every chunk.
+        found = pc.is_in(pyarrow.array(ids, type=pyarrow.large_string()), value_set=known_items)
+        unknown = ids.notna() & ~pd.Series(found.to_numpy(zero_copy_only=False), index=ids.index)
         problems += [_Problem(int(i), "item_id", ids.iat[i], UNKNOWN_ITEM) for i in unknown.to_numpy().nonzero()[0]]
     dropped = sorted({p.row for p in problems})
     report.read += len(frame)
@@ -489,7 +502,7 @@ def _validate_table(path: Path, source: Path, schema: pa.DataFrameSchema, report
     frame = _validate_chunk(table, 0, path, source, schema, report, rejects)
     # Remember each row's place in the file for the reject rows that come later (duplicates, images).
     keep_rows = _surviving_rows(table.num_rows, rejects.rows_for(report.table, _relative(path, source)))
-    frame["_source_row"] = keep_rows
+    frame[SOURCE_ROW] = keep_rows
     rejects.keep_source(report.table, _relative(path, source), table)
     return frame
 
@@ -503,7 +516,7 @@ def _drop_duplicates(frame: pd.DataFrame, key: str, path: Path, source: Path, re
     duplicated = frame[key].duplicated(keep="first")
     if duplicated.any():
         dup = frame[duplicated]
-        problems = [_Problem(int(row), key, value, DUPLICATE_ID) for row, value in zip(dup["_source_row"], dup[key])]
+        problems = [_Problem(int(row), key, value, DUPLICATE_ID) for row, value in zip(dup[SOURCE_ROW], dup[key])]
         rejects.add_from_source(report.table, _relative(path, source), problems)
         report.rejected += len(problems)
         report.accepted -= len(problems)
@@ -525,7 +538,7 @@ def _canonical(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
         else:
             out[name] = pd.Series(None, index=frame.index, dtype=object)
     for name in frame.columns:
-        if name not in out:
+        if name not in out and name != SOURCE_ROW:
             out[name] = frame[name]
     return out
 
@@ -583,7 +596,7 @@ def _place_images(
     problems, placed = [], {}
     for (i, image), verdict in zip(candidates, verdicts):
         if verdict is not None:
-            problems.append(_Problem(int(items.at[i, "_source_row"]), "image_path", str(items.at[i, "image_path"]), verdict))
+            problems.append(_Problem(int(items.at[i, SOURCE_ROW]), "image_path", str(items.at[i, "image_path"]), verdict))
             continue
         name = _image_name(str(items.at[i, "item_id"]), image.suffix)
         link_or_copy(image, staging / name)
@@ -599,7 +612,7 @@ def _place_images(
     for image in staging.iterdir():
         image.replace(data.images / image.name)
     shutil.rmtree(staging)
-    return items.drop(columns="_source_row"), len(placed)
+    return items, len(placed)
 
 
 # --- reject rows ---------------------------------------------------------------------------------

@@ -23,12 +23,18 @@ PARTITION = "event_date"
 
 def write_items(data: DataDir, items: pd.DataFrame) -> None:
     data.shop.mkdir(parents=True, exist_ok=True)
-    items.to_parquet(data.items, index=False)
+    pq.write_table(_plain_table(items), data.items)
 
 
 def write_users(data: DataDir, users: pd.DataFrame) -> None:
     data.shop.mkdir(parents=True, exist_ok=True)
-    users.to_parquet(data.users, index=False)
+    pq.write_table(_plain_table(users), data.users)
+
+
+def _plain_table(frame: pd.DataFrame) -> pa.Table:
+    """`frame` as Arrow without pandas' dtype metadata, so that every reader gets plain dtypes back
+    (object strings, datetime64[ns, UTC]) whichever pandas dtypes the writer happened to use."""
+    return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
 
 
 def write_events(data: DataDir, events: pd.DataFrame) -> None:
@@ -74,7 +80,7 @@ class EventWriter:
         # strftime per row is slow at scale; format each distinct day once.
         codes, days = pd.factorize(frame["timestamp"].dt.floor("D"), sort=True)
         frame[PARTITION] = pd.Index(days.strftime("%Y-%m-%d"))[codes]
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = _plain_table(frame)
         if self._schema is None:
             self._schema = table.schema
         elif table.schema != self._schema:
