@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import traceback
@@ -31,7 +32,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from rich.console import Console
 
 from training.pipeline_state import FINISHED, RunState, StepRecord
@@ -45,6 +48,10 @@ YESTERDAY = "YESTERDAY"
 PIPELINE_EXPERIMENT = "vitrine"
 # Tag that marks a parent run as a pipeline run, for `mlflow ui` filters: tags.vitrine.pipeline = 'true'.
 PIPELINE_TAG = "vitrine.pipeline"
+
+# Three days: enough sessions on the demo shop for stable Recall@100 and NDCG@10 differences,
+# while the models still train on 95% of a 60-day history.
+DEFAULT_EVAL_DAYS = 3
 
 console = Console(stderr=True)
 
@@ -90,6 +97,12 @@ class PipelineConfig:
     stage_configs: dict[str, Any] = field(default_factory=dict)
     # Show progress bars of the stages.
     progress: bool = True
+    # Train the encoder again even when one exists (it is trained once otherwise: item vectors stay
+    # in one space across days, and the daily run stays short).
+    retrain_encoder: bool = False
+    # Event days at the end held out as the latest time split: challengers train on the days
+    # before it, and challenger and champion are both evaluated on it.
+    eval_days: int = DEFAULT_EVAL_DAYS
 
 
 @dataclass
@@ -168,31 +181,32 @@ class StepFailed(RuntimeError):
 
 
 def _external_parent(client: MlflowClient) -> str | None:
-    """The run `mlflow run` created for us (`$MLFLOW_RUN_ID`), when it lives in our tracking store."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
+    """The run `mlflow run` created for us (`$MLFLOW_RUN_ID`), when it lives in our tracking store.
+
+    The variable is removed either way: every stage calls `mlflow.start_run()`, which would
+    otherwise resume that one run instead of starting its own.
+    """
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
     if not run_id:
         return None
     try:
         client.get_run(run_id)
         return run_id
-    except mlflow.exceptions.MlflowException:
-        # `mlflow run` tracked into another store than ours: start our own parent; mlflow.start_run
-        # would otherwise try to resume the foreign id and fail.
-        os.environ.pop("MLFLOW_RUN_ID", None)
-        return None
+    except MlflowException:
+        return None  # `mlflow run` tracked into another store than ours: start our own parent
 
 
 def _open_state(data: DataDir, config: PipelineConfig, uri: str, client: MlflowClient) -> tuple[RunState, bool]:
     since = config.since.isoformat() if config.since else None
+    parent = _external_parent(client)
     if config.resume:
         state = RunState.latest_unfinished(pipeline_dir(data), since=since, tracking_uri=uri)
         if state is not None:
             try:
                 client.get_run(state.parent_run_id)
                 return state, True
-            except mlflow.exceptions.MlflowException:
+            except MlflowException:
                 pass  # parent run deleted from the store: start afresh
-    parent = _external_parent(client)
     if parent is None:
         experiment = mlflow.get_experiment_by_name(config.experiment)
         assert experiment is not None  # created by tracking.configure
@@ -203,6 +217,11 @@ def _open_state(data: DataDir, config: PipelineConfig, uri: str, client: MlflowC
 
 def run_pipeline(data: DataDir, config: PipelineConfig | None = None, steps: tuple[Step, ...] | None = None) -> PipelineResult:
     """Run (or resume) the pipeline once. Raises `StepFailed` when a step fails.
+
+    The parent and child runs are driven through `MlflowClient`, not `mlflow.start_run`: every
+    stage opens its own run with the fluent API (which refuses to start a second top-level run while
+    one is active), so the pipeline keeps no fluent run open while a stage works. The stage's runs
+    are linked to the step's child run afterwards (`_link_stage_runs`).
 
     Args:
         data: the data dir (shop, features, models, MLflow store).
@@ -217,46 +236,89 @@ def run_pipeline(data: DataDir, config: PipelineConfig | None = None, steps: tup
     uri = tracking.configure(data, config.experiment)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     state, resumed = _open_state(data, config, uri, client)
+    parent = state.parent_run_id
+    client.update_run(parent, status="RUNNING")
+    _set_tags(client, parent, {PIPELINE_TAG: "true", "pipeline.state_file": str(state.path),
+                               "pipeline.since": state.since or "all", "pipeline.resumed": str(resumed).lower(),
+                               "pipeline.steps": ",".join(s.name for s in steps)})
+    _set_tags(client, parent, tracking.lineage(data))
     skipped: list[str] = []
-    with mlflow.start_run(run_id=state.parent_run_id) as parent:
-        mlflow.set_tags({PIPELINE_TAG: "true", "pipeline.state_file": str(state.path),
-                         "pipeline.since": state.since or "all", "pipeline.resumed": str(resumed).lower()})
-        mlflow.set_tags(tracking.lineage(data))
-        for step in steps:
-            if state.is_done(step.name):
-                skipped.append(step.name)
-                console.print(f"[dim]- {step.name}: done in an earlier attempt, skipped[/]")
-                continue
+    for step in steps:
+        if state.is_done(step.name):
+            skipped.append(step.name)
+            console.print(f"[dim]- {step.name}: done in an earlier attempt, skipped[/]")
+            continue
+        try:
             _run_step(step, data, config, state, client)
-            # The data changes during the run (validate ingests): keep the parent's lineage current.
-            mlflow.set_tags(tracking.lineage(data))
-        state.finish()
-        mlflow.log_metric("pipeline_seconds", sum(state.steps[s.name].seconds for s in steps if s.name in state.steps))
-    return PipelineResult(parent.info.run_id, state.path, resumed, skipped, dict(state.steps), uri)
+        except StepFailed:
+            client.set_terminated(parent, "FAILED")
+            raise
+        # The data changes during the run (validate ingests): keep the parent's lineage current.
+        _set_tags(client, parent, tracking.lineage(data))
+    total = sum(state.steps[s.name].seconds for s in steps if s.name in state.steps)
+    client.log_metric(parent, "pipeline_seconds", total)
+    for name, record in state.steps.items():
+        client.log_metric(parent, f"step_seconds.{name}", record.seconds)
+    state.finish()
+    client.set_terminated(parent, "FINISHED")
+    return PipelineResult(parent, state.path, resumed, skipped, dict(state.steps), uri)
+
+
+def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value)[:5000])
 
 
 def _run_step(step: Step, data: DataDir, config: PipelineConfig, state: RunState, client: MlflowClient) -> None:
     console.print(f"[bold]- {step.name}[/]: {step.description}")
+    parent = client.get_run(state.parent_run_id)
+    tags = {"mlflow.parentRunId": parent.info.run_id, "mlflow.note.content": step.description,
+            "pipeline.step": step.name, **tracking.lineage(data)}
+    child = client.create_run(parent.info.experiment_id, run_name=step.name, tags=tags).info.run_id
+    state.start_step(step.name, child)
+    context = StepContext(data, config, state, client, child)
+    started_ms = int(time.time() * 1000)
     started = time.perf_counter()
-    with mlflow.start_run(run_name=step.name, nested=True, description=step.description) as child:
-        run_id = child.info.run_id
-        mlflow.set_tags({"pipeline.step": step.name, "pipeline.parent_run_id": state.parent_run_id})
-        state.start_step(step.name, run_id)
-        context = StepContext(data, config, state, client, run_id)
-        try:
-            outputs = step.run(context)
-        except BaseException as exc:
-            seconds = time.perf_counter() - started
-            mlflow.set_tag("pipeline.error", f"{type(exc).__name__}: {exc}"[:5000])
-            mlflow.log_text(traceback.format_exc(), "error.txt")
-            state.fail_step(step.name, seconds=seconds, error=f"{type(exc).__name__}: {exc}")
-            console.print(f"[bold red]  {step.name} failed after {seconds:.1f}s:[/] {exc}")
-            # Leaving the `with` blocks with the exception marks the child and the parent FAILED.
-            raise StepFailed(step.name, state.path, state.parent_run_id, exc) from exc
+    try:
+        outputs = step.run(context)
+    except BaseException as exc:
         seconds = time.perf_counter() - started
-        mlflow.log_metric("step_seconds", seconds)
-        state.finish_step(step.name, run_id=run_id, seconds=seconds, outputs=outputs)
+        client.set_tag(child, "pipeline.error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.log_text(child, traceback.format_exc(), "error.txt")
+        _link_stage_runs(client, child, parent.info.run_id, step.name, started_ms)
+        client.set_terminated(child, "FAILED")
+        state.fail_step(step.name, seconds=seconds, error=f"{type(exc).__name__}: {exc}")
+        console.print(f"[bold red]  {step.name} failed after {seconds:.1f}s:[/] {exc}")
+        raise StepFailed(step.name, state.path, state.parent_run_id, exc) from exc
+    seconds = time.perf_counter() - started
+    client.log_metric(child, "step_seconds", seconds)
+    _link_stage_runs(client, child, parent.info.run_id, step.name, started_ms)
+    client.set_terminated(child, "FINISHED")
+    state.finish_step(step.name, run_id=child, seconds=seconds, outputs=outputs)
     console.print(f"  [green]{step.name} done[/] in {seconds:.1f}s")
+
+
+def _link_stage_runs(client: MlflowClient, child: str, parent: str, step: str, since_ms: int) -> list[str]:
+    """Tag the runs a stage opened during this step (its training/evaluation runs) with the step's run.
+
+    Same experiment: they nest under the child run in `mlflow ui` (`mlflow.parentRunId`); another
+    experiment (e.g. `vitrine-encoder`): linked by tags both ways.
+    """
+    experiment = client.get_run(child).info.experiment_id
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"attributes.start_time >= {since_ms}", max_results=200)
+    linked = []
+    for run in runs:
+        if run.info.run_id in (child, parent) or run.data.tags.get("pipeline.step"):
+            continue
+        if "mlflow.parentRunId" not in run.data.tags and run.info.experiment_id == experiment:
+            client.set_tag(run.info.run_id, "mlflow.parentRunId", child)
+        client.set_tag(run.info.run_id, "pipeline.parent_run_id", parent)
+        client.set_tag(run.info.run_id, "pipeline.step_run_id", child)
+        linked.append(run.info.run_id)
+    if linked:
+        client.set_tag(child, "pipeline.stage_runs", ",".join(linked))
+    return linked
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,9 +326,275 @@ def _run_step(step: Step, data: DataDir, config: PipelineConfig, state: RunState
 # --------------------------------------------------------------------------------------------
 
 
+def shop_counts(data: DataDir) -> dict[str, Any]:
+    """Row counts of the canonical shop from Parquet metadata (no data read): lineage of every model."""
+    import pyarrow.parquet as pq
+
+    from vitrine.shop.store import event_days
+
+    def rows(path: Path) -> int:
+        return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+    days = event_days(data)
+    events = sum(rows(part) for part in data.events.rglob("*.parquet")) if data.events.exists() else 0
+    return {"items": rows(data.items), "users": rows(data.users), "events": events, "event_days": len(days),
+            "first_event_day": days[0] if days else None, "last_event_day": days[-1] if days else None}
+
+
+def _incoming_fingerprint(data: DataDir) -> str | None:
+    """Names, sizes and mtimes of what waits in data/incoming (None when empty): what `validate` ingested."""
+    if not data.incoming.is_dir():
+        return None
+    digest = hashlib.sha256()
+    found = False
+    for path in sorted(p for p in data.incoming.rglob("*") if p.is_file() and "images" not in p.relative_to(data.incoming).parts):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(data.incoming)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        found = True
+    return digest.hexdigest()[:16] if found else None
+
+
+def _ingested_marker(data: DataDir) -> Path:
+    return pipeline_dir(data) / "last_ingested.txt"
+
+
 def validate(ctx: StepContext) -> dict[str, Any]:
-    """Ingest what waits in `data/incoming` (append only new days with --since), then count the shop."""
-    raise NotImplementedError
+    """Ingest what waits in `data/incoming` once (contract checks, rejects), then count the shop.
+
+    A drop already ingested (same files) is not ingested again, so re-runs are idempotent. Into an
+    existing shop, ingest appends (new days replace only those days); only an empty shop is replaced,
+    so a daily export of one day can never wipe the history.
+    """
+    from vitrine.shop.ingest import ingest
+
+    data = ctx.data
+    fingerprint = _incoming_fingerprint(data)
+    outputs: dict[str, Any] = {"ingested": False}
+    marker = _ingested_marker(data)
+    already = marker.read_text().strip() if marker.exists() else None
+    if fingerprint is not None and fingerprint != already:
+        append = data.items.exists()
+        report = ingest(data, append=append)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fingerprint)
+        summary = report.to_dict()
+        outputs.update(ingested=True, append=append, event_days_written=len(report.event_days))
+        for table, figures in summary["tables"].items():
+            ctx.client.log_metric(ctx.run_id, f"{table}.accepted", figures["accepted"])
+            ctx.client.log_metric(ctx.run_id, f"{table}.rejected", figures["rejected"])
+            outputs[f"{table}_rejected"] = figures["rejected"]
+        ctx.client.log_dict(ctx.run_id, summary, "ingest_report.json")
+    counts = shop_counts(data)
+    if counts["items"] == 0 or counts["events"] == 0:
+        raise InvalidInput(f"{data.shop}: no shop to train on (items {counts['items']}, events {counts['events']}); "
+                           f"put a shop in {data.incoming} (`vitrine generate` or `vitrine import`)")
+    for key in ("items", "users", "events", "event_days"):
+        ctx.client.log_metric(ctx.run_id, f"shop.{key}", counts[key])
+    outputs.update(counts)
+    return outputs
 
 
-STEPS: tuple[Step, ...] = ()
+def embed_items(ctx: StepContext) -> dict[str, Any]:
+    """Item vectors with the trained encoder; the encoder is trained first when there is none yet."""
+    from embeddings.encode import default_model_dir, embed
+    from embeddings.train_encoder import TrainEncoderConfig, train_encoder
+
+    data = ctx.data
+    outputs: dict[str, Any] = {"encoder_trained": False}
+    if not Path(default_model_dir(data)).is_dir() or ctx.config.retrain_encoder:
+        trained = train_encoder(data, ctx.stage_config("encoder") or TrainEncoderConfig(), progress=ctx.config.progress)
+        registered = trained.get("mlflow") or {}
+        outputs.update(encoder_trained=True, encoder_version=str(registered.get("version", "")),
+                       encoder_run_id=str(registered.get("run_id", "")))
+    summary = embed(data, progress=ctx.config.progress)
+    ctx.client.log_dict(ctx.run_id, summary, "embed_summary.json")
+    ctx.client.log_metric(ctx.run_id, "items_embedded", summary["items"])
+    outputs.update(embedding_model_version=summary["model_version"], items_embedded=summary["items"],
+                   with_image=summary["with_image"], replaced_version=summary["replaced_version"] or "")
+    return outputs
+
+
+def build_features(ctx: StepContext) -> dict[str, Any]:
+    """Daily feature snapshots: all days, or only days >= --since (incremental)."""
+    from training.build_features import build
+
+    report = build(ctx.data, since=ctx.config.since)
+    for view, rows in report.rows.items():
+        ctx.client.log_metric(ctx.run_id, f"rows.{view}", rows)
+    return {"first_day": report.first_day, "last_day": report.last_day, "events_read": report.events_read,
+            "rows": dict(report.rows)}
+
+
+def feast_apply_materialize(ctx: StepContext) -> dict[str, Any]:
+    """`feast apply` then `feast materialize` of the snapshot days just built into the online store."""
+    from training import feature_store
+
+    feature_store.apply(ctx.data)
+    first = pd.Timestamp(ctx.output("features", "first_day"), tz="UTC")
+    # Snapshot rows sit at day starts: the range ends just after the last snapshot day's rows.
+    end = pd.Timestamp(ctx.output("features", "last_day"), tz="UTC") + pd.Timedelta(days=1)
+    # Item vectors carry one fixed early timestamp (they never go stale), so a full run loads them
+    # from the beginning of time; an incremental run starts where the new snapshots start.
+    start = first.to_pydatetime() if ctx.config.since else None
+    stats = feature_store.materialize(ctx.data, start if start is not None else datetime(1970, 1, 1, tzinfo=timezone.utc),
+                                      end.to_pydatetime())
+    for view, seconds in stats["views"].items():
+        ctx.client.log_metric(ctx.run_id, f"materialize_seconds.{view}", seconds)
+    return {"start": stats["start"], "end": stats["end"], "views": sorted(stats["views"]),
+            "feature_repo": feature_repo_version()}
+
+
+def feature_repo_version() -> str:
+    """Content hash of the Feast definitions: changes whenever a feature view or service changes."""
+    from training.feature_store import REPO_DIR
+
+    return hashlib.sha256((REPO_DIR / "definitions.py").read_bytes()).hexdigest()[:12]
+
+
+def split_time(ctx: StepContext) -> pd.Timestamp:
+    """T, the start of the latest time split: the last `eval_days` event days are held out.
+
+    The same T as `training.retriever_data.time_split(..., test_days=eval_days)`, which the
+    retriever's trainer uses for its validation days and the evaluate step for its test set.
+    """
+    last = pd.Timestamp(ctx.output("validate", "last_event_day"), tz="UTC")
+    return last - pd.Timedelta(days=ctx.config.eval_days - 1)
+
+
+def _model_lineage(ctx: StepContext) -> dict[str, str]:
+    """What the pipeline knows of a model's inputs beyond `vitrine.tracking.lineage`."""
+    return {
+        "pipeline_run_id": ctx.state.parent_run_id,
+        "shop.items": str(ctx.output("validate", "items", "")),
+        "shop.users": str(ctx.output("validate", "users", "")),
+        "shop.events": str(ctx.output("validate", "events", "")),
+        "shop.event_days": f"{ctx.output('validate', 'first_event_day')}/{ctx.output('validate', 'last_event_day')}",
+        "feature_repo": str(ctx.output("feast", "feature_repo", "")),
+        "feature_days": f"{ctx.output('features', 'first_day')}/{ctx.output('features', 'last_day')}",
+        "embedding_model_version": str(ctx.output("embed", "embedding_model_version", "")),
+        "split_start": split_time(ctx).isoformat(),
+    }
+
+
+def _tag_challenger(ctx: StepContext, model: str, version: str) -> None:
+    """Point `@challenger` at the new version and add the pipeline's lineage tags it lacks."""
+    from training.promotion import CHALLENGER_ALIAS
+
+    have = ctx.client.get_model_version(model, version).tags
+    for key, value in {**tracking.lineage(ctx.data), **_model_lineage(ctx)}.items():
+        if key not in have:
+            ctx.client.set_model_version_tag(model, version, key, value)
+    ctx.client.set_registered_model_alias(model, CHALLENGER_ALIAS, version)
+
+
+def train_retriever_step(ctx: StepContext) -> dict[str, Any]:
+    """Train the two-tower retriever on the days before the latest split and register it."""
+    from dataclasses import replace
+
+    from ranking.retriever import REGISTERED_MODEL
+    from training.train_retriever import TrainConfig, train_retriever
+
+    config = ctx.stage_config("retriever") or TrainConfig()
+    # The challenger never sees the latest split: its last eval_days are the trainer's validation
+    # days, held out of the final model too, so the evaluate step compares it fairly.
+    config = replace(config, validation_days=ctx.config.eval_days)
+    run = train_retriever(ctx.data, config, show_progress=ctx.config.progress)
+    if not run.version:
+        raise RuntimeError("train_retriever registered no vitrine-retriever version")
+    _tag_challenger(ctx, REGISTERED_MODEL, run.version)
+    last = run.fit.epochs[-1] if run.fit.epochs else {}
+    return {"model": REGISTERED_MODEL, "version": run.version, "run_id": run.run_id or "",
+            "model_dir": str(run.model_dir), "last_epoch": {k: float(v) for k, v in last.items()}}
+
+
+def train_ranker_step(ctx: StepContext) -> dict[str, Any]:
+    """Train the LightGBM reranker on the challenger retriever's candidates, before the latest split."""
+    from ranking.reranker import REGISTERED_MODEL
+    from ranking.retriever import Retriever
+    from training.promotion import CHALLENGER_ALIAS
+    from training.train_ranker import RankerTrainConfig, RetrieverCandidates, train_ranker
+
+    retriever = Retriever.from_registry(ctx.data, CHALLENGER_ALIAS)
+    if str(retriever.version) != str(ctx.output("retriever", "version")):
+        raise RuntimeError(f"vitrine-retriever@{CHALLENGER_ALIAS} is v{retriever.version}, this run trained "
+                           f"v{ctx.output('retriever', 'version')}: another pipeline run is active")
+    config = ctx.stage_config("ranker") or RankerTrainConfig()
+    result = train_ranker(ctx.data, config, retriever=RetrieverCandidates(retriever), end=split_time(ctx),
+                          progress=ctx.config.progress)
+    if not result.registered_version:
+        raise RuntimeError("train_ranker registered no vitrine-ranker version")
+    _tag_challenger(ctx, REGISTERED_MODEL, result.registered_version)
+    return {"model": REGISTERED_MODEL, "version": result.registered_version, "run_id": result.run_id,
+            "model_dir": str(result.model_dir), "valid_ndcg_at_10": result.valid_ndcg_at_10,
+            "retriever_version": str(retriever.version)}
+
+
+def evaluate_models(ctx: StepContext) -> dict[str, Any]:
+    """Challenger and current champion pairs, scored on the same latest time split."""
+    import tempfile
+
+    from training.promotion import CHALLENGER_ALIAS, CHAMPION_ALIAS, RETRIEVER_MODEL, champion_version
+    from training.split_evaluation import LatestSplit, evaluate_pair, plot_recall_curves
+    from vitrine.errors import ModelUnavailable
+
+    config = ctx.stage_config("evaluate") or {}
+    latest = LatestSplit.of(ctx.data, ctx.config.eval_days, max_requests=config.get("max_requests"))
+    challenger, challenger_curve = evaluate_pair(latest, CHALLENGER_ALIAS)
+    curves = {"challenger": challenger_curve}
+    champion: dict[str, float] | None = None
+    champion_note = "no champion yet"
+    if champion_version(ctx.client, RETRIEVER_MODEL) is not None:
+        try:
+            champion, curves["champion"] = evaluate_pair(latest, CHAMPION_ALIAS)
+            champion_note = ""
+        except ModelUnavailable as exc:
+            # A champion that no longer loads cannot serve either: the challenger is judged alone.
+            champion_note = f"champion unusable: {exc}"
+    for role, figures in (("challenger", challenger), ("champion", champion or {})):
+        for name, value in figures.items():
+            ctx.client.log_metric(ctx.run_id, f"{role}.{name}", value)
+    with tempfile.TemporaryDirectory() as scratch:
+        plot = plot_recall_curves(curves, Path(scratch) / "recall_at_k.png", latest.cutoff)
+        ctx.client.log_artifact(ctx.run_id, str(plot))
+    ctx.client.log_dict(ctx.run_id, {"challenger": challenger, "champion": champion, "curves": curves}, "evaluation.json")
+    return {"split_start": latest.cutoff.isoformat(), "test_users": len(latest.split.targets),
+            "test_requests": len(latest.requests), "challenger": challenger, "champion": champion,
+            "champion_note": champion_note}
+
+
+def promote_if_better(ctx: StepContext) -> dict[str, Any]:
+    """Decide with the agreed rules and move `@champion` only when the challenger wins."""
+    from training.promotion import RANKER_MODEL, RETRIEVER_MODEL, decide, promote
+
+    challenger = ctx.output("evaluate", "challenger")
+    champion = ctx.output("evaluate", "champion")
+    decision = decide(challenger, champion, ctx.config.policy)
+    note = ctx.output("evaluate", "champion_note")
+    if champion is None and note and note != "no champion yet":
+        decision = type(decision)(decision.promote, note, decision.challenger, None, decision.outcomes)
+    versions = {RETRIEVER_MODEL: ctx.output("retriever", "version"), RANKER_MODEL: ctx.output("ranker", "version")}
+    champions = promote(ctx.client, versions, decision, pipeline_run_id=ctx.state.parent_run_id)
+    ctx.client.log_text(ctx.run_id, decision.to_json(), "decision.json")
+    ctx.client.set_tag(ctx.run_id, "promotion.decision", "promoted" if decision.promote else "rejected")
+    ctx.client.set_tag(ctx.run_id, "promotion.reason", decision.reason[:5000])
+    ctx.client.set_tag(ctx.state.parent_run_id, "promotion.decision", "promoted" if decision.promote else "rejected")
+    ctx.client.log_metric(ctx.run_id, "promoted", float(decision.promote))
+    for rule in ctx.config.policy.rules:
+        ctx.client.log_param(ctx.run_id, f"rule.{rule.metric}", f"min_gain={rule.min_gain} higher_is_better={rule.higher_is_better}")
+    verdict = "promoted" if decision.promote else "kept the champion"
+    console.print(f"  {verdict}: {decision.reason}")
+    return {"promote": decision.promote, "reason": decision.reason, "challenger": decision.challenger,
+            "champion": decision.champion, "challenger_versions": versions, "champions": champions}
+
+
+STEPS: tuple[Step, ...] = (
+    Step("validate", validate, "ingest new data from data/incoming (contract checks, rejects) and count the shop"),
+    Step("embed", embed_items, "item vectors (trains the encoder first when there is none)"),
+    Step("features", build_features, "daily feature snapshots (incremental with --since)"),
+    Step("feast", feast_apply_materialize, "feast apply + materialize into the online store"),
+    Step("retriever", train_retriever_step, "train + register the two-tower retriever (challenger)"),
+    Step("ranker", train_ranker_step, "train + register the LightGBM reranker on the challenger's candidates"),
+    Step("evaluate", evaluate_models, "challenger and champion on the same latest time split"),
+    # The service (`ranking.service`) polls `@champion`: moving the alias is the deployment.
+    Step("promote", promote_if_better, "move @champion to the challenger only if it beats the champion"),
+)

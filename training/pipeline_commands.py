@@ -1,12 +1,109 @@
-"""CLI commands of this stage, registered into `vitrine` by `vitrine.cli`."""
+"""`vitrine pipeline run` (the scheduled job) and `vitrine demo` (what `make demo` runs).
+
+Both are thin: the pipeline is `training.pipeline`, the demo is `training.demo`.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from training.promotion import DEFAULT_RANKER_RULE, DEFAULT_RETRIEVER_RULE, MetricRule, PromotionPolicy
+from vitrine.errors import InvalidInput, VitrineError
+from vitrine.options import DataDirOption, JsonOption, data_dir
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
 
+out = Console()
+err = Console(stderr=True)
+
+SinceOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--since",
+        help="Process only data from this UTC day on: YESTERDAY or YYYY-MM-DD (ingest append, incremental "
+        "features, new items). Default (or `all`): a full run.",
+        show_default=False,
+    ),
+]
+ResumeOption = Annotated[
+    bool,
+    typer.Option("--resume/--no-resume", help="Continue the newest unfinished run from its failed step."),
+]
+RuleOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--rule",
+        help="Promotion rule METRIC=MIN_GAIN (repeatable; replaces the defaults), e.g. "
+        f"--rule {DEFAULT_RETRIEVER_RULE.metric}={DEFAULT_RETRIEVER_RULE.min_gain} "
+        f"--rule {DEFAULT_RANKER_RULE.metric}={DEFAULT_RANKER_RULE.min_gain}. "
+        "The challenger is promoted only if every metric gains at least MIN_GAIN over the champion.",
+        show_default=False,
+    ),
+]
+
+
+def parse_rules(texts: list[str] | None) -> PromotionPolicy:
+    """`--rule METRIC=MIN_GAIN ...` as a policy; the default policy when none is given.
+
+    Example:
+        >>> parse_rules(["retriever.recall_at_100=0.01"]).rules[0].min_gain
+        0.01
+    """
+    if not texts:
+        return PromotionPolicy()
+    rules = []
+    for text in texts:
+        metric, sep, gain = text.partition("=")
+        try:
+            rules.append(MetricRule(metric.strip(), float(gain)))
+        except ValueError:
+            sep = ""
+        if not sep or not metric.strip():
+            raise InvalidInput(f"--rule {text!r}: expected METRIC=MIN_GAIN, e.g. retriever.recall_at_100=0.005")
+    return PromotionPolicy(rules=tuple(rules))
+
 
 def register(cli: "Groups") -> None:
-    """Add this stage's commands to the `vitrine` CLI."""
+    """Add `vitrine pipeline run` and `vitrine demo`."""
+
+    @cli.pipeline.command("run")
+    def run_command(
+        data_dir_option: DataDirOption = None,
+        since: SinceOption = None,
+        resume: ResumeOption = True,
+        rule: RuleOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Validate new data, embed, build + materialize features, train, evaluate, promote if better."""
+        from training.pipeline import PipelineConfig, StepFailed, resolve_since, run_pipeline
+
+        data = data_dir(data_dir_option)
+        config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule), progress=not as_json)
+        try:
+            result = run_pipeline(data, config)
+        except StepFailed as failed:
+            cause = failed.__cause__
+            err.print(f"[bold red]error:[/] {failed}")
+            if as_json:
+                out.print_json(json.dumps({"failed_step": failed.step, "parent_run_id": failed.parent_run_id,
+                                           "state_path": str(failed.state_path), "error": str(cause)}))
+            sys.exit(cause.exit_code if isinstance(cause, VitrineError) else 1)
+        if as_json:
+            out.print_json(json.dumps(result.to_dict(), default=str))
+            return
+        from training.demo import print_pipeline_summary
+
+        print_pipeline_summary(out, result)
+
+    @cli.root.command("demo")
+    def demo_command(data_dir_option: DataDirOption = None) -> None:
+        """End to end on the default shop: generate + ingest if empty, run the pipeline once, recommend."""
+        from training.demo import run_demo
+
+        run_demo(data_dir(data_dir_option), out)

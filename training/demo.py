@@ -1,0 +1,115 @@
+"""`vitrine demo` (what `make demo` runs): the whole system once, end to end, on the default shop.
+
+1. If `data/shop` is empty, generate the default synthetic shop (`vitrine.shop.generate.DEMO`)
+   into `data/incoming/`; the pipeline's `validate` step ingests it.
+2. Run the training pipeline once (`training.pipeline.run_pipeline`): embed, features, Feast,
+   retriever, ranker, evaluation, promotion.
+3. Print recommendations for a regular user (the most active one) and for a new, unknown user,
+   with item titles, through the serving API (`ranking.recommend.Recommender`), in this process:
+   nothing is left running.
+4. Print where to look in MLflow.
+
+Example:
+    $ make demo            # or: vitrine demo --data-dir data
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+from rich.console import Console
+from rich.table import Table
+
+from training.pipeline import PipelineConfig, PipelineResult, run_pipeline
+from vitrine.paths import DataDir
+
+# Recommendations shown per user: one screen.
+DEMO_K = 10
+# An id no shop has: what a first-time visitor looks like to the service.
+NEW_USER_ID = "new-visitor-0001"
+
+
+def most_active_user(data: DataDir) -> str:
+    """The user with the most events: a regular with a long history."""
+    table = ds.dataset(str(data.events), format="parquet", partitioning="hive").to_table(columns=["user_id"])
+    counts = table.column("user_id").value_counts()
+    best = max(range(len(counts)), key=lambda i: counts[i]["counts"].as_py())
+    return str(counts[best]["values"].as_py())
+
+
+def ensure_shop(data: DataDir, console: Console) -> dict[str, float | int] | None:
+    """Generate the default shop into `data/incoming` when `data/shop` holds none; else do nothing."""
+    if data.items.exists() and data.events.exists():
+        console.print(f"[dim]shop already in {data.shop}: not regenerated[/]")
+        return None
+    from vitrine.shop.generate import DEMO, generate_shop
+
+    console.print(f"[bold]generating the default shop[/] ({DEMO.users:,} users, {DEMO.items:,} items, {DEMO.days} days) "
+                  f"into {data.incoming}")
+    return generate_shop(data, DEMO, progress=True)
+
+
+def print_pipeline_summary(console: Console, result: PipelineResult) -> None:
+    """Step timings and the promotion decision of one pipeline run."""
+    table = Table(title=f"pipeline run {result.parent_run_id}" + (" (resumed)" if result.resumed else ""))
+    for column in ("step", "status", "seconds", "MLflow run"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for name, record in result.steps.items():
+        status = "skipped (done before)" if name in result.skipped else record.status
+        table.add_row(name, status, f"{record.seconds:.1f}", record.run_id)
+    console.print(table)
+    decision = result.decision
+    if decision:
+        verdict = "[bold green]promoted[/]" if decision.get("promote") else "[bold yellow]kept the champion[/]"
+        console.print(f"promotion: {verdict}: {decision.get('reason', '')}")
+        champions = decision.get("champions", {})
+        if champions:
+            console.print("champions now: " + ", ".join(f"{name}@champion = v{v}" for name, v in champions.items()))
+
+
+def print_recommendations(data: DataDir, console: Console) -> None:
+    """Recommendations for the most active user and for an unknown one, with titles."""
+    from ranking.recommend import Recommender
+
+    recommender = Recommender.from_data(data)
+    for label, user in (("regular user", most_active_user(data)), ("new user", NEW_USER_ID)):
+        recs = recommender.recommend(user, k=DEMO_K)
+        flags = ", ".join(flag for flag, on in (("cold start", recs.cold_start), ("degraded", recs.degraded)) if on)
+        table = Table(title=f"{label} {user}" + (f" ({flags})" if flags else ""))
+        for column in ("#", "item", "title", "score", "source", "top reason"):
+            table.add_column(column)
+        for position, rec in enumerate(recs, start=1):
+            reason = rec.reasons[0].feature if rec.reasons else "-"
+            table.add_row(str(position), rec.item_id, rec.title, f"{rec.score:.3f}", rec.source, reason)
+        console.print(table)
+
+
+def print_mlflow_pointers(data: DataDir, result: PipelineResult, console: Console) -> None:
+    uri = result.tracking_uri
+    if uri.startswith("sqlite:///"):
+        shown = Path(uri.removeprefix("sqlite:///"))
+        try:
+            shown = shown.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        uri = f"sqlite:///{shown}"
+    console.print("\n[bold]MLflow[/]: every step is a child run of the pipeline run, with lineage tags and plots")
+    console.print(f"  mlflow ui --backend-store-uri {uri}     # then open http://127.0.0.1:5000")
+    console.print(f"  pipeline (parent) run: {result.parent_run_id}")
+    for name, record in result.steps.items():
+        console.print(f"    {name:<10} {record.run_id}")
+    console.print("  registered models: vitrine-encoder, vitrine-retriever, vitrine-ranker (alias @champion)")
+
+
+def run_demo(data: DataDir, console: Console) -> PipelineResult:
+    """Generate (if needed), run the pipeline once, recommend for two users, point at MLflow."""
+    began = time.perf_counter()
+    ensure_shop(data, console)
+    result = run_pipeline(data, PipelineConfig())
+    print_pipeline_summary(console, result)
+    print_recommendations(data, console)
+    print_mlflow_pointers(data, result, console)
+    console.print(f"\ndemo finished in {time.perf_counter() - began:.0f}s; nothing left running")
+    return result

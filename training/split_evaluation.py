@@ -1,0 +1,150 @@
+"""Champion and challenger, measured on the same latest time split: the input of `promotion.decide`.
+
+A model's own training run reports figures on *its* split; yesterday's champion reported on
+yesterday's. Those do not compare. Here both registered pairs (retriever + ranker, by alias) are
+scored on one split, today's, with the stages' own code:
+
+- retriever: `training.retriever_data.time_split` (test users' features as of T, their new items
+  after T, training history excluded), full ranking over the catalog, `ranking_metrics` (ranx):
+  `retriever.recall_at_20/100/500`, `retriever.ndcg_at_10`;
+- ranker: the requests after T (`label_requests`), each pair's own retriever candidates (no injected
+  positives, as at serving), ordered by the pair's ranker, `evaluate_orders`: `ranker.ndcg_at_10`,
+  `ranker.recall_at_10`, `ranker.purchases_at_10`, `ranker.revenue_at_10` (end to end: a retriever
+  that misses the positives scores 0 for that request whatever the ranker does).
+
+Plus a recall@K curve (PNG) of both retrievers, logged by the pipeline's evaluate step.
+
+Example:
+    split = LatestSplit.of(data, test_days=3)
+    figures = evaluate_pair(split, "challenger")   # {"retriever.recall_at_100": 0.41, ...}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vitrine.paths import DataDir
+
+# Cut-offs of the recall@K curve plot.
+CURVE_KS = (10, 20, 50, 100, 200, 500)
+
+
+@dataclass
+class LatestSplit:
+    """Everything both pairs are scored on, read once."""
+
+    data: DataDir
+    split: Any  # training.retriever_data.Split (time protocol)
+    requests: Any  # training.ranker_dataset.Requests after T
+    user_rows: pd.DataFrame  # ranker user features as of each request
+    item_tables: Any  # day -> ItemTable
+    max_requests: int
+
+    @classmethod
+    def of(cls, data: DataDir, test_days: int, max_requests: int | None = None) -> "LatestSplit":
+        """Read the shop and features for the split at T = start of the last `test_days` days."""
+        from training.ranker_dataset import DEFAULT_MAX_REQUESTS, label_requests
+        from training.retriever_data import positive_interactions, time_split, with_features
+        from training.train_ranker import point_in_time_features
+        from vitrine.shop.store import read_events, read_items
+
+        items = read_items(data)
+        events = read_events(data)
+        examples = with_features(data, positive_interactions(events))
+        split = time_split(data, examples, items, test_days)
+        end = pd.Timestamp(events["timestamp"].max()) + pd.Timedelta(seconds=1)
+        limit = max_requests or DEFAULT_MAX_REQUESTS
+        requests = label_requests(events, split.cutoff, end, items).sample(limit, seed=0)
+        user_rows, tables = point_in_time_features(data, requests, items)
+        return cls(data, split, requests, user_rows, tables, limit)
+
+    @property
+    def cutoff(self) -> pd.Timestamp:
+        return pd.Timestamp(self.split.cutoff)
+
+
+def retriever_top(split: Any, retriever: Any, k: int) -> np.ndarray:
+    """[users, k] split-catalog rows of `retriever`'s exact top-k per test user (history excluded).
+
+    The retriever ranks its own item table (the catalog it was trained with); its rows are mapped to
+    the split's catalog rows, and items the split does not know come out as -1 (never a hit).
+    """
+    from training.retrieval_metrics import top_k_by_vectors
+
+    index = retriever.index
+    vectors = np.asarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
+    own_rows = {item: row for row, item in enumerate(retriever.item_ids)}
+    split_ids = split.catalog["item_id"].astype(str).to_numpy()
+    to_split = np.full(len(vectors), -1, dtype=np.int64)
+    for split_row, item in enumerate(split_ids):
+        if item in own_rows:
+            to_split[own_rows[item]] = split_row
+    exclude = [np.array([own_rows[split_ids[r]] for r in rows if split_ids[r] in own_rows], dtype=np.int64)
+               for rows in split.history]
+    users = retriever.user_vectors(split.test_users)
+    top = top_k_by_vectors(users, vectors, exclude, k=min(k, len(vectors)))
+    return to_split[top]
+
+
+def recall_curve(top: np.ndarray, targets: list[np.ndarray], ks: tuple[int, ...] = CURVE_KS) -> dict[int, float]:
+    """Mean recall@K over users with targets, for each K (the plot's points)."""
+    scored = [(row, set(t.tolist())) for row, t in zip(top, targets) if len(t)]
+    curve = {}
+    for k in ks:
+        hits = [len(want.intersection(row[:k].tolist())) / len(want) for row, want in scored]
+        curve[k] = float(np.mean(hits)) if hits else 0.0
+    return curve
+
+
+def evaluate_pair(latest: LatestSplit, alias: str) -> tuple[dict[str, float], dict[int, float]]:
+    """Metrics of `vitrine-retriever@alias` + `vitrine-ranker@alias` on the split, and the recall curve.
+
+    Raises:
+        ModelUnavailable: the alias does not exist or a model does not load.
+    """
+    from ranking.reranker import Reranker
+    from ranking.retriever import Retriever
+    from training.evaluate_ranker import evaluate_orders
+    from training.ranker_dataset import DatasetConfig, build_dataset
+    from training.retrieval_metrics import MAX_K, ranking_metrics
+    from training.train_ranker import RetrieverCandidates
+
+    retriever = Retriever.from_registry(latest.data, alias)
+    reranker = Reranker.from_registry(latest.data, alias)
+    split = latest.split
+    top = retriever_top(split, retriever, MAX_K)
+    figures = {f"retriever.{name.replace('@', '_at_')}": value
+               for name, value in ranking_metrics(top, split.targets, len(split.catalog)).items()}
+    dataset = build_dataset(latest.requests, latest.user_rows, latest.item_tables, RetrieverCandidates(retriever),
+                            DatasetConfig(inject_positives=False, max_requests=latest.max_requests), progress=False)
+    orders = evaluate_orders(dataset, {"reranked": reranker.score(dataset.features)})
+    figures.update({f"ranker.{name}": value for name, value in orders["reranked"].items()})
+    return figures, recall_curve(top, split.targets)
+
+
+def plot_recall_curves(curves: dict[str, dict[int, float]], path: Path, cutoff: pd.Timestamp) -> Path:
+    """Recall@K of each named retriever on one split, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ks = sorted(curve)
+        axis.plot(ks, [curve[k] for k in ks], marker="o", label=name)
+    axis.set_xscale("log")
+    axis.set_xlabel("K (log scale)")
+    axis.set_ylabel("recall@K")
+    axis.set_title(f"vitrine-retriever recall@K, test after {cutoff:%Y-%m-%d}")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
