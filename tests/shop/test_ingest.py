@@ -382,3 +382,20 @@ def test_report_prints_counts_as_json_and_table(tmp_path: Path, data_dir: DataDi
     }
     assert payload["event_days"] == {"count": 2, "first": "2024-01-03", "last": "2024-01-04"}
     assert report.to_table().row_count == 3
+
+
+@pytest.mark.parametrize(
+    ("stamps", "expected"),
+    [
+        (["2024-01-03T10:00:00Z", "2024-01-03T12:00:00+02:00"], ["2024-01-03T10:00:00Z", "2024-01-03T10:00:00Z"]),
+        (["2024-01-03 10:00:00", "2024-01-04"], ["2024-01-03T10:00:00Z", "2024-01-04T00:00:00Z"]),
+        (["2024-01-03 10:00:00", "2024-01-03T11:00:00Z"], ["2024-01-03T10:00:00Z", "2024-01-03T11:00:00Z"]),
+    ],
+    ids=["all-zoned", "all-naive", "mixed"],
+)
+def test_text_timestamps_are_utc_whatever_the_mix(tmp_path: Path, data_dir: DataDir, stamps: list[str], expected: list[str]) -> None:
+    events = good_events().iloc[:2].copy()
+    events["timestamp"] = stamps
+    ingest(data_dir, write_shop(tmp_path / "src", good_items(), events))
+
+    assert store.read_events(data_dir)["timestamp"].tolist() == [pd.Timestamp(e) for e in expected]
