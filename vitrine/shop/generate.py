@@ -53,7 +53,7 @@ from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 from vitrine.shop import sessions as behaviour
 from vitrine.shop.catalogue import CATEGORY_NAMES, COLOUR_NAMES, DAY_S, Catalogue, make_catalogue
-from vitrine.shop.render import COLOUR_RGB, PATTERNS, SHAPES, render, save_png
+from vitrine.shop.render import COLOUR_RGB, PATTERNS, SHAPES, Picture, draw_pictures
 from vitrine.shop.sessions import Shelves, draw_tastes, events_table, simulate_chunk, tastes_table, traffic_cdf
 
 
@@ -140,17 +140,14 @@ def _make_users(spec: ShopSpec) -> tuple[list[str], np.ndarray, pd.DataFrame]:
 
 def _render_images(cat: Catalogue, spec: ShopSpec, folder: Path, progress: bool) -> int:
     """Draw every item that has an image into `folder/<item_id>.png`; returns how many."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([spec.seed, STREAM_IMAGES])
-    drawn = 0
-    for i in tqdm(np.flatnonzero(cat.has_image), desc="images", unit="img", disable=not progress):
-        pixels = render(
-            CATEGORY_NAMES[cat.category[i]], COLOUR_NAMES[cat.colour[i]], PATTERNS[cat.pattern[i]],
-            spec.image_size, rng,
-        )
-        save_png(pixels, folder / f"{cat.ids[i]}.png")
-        drawn += 1
-    return drawn
+    pictures = [
+        Picture(cat.ids[i], CATEGORY_NAMES[cat.category[i]], COLOUR_NAMES[cat.colour[i]],
+                PATTERNS[cat.pattern[i]], int(i))
+        for i in np.flatnonzero(cat.has_image)
+    ]
+    with tqdm(total=len(pictures), desc="images", unit="img", disable=not progress) as bar:
+        return draw_pictures(pictures, folder, size=spec.image_size, seed=[spec.seed, STREAM_IMAGES],
+                             progress=bar.update)
 
 
 # --- The whole shop ------------------------------------------------------------------------------
