@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -182,7 +182,9 @@ class ModelWatcher:
 
     def _refuse(self, probe: Probe | None, reason: str) -> None:
         with self.state.lock:
-            self.state.last_error = reason if probe is None else f"refused {replace(probe)}: {reason}"
+            if probe is not None:
+                reason = f"refused {RETRIEVER_MODEL} v{probe.retriever} + {RANKER_MODEL} v{probe.ranker}: {reason}"
+            self.state.last_error = reason
             self.state.refused = probe
         log.warning("model watcher: %s", self.state.last_error)
         if self.on_change:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -24,14 +23,10 @@ from ranking.online_features import (
 )
 from vitrine.errors import FeatureUnavailable
 
+from serving_shop import free_port, start_redis
+
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 VIEWS = ("user_stats", "user_recent_items")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_store(root: Path, online: dict[str, str]):
@@ -172,19 +167,6 @@ def private_redis(tmp_path) -> Iterator[int]:
     start_redis(port, tmp_path)
     yield port
     subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=10)
-
-
-def start_redis(port: int, workdir: Path) -> None:
-    subprocess.run(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "yes", "--dir", str(workdir)],
-        check=True,
-        timeout=10,
-    )
-    for _ in range(100):
-        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG":
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"redis-server did not start on {port}")
 
 
 def test_redis_down_fails_fast_and_reconnects_without_restart(private_redis, tmp_path) -> None:

@@ -1,0 +1,205 @@
+"""A small served shop for the serving tests: shop, features in Feast, retriever and ranker @champion.
+
+Built once per test session (`served_shop()` caches it) through the stages' public functions:
+`generate_shop` + `ingest`, `training.build_features.build`, `training.feature_store.apply/materialize`,
+`training.train_retriever.train_retriever`, `training.train_ranker.train_ranker`. The item vectors
+are written directly (category direction + noise) instead of running an image encoder: serving only
+reads them from the feature store, and a real encoder would cost the test session a minute.
+
+Events end today, so the features are fresh with respect to the views' ttl.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import shutil
+import socket
+import subprocess
+import tempfile
+import warnings
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vitrine.paths import DataDir
+
+USERS, ITEMS, DAYS = 300, 120, 20
+EMBEDDING_DIM = 32
+# Set to a folder to keep the built shop between local test sessions.
+REUSE_ENV = "VITRINE_TEST_SERVING_SHOP"
+
+
+def build_shop(root: Path) -> DataDir:
+    """Shop + item vectors + features, applied and materialized into the embedded SQLite store."""
+    from training import feature_store
+    from training.build_features import build
+    from vitrine.shop.generate import DEMO, generate_shop
+    from vitrine.shop.ingest import ingest
+    from vitrine.shop.store import read_items
+
+    data = DataDir.resolve(root)
+    today = datetime.now(timezone.utc).date()
+    generate_shop(data, replace(DEMO, users=USERS, items=ITEMS, days=DAYS, start=today - timedelta(days=DAYS)), progress=False)
+    ingest(data)
+    write_item_vectors(data, read_items(data))
+    build(data)
+    feature_store.apply(data)
+    now = datetime.now(timezone.utc)
+    feature_store.materialize(data, now - timedelta(days=90), now)
+    return data
+
+
+def write_item_vectors(data: DataDir, items: pd.DataFrame, dim: int = EMBEDDING_DIM, version: str = "test-vectors-1") -> None:
+    """Unit vectors near a per-category direction, in the `item_embeddings.parquet` format."""
+    rng = np.random.default_rng(0)
+    directions = {c: rng.normal(size=dim) for c in items["category"].fillna("none").unique()}
+    vectors = np.stack([directions[c] + 0.5 * rng.normal(size=dim) for c in items["category"].fillna("none")]).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    data.embeddings.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "item_id": items["item_id"].astype(str),
+            "embedding": [v.tolist() for v in vectors],
+            "has_image": True,
+            "model_version": version,
+            "event_timestamp": pd.Timestamp(datetime.now(timezone.utc) - timedelta(days=1)),
+        }
+    ).to_parquet(data.item_embeddings)
+
+
+def train_models(data: DataDir) -> None:
+    """Train a tiny retriever and ranker with the training stages and point `@champion` at them."""
+    import mlflow
+
+    from ranking.retriever import Retriever
+    from training.train_ranker import RankerTrainConfig, RetrieverCandidates, train_ranker
+    from training.train_retriever import TrainConfig, train_retriever
+    from training.two_tower import TwoTowerConfig
+    from vitrine.tracking import configure
+
+    run = train_retriever(
+        data,
+        TrainConfig(epochs=1, batch_size=256, random_negatives=32, validation_days=0),
+        TwoTowerConfig(embedding_dim=16, hidden_dim=32, output_dim=16),
+        show_progress=False,
+    )
+    configure(data)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("vitrine-retriever", "champion", str(run.version))
+    assert run.model_dir is not None
+    ranker = train_ranker(
+        data,
+        RankerTrainConfig(train_days=14, valid_days=3, max_rounds=20, min_data_in_leaf=5, num_leaves=7),
+        retriever=RetrieverCandidates(Retriever.load(run.model_dir, version=str(run.version))),
+        progress=False,
+    )
+    client.set_registered_model_alias("vitrine-ranker", "champion", str(ranker.version))
+
+
+def register_dir(data: DataDir, name: str, directory: Path, alias: str | None = "champion") -> str:
+    """Log `directory` as a run's artifacts, register it as a new version of `name`, move `alias` to it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from vitrine.tracking import configure
+
+    configure(data)
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_name=f"test-{name}") as run:
+        mlflow.log_artifacts(str(directory), artifact_path="model")
+        source = f"{mlflow.get_artifact_uri()}/model"
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    version = str(client.create_model_version(name, source=source, run_id=run.info.run_id).version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def quick_models(data: DataDir) -> None:
+    """Fallback while the training stages cannot train on this shop: an untrained two-tower and a
+    LightGBM ranker fitted on random labels, saved with the stages' own `save_retriever` / `save_ranker`."""
+    import lightgbm
+    import torch
+
+    from ranking.online_features import open_reader
+    from ranking.ranker_features import FEATURE_NAMES
+    from ranking.reranker import RankerMetadata, save_ranker
+    from ranking.retriever import save_retriever
+    from ranking.retriever_inputs import InputSpec, encode_items
+    from training.feature_store import open_store
+    from training.two_tower import TwoTower, TwoTowerConfig
+    from vitrine.shop.store import read_items, read_users
+
+    store = open_store(data)
+    items, users = read_items(data), read_users(data)
+    item_rows = open_reader(store, "item_id", ("item_stats", "item_embedding"), bulk=True).read(items["item_id"].tolist())
+    item_frame = pd.DataFrame([{**(r or {}), "item_id": i} for i, r in zip(items["item_id"], item_rows)])
+    user_rows = open_reader(store, "user_id", ("user_stats", "user_recent_items"), bulk=True).read(users["user_id"].tolist())
+    user_frame = pd.DataFrame([{**(r or {}), "user_id": u} for u, r in zip(users["user_id"], user_rows)])
+    pairs = user_frame.sample(n=len(item_frame) * 3, replace=True, random_state=0).reset_index(drop=True)
+    picked = item_frame.sample(n=len(pairs), replace=True, random_state=1).reset_index(drop=True)
+    train = pd.concat([pairs, picked.drop(columns=[c for c in picked.columns if c in pairs.columns and c != "item_id"])], axis=1)
+    spec = InputSpec.fit(train, EMBEDDING_DIM)
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(embedding_dim=16, hidden_dim=32, output_dim=16), spec.table_sizes, EMBEDDING_DIM).eval()
+    encoded = encode_items(item_frame, spec)
+    with torch.inference_mode():
+        vectors = model.item_vectors(encoded.batch(np.arange(len(encoded)))).numpy()
+    out = Path(tempfile.mkdtemp(dir=data.root))
+    save_retriever(out / "retriever", model, spec, item_frame["item_id"].tolist(), vectors)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2000, len(FEATURE_NAMES))).astype(np.float32)
+    labels = rng.integers(0, 4, size=2000)
+    dataset = lightgbm.Dataset(features, labels, group=[20] * 100, feature_name=list(FEATURE_NAMES))
+    booster = lightgbm.train({"objective": "lambdarank", "num_leaves": 7, "verbose": -1, "min_data_in_leaf": 5}, dataset, num_boost_round=30)
+    save_ranker(booster, out / "ranker", RankerMetadata(FEATURE_NAMES, (0.0, 1.0, 3.0, 7.0)))
+    register_dir(data, "vitrine-retriever", out / "retriever")
+    register_dir(data, "vitrine-ranker", out / "ranker")
+
+
+@functools.lru_cache(maxsize=1)
+def served_shop() -> DataDir:
+    """The session's served shop (built on first call, removed at interpreter exit)."""
+    import atexit
+    import os
+
+    # Local iteration only: reuse a shop built by an earlier session (CI never sets this).
+    reuse = os.environ.get(REUSE_ENV)
+    if reuse and (Path(reuse) / "data" / "mlflow").exists():
+        return DataDir.resolve(Path(reuse) / "data")
+    root = Path(reuse) if reuse else Path(tempfile.mkdtemp(prefix="vitrine-serving-"))
+    if not reuse:
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    data = build_shop(root / "data")
+    try:
+        train_models(data)
+    except Exception as exc:  # the training stages are still settling; serving is tested either way
+        warnings.warn(f"training stages failed on the test shop ({type(exc).__name__}: {exc}); using quick models")
+        quick_models(data)
+    return data
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(port: int, workdir: Path) -> None:
+    subprocess.run(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "yes", "--dir", str(workdir)],
+        check=True,
+        timeout=10,
+    )
+    for _ in range(100):
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG":
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not start on {port}")

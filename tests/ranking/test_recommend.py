@@ -1,0 +1,278 @@
+"""recommend(): ranking, cold start, filters, padding, bad input, batch path, hot swaps and Redis outages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ranking.model_watcher import ModelWatcher, ServingState
+from ranking.recommend import MAX_K, Purchases, Recommender, check_id
+from vitrine.errors import InvalidInput
+from vitrine.paths import DataDir
+
+from serving_shop import free_port, register_dir, served_shop, start_redis
+
+
+@pytest.fixture(scope="module")
+def data() -> DataDir:
+    return served_shop()
+
+
+@pytest.fixture(scope="module")
+def recommender(data: DataDir) -> Recommender:
+    return Recommender.from_data(data)
+
+
+@pytest.fixture(scope="module")
+def events(data: DataDir) -> pd.DataFrame:
+    from vitrine.shop.store import read_events
+
+    return read_events(data)
+
+
+@pytest.fixture(scope="module")
+def known_users(recommender: Recommender, events: pd.DataFrame) -> list[str]:
+    """Users with fresh features, most active first."""
+    assert recommender.users is not None
+    ids = events["user_id"].value_counts().index.tolist()[:60]
+    rows = recommender.users.read(ids)
+    return [u for u, row in zip(ids, rows) if row is not None]
+
+
+def catalog(data: DataDir) -> pd.DataFrame:
+    from vitrine.shop.store import read_items
+
+    return read_items(data)
+
+
+def test_known_user_gets_k_ranked_explained_items(recommender: Recommender, known_users: list[str], data: DataDir) -> None:
+    result = recommender.recommend(known_users[0], k=10)
+    assert len(result) == 10 and not result.cold_start and not result.degraded
+    ids = [r.item_id for r in result]
+    assert len(set(ids)) == 10 and set(ids) <= set(catalog(data)["item_id"])
+    scores = [r.score for r in result]
+    assert scores == sorted(scores, reverse=True)
+    ranked = [r for r in result if r.source == "ranked"]
+    assert ranked, "a known user must get retrieved-and-ranked items"
+    assert all(r.retriever_score is not None and r.reasons for r in ranked)
+    assert all(reason.feature in recommender.bundle.reranker.feature_names for r in ranked for reason in r.reasons)
+    assert set(result.versions) == {"retriever", "ranker", "items"}
+    assert set(result.timings_ms) == {"features", "retrieve", "rank_features", "score", "filter"}
+
+
+def test_unknown_user_gets_the_cold_start_list(recommender: Recommender) -> None:
+    result = recommender.recommend("U-never-seen", k=8)
+    assert result.cold_start and not result.degraded
+    items = recommender.bundle.items
+    expected = [str(items.table.item_ids[row]) for row in items.cold_start_rows()[:8]]
+    assert [r.item_id for r in result] == expected
+    assert all(r.source == "popular" and r.retriever_score is None for r in result)
+
+
+def test_category_filter_holds_for_known_and_cold_users(recommender: Recommender, known_users: list[str], data: DataDir) -> None:
+    items = catalog(data)
+    category = items["category"].value_counts().index[0]
+    in_category = set(items.loc[items["category"] == category, "item_id"])
+    for user in (known_users[0], "U-never-seen"):
+        result = recommender.recommend(user, k=5, category=category)
+        assert len(result) == 5
+        assert {r.item_id for r in result} <= in_category
+
+
+def test_purchased_items_are_excluded_only_when_asked(recommender: Recommender, events: pd.DataFrame) -> None:
+    buys = events[events["event_type"] == "purchase"]
+    user = buys["user_id"].value_counts().index[0]
+    bought = set(buys.loc[buys["user_id"] == user, "item_id"])
+    assert bought <= recommender.purchases.of(user)
+    everything = recommender.recommend(user, k=MAX_K, exclude_purchased=True)
+    assert not bought & {r.item_id for r in everything}
+    with_bought = recommender.recommend(user, k=MAX_K, exclude_purchased=False)
+    assert bought <= {r.item_id for r in with_bought}  # k covers the whole catalog
+
+
+def test_never_fewer_than_k_when_the_catalog_has_them(data: DataDir, recommender: Recommender, known_users: list[str]) -> None:
+    few = Recommender(recommender.bundle, recommender.users, recommender.purchases, candidates=3)
+    result = few.recommend(known_users[0], k=40)
+    assert len(result) == 40 and len({r.item_id for r in result}) == 40
+    sources = [r.source for r in result]
+    assert sources[:3] == ["ranked"] * 3 and set(sources[3:]) == {"popular"}
+    scores = [r.score for r in result]
+    assert scores == sorted(scores, reverse=True)
+    n_items = len(catalog(data))
+    assert len(recommender.recommend(known_users[0], k=MAX_K, exclude_purchased=False)) == min(MAX_K, n_items)
+
+
+def test_ann_padding_never_leaks(recommender: Recommender, known_users: list[str], data: DataDir) -> None:
+    # More candidates than the index holds: FAISS pads with -1, which must not come out as an item.
+    wide = Recommender(recommender.bundle, recommender.users, recommender.purchases, candidates=10_000)
+    ids = {r.item_id for r in wide.recommend(known_users[1], k=MAX_K, exclude_purchased=False)}
+    assert "-1" not in ids and ids <= set(catalog(data)["item_id"])
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 65, "../../etc/passwd", "U 1", "U1\r\nFLUSHALL", "-U1", "U1*", "ü1"])
+def test_malformed_ids_are_refused_before_any_lookup(recommender: Recommender, bad: str) -> None:
+    with pytest.raises(InvalidInput, match="user_id"):
+        recommender.recommend(bad)
+
+
+@pytest.mark.parametrize("k", [0, -1, MAX_K + 1])
+def test_k_out_of_range_is_refused(recommender: Recommender, k: int) -> None:
+    with pytest.raises(InvalidInput, match="k: must be an integer from 1"):
+        recommender.recommend("U1", k=k)
+
+
+def test_batch_goes_through_the_same_path(recommender: Recommender, known_users: list[str]) -> None:
+    users = known_users[:5] + ["U-new-1"]
+    batch = recommender.recommend_batch(users, k=7)
+    for user, listed in zip(users, batch):
+        single = recommender.recommend(user, k=7, explain=False)
+        assert [r.item_id for r in listed] == [r.item_id for r in single]
+        assert listed.cold_start == single.cold_start
+        np.testing.assert_allclose([r.score for r in listed], [r.score for r in single], rtol=1e-5)
+
+
+def test_swap_during_traffic_fails_no_request(recommender: Recommender, known_users: list[str]) -> None:
+    old = recommender.bundle
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def traffic() -> None:
+        while not done.is_set():
+            try:
+                assert len(recommender.recommend(known_users[2], k=5)) == 5
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+    workers = [threading.Thread(target=traffic) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for _ in range(30):
+        recommender.swap(old)
+        time.sleep(0.005)
+    done.set()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+
+
+@pytest.fixture
+def registry_copy(data: DataDir, tmp_path: Path) -> DataDir:
+    """A copy of the served shop whose registry the test may move."""
+    shutil.copytree(data.root, tmp_path / "data", ignore=shutil.ignore_patterns("*.partial"))
+    return DataDir.resolve(tmp_path / "data")
+
+
+def download(data: DataDir, name: str, into: Path) -> Path:
+    import mlflow
+
+    from vitrine.tracking import configure
+
+    configure(data)
+    version = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(into)))
+
+
+def test_watcher_refuses_broken_champions_and_takes_good_ones(registry_copy: DataDir, tmp_path: Path) -> None:
+    import faiss
+    import mlflow
+
+    from training.feature_store import open_store
+
+    data = registry_copy
+    state = ServingState()
+    watcher = ModelWatcher(data, open_store(data), state)
+    assert watcher.poll_once() and state.recommender is not None
+    serving = dict(state.recommender.bundle.versions)
+
+    # A ranker whose feature list is the right one in another order.
+    ranker_dir = download(data, "vitrine-ranker", tmp_path / "ranker")
+    meta = json.loads((ranker_dir / "ranker.json").read_text())
+    meta["feature_names"] = meta["feature_names"][::-1]
+    (ranker_dir / "ranker.json").write_text(json.dumps(meta))
+    bad_ranker = register_dir(data, "vitrine-ranker", ranker_dir)
+    assert not watcher.poll_once()
+    assert state.recommender.bundle.versions == serving
+    assert f"vitrine-ranker v{bad_ranker}" in (state.last_error or "") and "order" in (state.last_error or "")
+    assert len(state.recommender.recommend("U-watch", k=3)) == 3  # the old bundle keeps serving
+    client = mlflow.MlflowClient()
+    first_ranker = serving["ranker"].split("/")[-1]
+    client.set_registered_model_alias("vitrine-ranker", "champion", first_ranker)
+
+    # A retriever whose weights file was truncated.
+    truncated = download(data, "vitrine-retriever", tmp_path / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    bad_retriever = register_dir(data, "vitrine-retriever", truncated)
+    assert not watcher.poll_once()
+    assert state.recommender.bundle.versions == serving
+    assert f"vitrine-retriever v{bad_retriever}" in (state.last_error or "") and "safetensor" in (state.last_error or "").lower()
+
+    # A retriever whose index holds vectors of another dimension than its user tower.
+    wrong_dim = download_version(data, "vitrine-retriever", serving["retriever"], tmp_path / "wrong-dim")
+    index = faiss.read_index(str(wrong_dim / "index.faiss"))
+    other = faiss.IndexFlatIP(index.d + 3)
+    other.add(np.random.default_rng(0).normal(size=(index.ntotal, index.d + 3)).astype(np.float32))
+    faiss.write_index(other, str(wrong_dim / "index.faiss"))
+    register_dir(data, "vitrine-retriever", wrong_dim)
+    assert not watcher.poll_once()
+    assert state.recommender.bundle.versions == serving and "-d vectors" in (state.last_error or "")
+
+    # Healthy champions again: the retriever alias moves back, a good ranker version arrives.
+    client.set_registered_model_alias("vitrine-retriever", "champion", serving["retriever"])
+    healthy = register_dir(data, "vitrine-ranker", download_version(data, "vitrine-ranker", first_ranker, tmp_path / "healthy"))
+    assert watcher.poll_once()
+    assert state.last_error is None
+    assert state.recommender.bundle.versions["ranker"].endswith(f"/{healthy}")
+    assert state.recommender.bundle.versions["retriever"] == serving["retriever"]
+
+
+def download_version(data: DataDir, name: str, version: str, into: Path) -> Path:
+    import mlflow
+
+    source = mlflow.MlflowClient().get_model_version(name, version).source
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into)))
+
+
+def test_redis_outage_degrades_and_recovers_without_restart(data: DataDir, tmp_path: Path, known_users: list[str], monkeypatch) -> None:
+    from training import feature_store
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    start_redis(port, tmp_path)
+    try:
+        monkeypatch.setenv("VITRINE_REDIS", f"127.0.0.1:{port}")
+        copy = DataDir.resolve(tmp_path / "data")
+        shutil.copytree(data.root, copy.root)
+        feature_store.apply(copy, online="redis")
+        now = pd.Timestamp.now(tz="UTC").to_pydatetime()
+        feature_store.materialize(copy, now - pd.Timedelta(days=90), now, online="redis")
+        live = Recommender.from_data(copy, online="redis")
+        user = known_users[0]
+        assert not live.recommend(user, k=5).cold_start
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=10)
+        started = time.perf_counter()
+        down = live.recommend(user, k=5)
+        assert down.degraded and len(down) == 5
+        assert time.perf_counter() - started < 0.5
+        start_redis(port, tmp_path)
+        feature_store.materialize(copy, now - pd.Timedelta(days=90), now, online="redis")
+        time.sleep(1.1)  # the breaker's REDIS_RETRY_AFTER_S
+        back = live.recommend(user, k=5)
+        assert not back.degraded and not back.cold_start
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=10)
+
+
+def test_check_id_accepts_real_ids() -> None:
+    for good in ("U000042", "A1B2C3D4E5", "user-1_2.3:4"):
+        assert check_id(good) == good
+    assert Purchases({}).of("U1") == frozenset()
