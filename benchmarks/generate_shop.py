@@ -50,9 +50,10 @@ def main() -> None:
             "event_files": len(list((data.incoming / "events").glob("*.parquet"))),
         }
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)  # image worker processes, when used
     peak_mib = usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
     # CPU seconds: on a shared machine wall time depends on neighbours; CPU time much less so.
-    cpu_s = usage.ru_utime + usage.ru_stime
+    cpu_s = usage.ru_utime + usage.ru_stime + workers.ru_utime + workers.ru_stime
     result = {
         "preset": args.preset,
         "spec": dataclasses.asdict(spec),
