@@ -146,6 +146,22 @@ def test_clicks_follow_hidden_colour_taste(shop) -> None:
     assert rate(liked) > 3 * rate(disliked)
 
 
+def test_price_sensitive_users_shun_expensive_items(shop) -> None:
+    frames = shop[2]
+    events = frames["events"][frames["events"]["event_type"].isin(["view", "click"])]
+    events = events.merge(frames["truth_items"][["item_id", "z_price"]], on="item_id")
+    events = events.merge(frames["truth_users"][["user_id", "price_sensitivity"]], on="user_id")
+    expensive = events[events["z_price"] > 0.5]
+
+    def clicks_per_view(users: pd.Series) -> float:
+        kinds = expensive.loc[users, "event_type"].value_counts()
+        return kinds["click"] / kinds["view"]
+
+    assert clicks_per_view(expensive["price_sensitivity"] < 0.7) > 2 * clicks_per_view(
+        expensive["price_sensitivity"] > 1.3
+    )
+
+
 def test_weekends_are_busier_than_midweek(shop) -> None:
     day = shop[2]["events"]["timestamp"].dt.dayofweek.value_counts()
     assert day[5] > 1.15 * day[1]  # Saturday vs Tuesday
