@@ -193,9 +193,9 @@ def error_response(exc: Exception) -> JSONResponse:
 class Search:
     """The embeddings stage's text and similar-item search, loaded on first use."""
 
-    def __init__(self, data: DataDir) -> None:
+    def __init__(self, data: DataDir, engine: Any = None) -> None:
         self.data = data
-        self._engine: Any = None
+        self._engine: Any = engine
         self._lock = threading.Lock()
 
     def engine(self) -> Any:
@@ -214,10 +214,8 @@ class Search:
             return self._engine
 
 
-def _hits(found: Any) -> list[dict[str, Any]]:
-    """Search results as dicts, whatever shape the engine returns (objects, tuples or a frame)."""
-    if hasattr(found, "to_dict") and hasattr(found, "columns"):
-        found = found.to_dict("records")
+def _hits(found: Any, state: ServingState) -> list[dict[str, Any]]:
+    """Search results as dicts (engine tuples or objects), with titles from the serving item table."""
     out = []
     for hit in found:
         if isinstance(hit, dict):
@@ -226,16 +224,30 @@ def _hits(found: Any) -> list[dict[str, Any]]:
             out.append({"item_id": str(hit[0]), "score": float(hit[1]), "title": None})
         else:
             out.append({"item_id": str(hit.item_id), "score": float(hit.score), "title": getattr(hit, "title", None)})
+    live = state.recommender
+    if live is not None:
+        items = live.bundle.items
+        for hit in out:
+            row = items.table.rows.get(str(hit["item_id"]))
+            if hit["title"] is None and row is not None:
+                hit["title"] = str(items.titles[row])
     return out
 
 
-def create_app(config: ServiceConfig = ServiceConfig(), state: ServingState | None = None, watcher_factory: Callable[..., ModelWatcher] | None = None) -> FastAPI:
+def create_app(
+    config: ServiceConfig = ServiceConfig(),
+    state: ServingState | None = None,
+    watcher_factory: Callable[..., ModelWatcher] | None = None,
+    search_engine: Any = None,
+) -> FastAPI:
     """The FastAPI app. Models load at start-up (lifespan); until they do, /readyz is 503 and says why.
 
     Args:
         config: where the data is, which online store, which alias, how often to poll.
         state: an already loaded serving state (tests, `vitrine recommend`); None loads from `config`.
         watcher_factory: builds the model watcher (default `ModelWatcher`).
+        search_engine: an object with `search(text, k)` / `similar(item_id, k)` (default: the embeddings
+            stage's `ProductSearch`, loaded on first use).
     """
     import torch
 
@@ -244,7 +256,7 @@ def create_app(config: ServiceConfig = ServiceConfig(), state: ServingState | No
     data = DataDir.resolve(config.data_dir)
     metrics = Metrics()
     serving = state or ServingState()
-    search = Search(data)
+    search = Search(data, search_engine)
     holder: dict[str, ModelWatcher] = {}
 
     @asynccontextmanager
@@ -334,7 +346,7 @@ def create_app(config: ServiceConfig = ServiceConfig(), state: ServingState | No
     ) -> dict[str, Any]:
         if not q.strip():
             raise InvalidInput("q: must contain some text")
-        return {"query": q, "items": _hits(search.engine().search(q, k))}
+        return {"query": q, "items": _hits(search.engine().search(q, k), serving)}
 
     @app.get("/similar/{item_id}", response_model=SearchOut, responses=responses, summary="Items like an item")
     def similar_endpoint(
@@ -342,7 +354,7 @@ def create_app(config: ServiceConfig = ServiceConfig(), state: ServingState | No
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K),
     ) -> dict[str, Any]:
         check_id(item_id, "item_id")
-        return {"query": item_id, "items": _hits(search.engine().similar(item_id, k))}
+        return {"query": item_id, "items": _hits(search.engine().similar(item_id, k), serving)}
 
     @app.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, str]:
