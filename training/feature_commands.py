@@ -1,12 +1,100 @@
-"""CLI commands of this stage, registered into `vitrine` by `vitrine.cli`."""
+"""`vitrine features build | apply | materialize`, registered into `vitrine` by `vitrine.cli`.
+
+    vitrine features build [--since 2026-02-01] [--json]     daily snapshots -> data/features (Feast sources)
+    vitrine features apply [--online sqlite|redis]           feast apply of feature_repo/definitions.py
+    vitrine features materialize [--online redis] [--start ISO] [--end ISO] [--view NAME ...] [--json]
+
+The same repo works with the stock CLI: `cd feature_repo && VITRINE_DATA_DIR=$PWD/../data feast apply`.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import json
+import sys
+from datetime import date, datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from vitrine.options import DataDirOption, JsonOption, data_dir
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
 
+OnlineOption = Annotated[str, typer.Option("--online", help="Online store: sqlite (embedded) or redis ($VITRINE_REDIS).")]
+err = Console(stderr=True)
+
+
+def build_command(
+    data_dir_option: DataDirOption = None,
+    since: Annotated[
+        Optional[str], typer.Option("--since", help="Rebuild snapshot days from this UTC day (YYYY-MM-DD) only.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compute item_stats, user_stats and user_recent_items snapshots from the event log."""
+    from training.build_features import build
+    from vitrine.errors import InvalidInput
+
+    try:
+        since_day = date.fromisoformat(since) if since else None
+    except ValueError as exc:
+        raise InvalidInput(f"--since {since!r}: expected YYYY-MM-DD") from exc
+    report = build(data_dir(data_dir_option), since=since_day, progress=None if as_json else err.print)
+    if as_json:
+        print(json.dumps(report.__dict__, indent=2))
+    else:
+        err.print(f"snapshots {report.first_day} .. {report.last_day}: {report.rows}")
+
+
+def apply_command(data_dir_option: DataDirOption = None, online: OnlineOption = "sqlite") -> None:
+    """Register entities, sources, feature views and services (feast apply)."""
+    from training.feature_store import apply
+
+    apply(data_dir(data_dir_option), online)  # type: ignore[arg-type]
+    err.print(f"applied feature_repo/definitions.py to the {online} configuration")
+
+
+def materialize_command(
+    data_dir_option: DataDirOption = None,
+    online: OnlineOption = "sqlite",
+    start: Annotated[
+        Optional[str], typer.Option("--start", help="Range start (ISO, UTC); omitted: incremental from the last run.")
+    ] = None,
+    end: Annotated[Optional[str], typer.Option("--end", help="Range end (ISO, UTC); default now.")] = None,
+    view: Annotated[
+        Optional[list[str]], typer.Option("--view", help="Only this feature view (repeatable); default all.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Load the latest feature values into the online store (feast materialize)."""
+    from training.feature_store import materialize
+
+    end_at = _moment(end, "--end") if end else datetime.now(timezone.utc)
+    start_at = _moment(start, "--start") if start else None
+    # Feast prints progress to stdout; keep stdout for the JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        stats = materialize(data_dir(data_dir_option), start_at, end_at, online, views=view)  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps(stats, indent=2))
+    else:
+        err.print(f"materialized {', '.join(stats['views'])} into {online} in {stats['seconds']:.1f}s")
+
+
+def _moment(text: str, option: str) -> datetime:
+    from vitrine.errors import InvalidInput
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{option} {text!r}: expected an ISO date or datetime") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
 
 def register(cli: "Groups") -> None:
-    """Add this stage's commands to the `vitrine` CLI."""
+    """Add `features build`, `features apply` and `features materialize` to the `vitrine` CLI."""
+    cli.features.command("build")(build_command)
+    cli.features.command("apply")(apply_command)
+    cli.features.command("materialize")(materialize_command)

@@ -97,8 +97,8 @@ def item_stats(log: EventLog, catalog: Catalog, first_day: int, last_day: int) -
             mean = prior[day_index]
             columns[f"{rate}_{w}d"] = ((hits + PRIOR_STRENGTH * mean) / (exposure + PRIOR_STRENGTH)).astype(np.float32)
 
-    interactions_7d = sum(sums[7][name] for name in FUNNEL)
-    interactions_30d = sum(sums[30][name] for name in FUNNEL)
+    interactions_7d = np.sum([sums[7][name] for name in FUNNEL], axis=0)
+    interactions_30d = np.sum([sums[30][name] for name in FUNNEL], axis=0)
     trend = (interactions_7d + 1.0) / (interactions_30d * 7.0 / 30.0 + 1.0)
 
     created = catalog.created_ns[item]
