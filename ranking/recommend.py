@@ -134,11 +134,23 @@ class ModelBundle:
         retriever: the user tower + ANN index (`ranking.retriever.Retriever`).
         reranker: the LightGBM ranker (`ranking.reranker.Reranker`).
         items: the in-process item table at one materialization.
+
+    Attributes:
+        index_ids: (n_index,) the item id of each ANN index row, as an array for fancy indexing.
+        index_rows: (n_index,) the item-table row of each ANN index row, -1 for items no longer in the
+            catalog; computed once per bundle so that a request maps candidates with numpy only.
     """
 
     retriever: "Retriever"
     reranker: "Reranker"
     items: ServingItems
+    index_ids: np.ndarray = field(init=False, repr=False)
+    index_rows: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ids = np.asarray(self.retriever.item_ids, dtype=object)
+        object.__setattr__(self, "index_ids", ids)
+        object.__setattr__(self, "index_rows", self.items.table.positions(ids))
 
     @property
     def versions(self) -> dict[str, str]:
@@ -147,6 +159,15 @@ class ModelBundle:
             "ranker": str(self.reranker.version),
             "items": self.items.version,
         }
+
+
+def serving_threads() -> None:
+    """One thread each for torch and FAISS: a request's work is tiny, and workers already use every core."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
 
 
 def check_id(value: str, field_name: str = "user_id") -> str:
@@ -316,19 +337,14 @@ class Recommender:
 
         known = [n for n, row in enumerate(rows) if row is not None]
         bought = [self.purchases.of(u) if exclude_purchased else frozenset() for u in ids]
-        candidates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        candidates: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if known:
             frame = pd.DataFrame([{**rows[n], "user_id": ids[n]} for n in known])  # type: ignore[dict-item]
-            found = bundle.retriever.retrieve_batch(frame, self.candidates, exclude_items=[bought[n] for n in known])
-            for n, retrieved in zip(known, found):
-                candidates[n] = (
-                    np.array([c.item_id for c in retrieved], dtype=object),
-                    np.array([c.score for c in retrieved], dtype=np.float32),
-                )
+            candidates = dict(zip(known, retrieve(bundle, frame, self.candidates, max(len(bought[n]) for n in known))))
         timer.lap("retrieve")
 
         matrices = {
-            n: build_features(bundle.items.table, UserContext.from_features(rows[n] or {}), *candidates[n]) for n in candidates
+            n: build_features(bundle.items.table, UserContext.from_features(rows[n] or {}), *candidates[n][:2]) for n in candidates
         }
         timer.lap("rank_features")
         scores = score_requests(bundle.reranker, matrices)
@@ -358,7 +374,7 @@ class Recommender:
     def _pick(
         self,
         bundle: ModelBundle,
-        candidates: tuple[np.ndarray, np.ndarray] | None,
+        candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
         scores: np.ndarray | None,
         matrix: np.ndarray | None,
         k: int,
@@ -372,8 +388,7 @@ class Recommender:
         out: list[Recommendation] = []
         taken: set[str] = set()
         if candidates is not None and scores is not None and matrix is not None and len(scores):
-            ids, retriever_scores = candidates
-            positions = items.table.positions(ids)
+            ids, retriever_scores, positions = candidates
             keep = positions >= 0  # items that left the catalog since the index was built
             if allowed is not None:
                 keep &= allowed[np.where(keep, positions, 0)]
@@ -405,6 +420,26 @@ class Recommender:
                 if len(out) == k:
                     break
         return out
+
+
+def retrieve(bundle: ModelBundle, frame: pd.DataFrame, n: int, slack: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(item ids, retriever scores, item-table rows) of the best `n` index items per row of `frame`, best first.
+
+    The retriever's own user tower and index (`Retriever.user_vectors` + `ranking.ann.search`), with
+    ids taken from the bundle's id array: no per-candidate Python objects on the hot path. `slack`
+    widens the search so that filtering out bought items still leaves about `n`.
+    Items no longer in the catalog are dropped here; FAISS's -1 padding never leaves `ann.search`.
+    """
+    from ranking.ann import search
+
+    vectors = bundle.retriever.user_vectors(frame)
+    found_rows, found_scores = search(bundle.retriever.index, vectors, n + slack)
+    out = []
+    for rows, scores in zip(found_rows, found_scores):
+        table_rows = bundle.index_rows[rows]
+        live = table_rows >= 0
+        out.append((bundle.index_ids[rows[live]], scores[live].astype(np.float32), table_rows[live]))
+    return out
 
 
 def check_category(category: str) -> str:

@@ -249,10 +249,9 @@ def create_app(
         search_engine: an object with `search(text, k)` / `similar(item_id, k)` (default: the embeddings
             stage's `ProductSearch`, loaded on first use).
     """
-    import torch
+    from ranking.recommend import serving_threads
 
-    # One intra-op thread: a request's tower pass is tiny, and the workers already use every core.
-    torch.set_num_threads(1)
+    serving_threads()
     data = DataDir.resolve(config.data_dir)
     metrics = Metrics()
     serving = state or ServingState()
