@@ -26,11 +26,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ranking.ranker_features import FEATURE_NAMES
-from training.ranker_dataset import LABEL_GAIN, PURCHASE, RankerDataset
+from training.ranker_dataset import LABEL_GAIN, PURCHASE, CandidateSource, RankerDataset
+
+if TYPE_CHECKING:
+    from training.train_ranker import RankerTrainConfig
+    from vitrine.paths import DataDir
 
 # The cut-off the issue asks for: the first screen of recommendations.
 DEFAULT_K = 10
@@ -109,3 +114,146 @@ def popularity_order(dataset: RankerDataset) -> np.ndarray:
 def evaluate_orders(dataset: RankerDataset, orders: Mapping[str, np.ndarray], k: int = DEFAULT_K) -> dict[str, dict[str, float]]:
     """`{order name: {metric: value}}` for each named order over the same rows."""
     return {name: order_metrics(dataset, scores, k).as_dict(k) for name, scores in orders.items()}
+
+
+# --- the full evaluation: `vitrine evaluate ranker` ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankerEvaluationConfig:
+    """What `evaluate_ranker` runs.
+
+    Args:
+        test_days: the retriever's time protocol: T = midnight starting the last `test_days` days
+            (`training.retriever_data.time_cutoff`, the same split as `vitrine evaluate retriever`).
+        train: the ranker's training (its windows end at T).
+        retriever: "split" trains the multimodal two-tower on interactions before T here (so neither
+            model saw the test days); an alias ("champion") loads a registered retriever instead,
+            faster but only fair when that retriever was trained before T.
+        retriever_epochs: epochs of the split retriever (None: the retriever's default schedule).
+        test_requests: sample of test requests scored (all when fewer).
+        k: the metrics' cut-off.
+    """
+
+    test_days: int = 7  # = training.evaluate_retriever.TEST_DAYS
+    train: "RankerTrainConfig | None" = None
+    retriever: str = "split"
+    retriever_epochs: int | None = None
+    test_requests: int = 5_000  # ~ +-0.01 on NDCG@10; more costs feature reads, not accuracy
+    k: int = DEFAULT_K
+
+
+def split_retriever(data: "DataDir", test_days: int, epochs: int | None, progress: bool) -> Any:
+    """The multimodal two-tower trained on interactions before T, as a `ranking.retriever.Retriever`."""
+    from dataclasses import replace
+
+    from ranking.ann import build_index
+    from ranking.retriever import Retriever
+    from ranking.retriever_inputs import InputSpec
+    from training.evaluate_retriever import MODELS
+    from training.retriever_data import PointInTime, TrainingSet, content_dim, end_of_log, positive_interactions, time_cutoff, time_split
+    from training.train_retriever import TrainConfig, fit, item_vectors
+    from training.two_tower import LossConfig
+    from vitrine.shop.store import read_events, read_items
+
+    items = read_items(data)
+    positives = positive_interactions(read_events(data))
+    cutoff, end = time_cutoff(positives, test_days), end_of_log(positives)
+    features = PointInTime.for_interactions(data, positives, items, extra_days=(cutoff, end))
+    split = time_split(features, features.join(positives), items, test_days)
+    spec = InputSpec.fit(split.train, content_dim(split.catalog))
+    train = TrainingSet.of(split.train, split.catalog, spec)
+    model_config, item_id_dropout = MODELS["two_tower_multimodal"]
+    schedule = TrainConfig(validation_days=0)
+    if item_id_dropout is not None:
+        schedule = replace(schedule, item_id_dropout=item_id_dropout)
+    if epochs is not None:
+        schedule = replace(schedule, epochs=epochs)
+    result = fit(train, spec, model_config, schedule, LossConfig(), show_progress=progress)
+    assert result.model is not None  # one process: rank 0
+    vectors = item_vectors(result.model, train.catalog)
+    ids = split.catalog["item_id"].astype(str).tolist()
+    return Retriever(result.model, spec, ids, build_index(vectors), {"lineage": {}}, f"split-before-{cutoff:%Y-%m-%d}")
+
+
+def reranker_scores(reranker: Any, dataset: RankerDataset) -> np.ndarray:
+    """`Reranker.score` per request (the revenue blend normalises over each request's candidates)."""
+    relevance = reranker.relevance(dataset.features)
+    if reranker.blend.objective == "engagement":
+        return relevance
+    out = np.empty_like(relevance)
+    offsets = dataset.offsets
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+        if hi > lo:
+            out[lo:hi] = reranker.expected_value(relevance[lo:hi], dataset.features[lo:hi])
+    return out
+
+
+def evaluate_ranker(data: "DataDir", config: RankerEvaluationConfig = RankerEvaluationConfig(), *, progress: bool = True) -> dict[str, Any]:
+    """Train a ranker before T on a retriever that never saw the test days; compare orders after T.
+
+    Returns:
+        JSON-ready figures: split, counts, `orders` (retriever / reranked / reranked_revenue /
+        popularity, each with ndcg/recall/purchases/revenue at k), gains over the retriever order,
+        the ranker's training summary and top features, and timings.
+    """
+    import time
+
+    import pandas as pd
+
+    from ranking.reranker import BlendConfig, Reranker
+    from training.ranker_dataset import DatasetConfig, build_dataset, label_requests
+    from training.retriever_data import positive_interactions, time_cutoff
+    from training.train_ranker import RankerTrainConfig, RetrieverCandidates, load_retriever, point_in_time_features, train_ranker
+    from vitrine.shop.store import read_events, read_items
+
+    began = time.perf_counter()
+    items, events = read_items(data), read_events(data)
+    cutoff = time_cutoff(positive_interactions(events), config.test_days)
+    end = pd.Timestamp(events["timestamp"].max()) + pd.Timedelta(seconds=1)
+    train_config = config.train or RankerTrainConfig()
+
+    step = time.perf_counter()
+    source: CandidateSource
+    if config.retriever == "split":
+        source = RetrieverCandidates(split_retriever(data, config.test_days, config.retriever_epochs, progress))
+    else:
+        source = load_retriever(data, config.retriever)
+    retriever_seconds = time.perf_counter() - step
+
+    step = time.perf_counter()
+    trained = train_ranker(data, train_config, retriever=source, end=cutoff, register=False, progress=progress)
+    ranker_seconds = time.perf_counter() - step
+
+    requests = label_requests(events, cutoff, end, items).sample(config.test_requests, seed=0)
+    user_rows, tables = point_in_time_features(data, requests, items)
+    test_config = DatasetConfig(candidates=train_config.dataset.candidates, inject_positives=False)
+    test = build_dataset(requests, user_rows, tables, source, test_config, progress)
+
+    reranker = Reranker.load(trained.model_dir)
+    orders = {
+        "retriever": retriever_order(test),
+        "reranked": reranker_scores(reranker, test),
+        "reranked_revenue": reranker_scores(reranker.with_blend(BlendConfig("revenue", alpha=1.0)), test),
+        "popularity": popularity_order(test),
+    }
+    figures = evaluate_orders(test, orders, config.k)
+    base = figures["retriever"]
+    importance = reranker.booster.feature_importance("gain")
+    top = np.argsort(-importance)[:10]
+    k = config.k
+    return {
+        "split": {"cutoff": str(cutoff), "end": str(end), "test_days": config.test_days, "retriever": source.version},
+        "test": {**{key: int(v) for key, v in test.summary().items()},
+                 "requests_with_positive_in_candidates": int(sum(
+                     (test.labels[lo:hi] > 0).any() for lo, hi in zip(test.offsets[:-1], test.offsets[1:])))},
+        "candidates": test_config.candidates,
+        "k": k,
+        "orders": figures,
+        "reranked_vs_retriever": {metric: figures["reranked"][metric] - base[metric] for metric in base},
+        "ranker": {"best_iteration": trained.best_iteration, "valid_ndcg_at_10": trained.valid_ndcg_at_10,
+                   "train": trained.train_summary, "valid": trained.valid_summary, "run_id": trained.run_id,
+                   "top_features_by_gain": [FEATURE_NAMES[i] for i in top]},
+        "seconds": {"retriever": round(retriever_seconds, 1), "ranker": round(ranker_seconds, 1),
+                    "total": round(time.perf_counter() - began, 1)},
+    }  # fmt: skip

@@ -1,12 +1,105 @@
-"""CLI commands of this stage, registered into `vitrine` by `vitrine.cli`."""
+"""`vitrine train ranker` and `vitrine evaluate ranker`, registered into `vitrine` by `vitrine.cli`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from dataclasses import replace
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vitrine.options import DataDirOption, JsonOption, data_dir
 
 if TYPE_CHECKING:
+    from training.train_ranker import RankerTrainConfig
     from vitrine.cli import Groups
+
+console = Console()
 
 
 def register(cli: "Groups") -> None:
     """Add this stage's commands to the `vitrine` CLI."""
+    cli.train.command("ranker")(train)
+    cli.evaluate.command("ranker")(evaluate)
+
+
+def train(
+    retriever_alias: Annotated[str, typer.Option("--retriever-alias", help="Registered vitrine-retriever alias whose candidates to train on.")] = "champion",
+    train_days: Annotated[Optional[int], typer.Option(help="Days of training requests (default: RankerTrainConfig).")] = None,
+    valid_days: Annotated[Optional[int], typer.Option(help="Last days of validation requests (early stopping).")] = None,
+    candidates: Annotated[Optional[int], typer.Option(help="Retriever candidates per request.")] = None,
+    max_requests: Annotated[Optional[int], typer.Option(help="Sample at most this many requests.")] = None,
+    max_rounds: Annotated[Optional[int], typer.Option(help="Most boosting rounds (early stopping ends sooner).")] = None,
+    register: Annotated[bool, typer.Option(help="Register the model as vitrine-ranker.")] = True,
+    data_dir_option: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the LightGBM LambdaRank reranker on the retriever's candidates, log it to MLflow, register it as vitrine-ranker."""
+    from training.train_ranker import load_retriever, train_ranker
+
+    data = data_dir(data_dir_option)
+    config = _config(train_days, valid_days, candidates, max_requests, max_rounds)
+    result = train_ranker(data, config, retriever=load_retriever(data, retriever_alias), register=register, progress=not as_json)
+    summary = result.as_dict()
+    if as_json:
+        print(json.dumps(summary, default=str))
+        return
+    table = Table("set", "requests", "rows", "positive rows", "purchase rows", "injected rows", title="vitrine-ranker")
+    for name, part in (("train", result.train_summary), ("valid", result.valid_summary)):
+        table.add_row(name, *[f"{part[key]:.0f}" for key in ("requests", "rows", "positive_rows", "purchase_rows", "injected_rows")])
+    console.print(table)
+    console.print(
+        f"best iteration {result.best_iteration}  valid NDCG@10 {result.valid_ndcg_at_10:.4f}  "
+        f"saved {result.model_dir}  run {result.run_id}  registered version {result.registered_version}  ({result.seconds:.0f} s)"
+    )
+
+
+def evaluate(
+    test_days: Annotated[Optional[int], typer.Option(help="Days after T to test on (the retriever's time protocol).")] = None,
+    retriever: Annotated[str, typer.Option(help="'split': train a retriever before T here; else a registered alias.")] = "split",
+    retriever_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the split retriever.")] = None,
+    test_requests: Annotated[Optional[int], typer.Option(help="Test requests scored (a seeded sample).")] = None,
+    train_days: Annotated[Optional[int], typer.Option(help="Days of ranker training requests before T.")] = None,
+    candidates: Annotated[Optional[int], typer.Option(help="Retriever candidates per request.")] = None,
+    max_requests: Annotated[Optional[int], typer.Option(help="Ranker training requests sampled.")] = None,
+    data_dir_option: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Retriever order vs reranked vs popularity on identical candidate lists after the split time T."""
+    from training.evaluate_ranker import RankerEvaluationConfig, evaluate_ranker
+
+    config = RankerEvaluationConfig(train=_config(train_days, None, candidates, max_requests, None), retriever=retriever,
+                                    retriever_epochs=retriever_epochs)  # fmt: skip
+    if test_days is not None:
+        config = replace(config, test_days=test_days)
+    if test_requests is not None:
+        config = replace(config, test_requests=test_requests)
+    report = evaluate_ranker(data_dir(data_dir_option), config, progress=not as_json)
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    k = report["k"]
+    table = Table("order", f"NDCG@{k}", f"Recall@{k}", f"purchases@{k}", f"revenue@{k}",
+                  title=f"ranker after {report['split']['cutoff']} ({report['test']['requests']} requests, {report['candidates']} candidates)")  # fmt: skip
+    for name, figures in report["orders"].items():
+        table.add_row(name, *[f"{figures[f'{m}_at_{k}']:.4f}" for m in ("ndcg", "recall", "purchases", "revenue")])
+    console.print(table)
+
+
+def _config(
+    train_days: int | None, valid_days: int | None, candidates: int | None, max_requests: int | None, max_rounds: int | None
+) -> "RankerTrainConfig":
+    """RankerTrainConfig with the CLI's overrides (None keeps the default)."""
+    from training.train_ranker import RankerTrainConfig
+
+    config = RankerTrainConfig()
+    dataset = config.dataset
+    if candidates is not None:
+        dataset = replace(dataset, candidates=candidates)
+    if max_requests is not None:
+        dataset = replace(dataset, max_requests=max_requests)
+    overrides = {"train_days": train_days, "valid_days": valid_days, "max_rounds": max_rounds}
+    return replace(config, dataset=dataset, **{k: v for k, v in overrides.items() if v is not None})
+
