@@ -234,6 +234,37 @@ def test_watcher_refuses_broken_champions_and_takes_good_ones(registry_copy: Dat
     assert state.recommender.bundle.versions["retriever"] == serving["retriever"]
 
 
+def test_item_table_equals_feast_and_follows_materialization(registry_copy: DataDir) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from ranking.ranker_features import ITEM_NUMERIC_COLUMNS
+    from training import feature_store
+
+    data = registry_copy
+    store = feature_store.open_store(data)
+    state = ServingState()
+    watcher = ModelWatcher(data, store, state)
+    assert watcher.poll_once() and state.recommender is not None
+    items = state.recommender.bundle.items
+    sample = [str(i) for i in items.table.item_ids[:15]]
+    columns = [c for c in ITEM_NUMERIC_COLUMNS if c in {f.name for f in store.get_feature_view("item_stats").features}]
+    feast = store.get_online_features(features=[f"item_stats:{c}" for c in columns], entity_rows=[{"item_id": i} for i in sample]).to_dict()
+    for n, item in enumerate(sample):
+        row = items.table.rows[item]
+        for column in columns:
+            ours = items.table.numeric[row, ITEM_NUMERIC_COLUMNS.index(column)]
+            theirs = feast[column][n]
+            assert (np.isnan(ours) and theirs is None) or np.isclose(ours, theirs, rtol=1e-6), (item, column)
+    assert not watcher.poll_once()  # nothing changed: no reload
+    before = state.recommender.bundle
+    now = datetime.now(timezone.utc)
+    feature_store.materialize(data, now - timedelta(days=90), now, views=["item_stats"])
+    assert watcher.poll_once()
+    after = state.recommender.bundle
+    assert after.items.version != before.items.version
+    assert after.retriever is before.retriever and after.reranker is before.reranker  # only the table was rebuilt
+
+
 def download_version(data: DataDir, name: str, version: str, into: Path) -> Path:
     import mlflow
 
