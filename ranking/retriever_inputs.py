@@ -1,0 +1,380 @@
+"""Features frame -> two-tower model inputs: the one encoder that training and serving share.
+
+Training (`training.retriever_data`) and serving (`ranking.retriever.Retriever`) both call
+`encode_users` / `encode_items` on frames whose columns are the Feast feature names of the
+`retriever` service, so a feature can never be transformed one way offline and another way online.
+
+An `InputSpec` holds everything the encoding needs and that was fitted on training data: the id
+vocabularies (index 0 is "unknown": unseen users, cold-start items, dropped-out ids) and the
+mean/std of each dense feature after `log1p`. It is saved as `vocab.json` beside the model.
+
+Example:
+    spec = InputSpec.fit(train_frame, content_dim=512)
+    users = encode_users(train_frame, spec)        # one row per frame row
+    batch = users.batch(np.arange(256))            # UserInputs with a KeyedJaggedTensor
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torchrec import KeyedJaggedTensor
+
+from vitrine.errors import InvalidInput, UnusableFile
+
+# Index every vocabulary reserves for "not seen in training" (and for dropped-out ids).
+UNKNOWN = 0
+# How many recent items of `user_recent_items` the user tower pools (the view keeps 20, newest first).
+MAX_RECENT_ITEMS = 20
+# Fill for "days since" features of a user who never did the thing: about a year, so it reads as "long ago".
+NEVER_DAYS = 365.0
+
+# Dense inputs, by Feast feature name. Counts and money are heavy-tailed: log1p, then standardised.
+USER_DENSE = (
+    "events_1d", "events_7d", "events_30d", "views_30d", "clicks_30d", "carts_30d", "purchases_30d",
+    "purchase_rate_30d", "avg_price_paid", "max_price_paid", "days_since_last_event", "days_since_last_purchase",
+)  # fmt: skip
+ITEM_DENSE = (
+    "views_1d", "views_7d", "views_30d", "clicks_1d", "clicks_7d", "clicks_30d", "carts_1d", "carts_7d",
+    "carts_30d", "purchases_1d", "purchases_7d", "purchases_30d", "ctr_7d", "ctr_30d", "cart_rate_7d",
+    "cart_rate_30d", "cvr_7d", "cvr_30d", "price", "age_days", "popularity_rank", "trend_7d_30d",
+)  # fmt: skip
+# Feature view of each dense group. Where both views name a feature alike (views_30d...), the feature
+# store returns `<view>__<name>`; plain `<name>` otherwise.
+DENSE_VIEWS = {"user_stats": USER_DENSE, "item_stats": ITEM_DENSE}
+# Dense features whose missing value means "never" rather than "zero".
+NEVER_FEATURES = frozenset({"days_since_last_event", "days_since_last_purchase"})
+# Signed features (a trend can fall): no log, only standardised.
+SIGNED_FEATURES = frozenset({"trend_7d_30d"})
+
+# Sparse (id) features each tower reads; keys of the KeyedJaggedTensors.
+USER_SPARSE = ("user_id", "recent_item_ids", "top_category")
+ITEM_SPARSE = ("item_id", "category", "brand", "price_band")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Vocabularies and dense-feature statistics fitted on the training frame.
+
+    Vocab maps are value -> index with `UNKNOWN` (0) reserved, so a table of `len(map) + 1` rows
+    covers every input.
+    """
+
+    # user_id -> row of the user id table.
+    users: dict[str, int]
+    # item_id -> row of the item id tables (item tower and recent-items history).
+    items: dict[str, int]
+    # category -> row; shared by item `category` and user `top_category`.
+    categories: dict[str, int]
+    # brand -> row.
+    brands: dict[str, int]
+    # price band (as a string, e.g. "3") -> row.
+    price_bands: dict[str, int]
+    # Width of the CLIP item vector (`embedding` of the `item_embedding` view).
+    content_dim: int
+    # "<view>.<feature>" -> (mean, std) of the transformed value, for USER_DENSE and ITEM_DENSE.
+    dense_stats: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def table_sizes(self) -> dict[str, int]:
+        """Rows of each embedding table, by the sparse feature that owns it."""
+        return {
+            "user_id": len(self.users) + 1,
+            "item_id": len(self.items) + 1,
+            "category": len(self.categories) + 1,
+            "brand": len(self.brands) + 1,
+            "price_band": len(self.price_bands) + 1,
+        }
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, content_dim: int, *, min_item_count: int = 1) -> "InputSpec":
+        """Fit vocabularies and dense statistics on a training frame (one row per example).
+
+        Args:
+            frame: training examples with `user_id`, `item_id` and the retriever features.
+            content_dim: width of the CLIP vectors.
+            min_item_count: items with fewer examples get no id row (they are treated as cold).
+        """
+        counts = frame["item_id"].value_counts()
+        items = sorted(counts[counts >= min_item_count].index.astype(str))
+        categories = _values(frame, "category") | _values(frame, "top_category")
+        stats: dict[str, tuple[float, float]] = {}
+        for view, names in DENSE_VIEWS.items():
+            for name in names:
+                values = _transform(frame, view, name)
+                mean = float(np.mean(values)) if len(values) else 0.0
+                std = float(np.std(values)) if len(values) else 1.0
+                stats[f"{view}.{name}"] = (mean, std if std > 1e-6 else 1.0)
+        return cls(
+            users=_index(sorted(frame["user_id"].astype(str).unique())),
+            items=_index(items),
+            categories=_index(sorted(categories)),
+            brands=_index(sorted(_values(frame, "brand"))),
+            price_bands=_index(sorted(_values(frame, "price_band"))),
+            content_dim=content_dim,
+            dense_stats=stats,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "users": self.users,
+            "items": self.items,
+            "categories": self.categories,
+            "brands": self.brands,
+            "price_bands": self.price_bands,
+            "content_dim": self.content_dim,
+            "dense_stats": {k: list(v) for k, v in self.dense_stats.items()},
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "InputSpec":
+        return cls(
+            users=dict(raw["users"]),
+            items=dict(raw["items"]),
+            categories=dict(raw["categories"]),
+            brands=dict(raw["brands"]),
+            price_bands=dict(raw["price_bands"]),
+            content_dim=int(raw["content_dim"]),
+            dense_stats={k: (float(v[0]), float(v[1])) for k, v in raw["dense_stats"].items()},
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: Path) -> "InputSpec":
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError) as exc:
+            raise UnusableFile(f"{path}: not a retriever vocabulary ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class UserInputs:
+    """One batch of the user tower's inputs."""
+
+    # Keys USER_SPARSE: user_id (1 per row), recent_item_ids (0..20 per row), top_category (0..1 per row).
+    sparse: KeyedJaggedTensor
+    # [B, len(USER_DENSE)] standardised user_stats.
+    dense: torch.Tensor
+
+    def to(self, device: torch.device) -> "UserInputs":
+        return UserInputs(sparse=self.sparse.to(device), dense=self.dense.to(device))
+
+
+@dataclass(frozen=True)
+class ItemInputs:
+    """One batch of the item tower's inputs."""
+
+    # Keys ITEM_SPARSE, one id per row each.
+    sparse: KeyedJaggedTensor
+    # [B, len(ITEM_DENSE)] standardised item_stats.
+    dense: torch.Tensor
+    # [B, content_dim] CLIP item vectors (zeros where an item has none).
+    content: torch.Tensor
+
+    def to(self, device: torch.device) -> "ItemInputs":
+        return ItemInputs(sparse=self.sparse.to(device), dense=self.dense.to(device), content=self.content.to(device))
+
+
+@dataclass(frozen=True)
+class EncodedUsers:
+    """A whole frame of users encoded once as arrays; `batch(rows)` cuts model inputs from it."""
+
+    user_idx: np.ndarray  # [N] int64
+    recent_values: np.ndarray  # [sum of lengths] int64 item rows, newest first per user
+    recent_offsets: np.ndarray  # [N + 1] int64
+    top_category: np.ndarray  # [N] int64, UNKNOWN when absent
+    dense: np.ndarray  # [N, len(USER_DENSE)] float32
+
+    def __len__(self) -> int:
+        return len(self.user_idx)
+
+    def batch(self, rows: np.ndarray, *, drop_user_ids: np.ndarray | None = None) -> UserInputs:
+        """Inputs for `rows`; `drop_user_ids` (bool per row) replaces those user ids by UNKNOWN."""
+        user = self.user_idx[rows]
+        if drop_user_ids is not None:
+            user = np.where(drop_user_ids, UNKNOWN, user)
+        starts, ends = self.recent_offsets[rows], self.recent_offsets[rows + 1]
+        lengths = ends - starts
+        recent = (
+            np.concatenate([self.recent_values[s:e] for s, e in zip(starts, ends)])
+            if lengths.sum()
+            else np.zeros(0, dtype=np.int64)
+        )
+        top = self.top_category[rows]
+        has_top = (top != UNKNOWN).astype(np.int64)
+        values = np.concatenate([user, recent, top[has_top == 1]])
+        lens = np.concatenate([np.ones(len(rows), dtype=np.int64), lengths, has_top])
+        sparse = KeyedJaggedTensor.from_lengths_sync(
+            keys=list(USER_SPARSE), values=torch.from_numpy(values.astype(np.int64)), lengths=torch.from_numpy(lens)
+        )
+        return UserInputs(sparse=sparse, dense=torch.from_numpy(self.dense[rows]))
+
+
+@dataclass(frozen=True)
+class EncodedItems:
+    """A whole frame of items encoded once; CLIP vectors are stored once per distinct item."""
+
+    item_idx: np.ndarray  # [N] int64
+    category: np.ndarray  # [N] int64
+    brand: np.ndarray  # [N] int64
+    price_band: np.ndarray  # [N] int64
+    dense: np.ndarray  # [N, len(ITEM_DENSE)] float32
+    content_row: np.ndarray  # [N] rows of `content`
+    content: np.ndarray  # [distinct items, content_dim] float32
+
+    def __len__(self) -> int:
+        return len(self.item_idx)
+
+    def batch(self, rows: np.ndarray, *, drop_item_ids: np.ndarray | None = None) -> ItemInputs:
+        """Inputs for `rows`; `drop_item_ids` (bool per row) replaces those item ids by UNKNOWN."""
+        item = self.item_idx[rows]
+        if drop_item_ids is not None:
+            item = np.where(drop_item_ids, UNKNOWN, item)
+        values = np.concatenate([item, self.category[rows], self.brand[rows], self.price_band[rows]])
+        sparse = KeyedJaggedTensor.from_lengths_sync(
+            keys=list(ITEM_SPARSE),
+            values=torch.from_numpy(values.astype(np.int64)),
+            lengths=torch.ones(len(ITEM_SPARSE) * len(rows), dtype=torch.int64),
+        )
+        return ItemInputs(
+            sparse=sparse,
+            dense=torch.from_numpy(self.dense[rows]),
+            content=torch.from_numpy(self.content[self.content_row[rows]]),
+        )
+
+
+def encode_users(frame: pd.DataFrame, spec: InputSpec) -> EncodedUsers:
+    """Encode the user side of a features frame (columns: user_id, recent_item_ids, top_category, USER_DENSE).
+
+    Missing feature columns or nulls (a new user without stats) encode as "unknown"/mean, so a user
+    that the feature store does not know still gets a vector.
+
+    Example:
+        encoded = encode_users(online_frame, spec); inputs = encoded.batch(np.arange(len(encoded)))
+    """
+    _require(frame, ("user_id",))
+    n = len(frame)
+    user_idx = _lookup(frame["user_id"], spec.users)
+    lengths = np.zeros(n, dtype=np.int64)
+    chunks: list[np.ndarray] = []
+    recent = frame["recent_item_ids"] if "recent_item_ids" in frame else pd.Series([None] * n)
+    for row, ids in enumerate(recent):
+        if ids is None or (isinstance(ids, float) and math.isnan(ids)):
+            continue
+        rows = np.array([spec.items.get(str(i), UNKNOWN) for i in list(ids)[:MAX_RECENT_ITEMS]], dtype=np.int64)
+        rows = rows[rows != UNKNOWN]  # unknown history items carry no learned signal
+        lengths[row] = len(rows)
+        chunks.append(rows)
+    values = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    top = _lookup(frame["top_category"], spec.categories) if "top_category" in frame else np.zeros(n, np.int64)
+    return EncodedUsers(
+        user_idx=user_idx,
+        recent_values=values,
+        recent_offsets=offsets,
+        top_category=top,
+        dense=_dense(frame, "user_stats", spec),
+    )
+
+
+def encode_items(frame: pd.DataFrame, spec: InputSpec) -> EncodedItems:
+    """Encode the item side of a features frame (columns: item_id, embedding, category, brand, price_band, ITEM_DENSE).
+
+    An item without a CLIP vector (no image and no text encoded) gets zeros there; an item id
+    outside the vocabulary (cold start) gets the UNKNOWN id row, so its vector comes from content.
+
+    Example:
+        catalog = encode_items(item_frame, spec); inputs = catalog.batch(np.arange(len(catalog)))
+    """
+    _require(frame, ("item_id",))
+    n = len(frame)
+    codes, uniques = pd.factorize(frame["item_id"].astype(str))
+    content = np.zeros((len(uniques), spec.content_dim), dtype=np.float32)
+    if "embedding" in frame:
+        first = pd.Series(np.arange(n)).groupby(codes).first()
+        for code, row in first.items():
+            vector = frame["embedding"].iloc[row]
+            if vector is None or (isinstance(vector, float) and math.isnan(vector)):
+                continue
+            vec = np.asarray(vector, dtype=np.float32)
+            if vec.shape != (spec.content_dim,):
+                raise InvalidInput(
+                    f"item {uniques[code]!r}: field 'embedding' has {vec.shape[0] if vec.ndim else 0} values,"
+                    f" the model expects {spec.content_dim}"
+                )
+            content[code] = vec
+    return EncodedItems(
+        item_idx=_lookup(frame["item_id"], spec.items),
+        category=_lookup(frame["category"], spec.categories) if "category" in frame else np.zeros(n, np.int64),
+        brand=_lookup(frame["brand"], spec.brands) if "brand" in frame else np.zeros(n, np.int64),
+        price_band=_lookup(frame["price_band"], spec.price_bands) if "price_band" in frame else np.zeros(n, np.int64),
+        dense=_dense(frame, "item_stats", spec),
+        content_row=codes.astype(np.int64),
+        content=content,
+    )
+
+
+def _require(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InvalidInput(f"features frame: missing column(s) {missing}; has {sorted(frame.columns)}")
+
+
+def _index(values: list[str]) -> dict[str, int]:
+    return {value: row + 1 for row, value in enumerate(values)}
+
+
+def _key(value: object) -> str | None:
+    """The vocabulary key of a raw value: strings as they are, whole floats as ints ("3.0" -> "3")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _values(frame: pd.DataFrame, column: str) -> set[str]:
+    if column not in frame:
+        return set()
+    return {k for k in (_key(v) for v in frame[column].drop_duplicates()) if k is not None}
+
+
+def _lookup(column: pd.Series, vocab: dict[str, int]) -> np.ndarray:
+    uniques = column.drop_duplicates()
+    table = {value: vocab.get(_key(value) or "", UNKNOWN) for value in uniques if not _is_null(value)}
+    return np.fromiter((table.get(v, UNKNOWN) if not _is_null(v) else UNKNOWN for v in column), np.int64, len(column))
+
+
+def _is_null(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _transform(frame: pd.DataFrame, view: str, name: str) -> np.ndarray:
+    """log1p of a non-negative feature (signed ones as they are), with nulls filled by what they mean."""
+    column = f"{view}__{name}" if f"{view}__{name}" in frame else name
+    if column not in frame:
+        values = np.full(len(frame), np.nan)
+    else:
+        values = pd.to_numeric(frame[column], errors="coerce").astype("float64").to_numpy()
+    values = np.where(np.isnan(values), NEVER_DAYS if name in NEVER_FEATURES else 0.0, values)
+    if name in SIGNED_FEATURES:
+        return values
+    return np.log1p(np.clip(values, 0.0, None))
+
+
+def _dense(frame: pd.DataFrame, view: str, spec: InputSpec) -> np.ndarray:
+    names = DENSE_VIEWS[view]
+    columns = []
+    for name in names:
+        mean, std = spec.dense_stats.get(f"{view}.{name}", (0.0, 1.0))
+        columns.append((_transform(frame, view, name) - mean) / std)
+    return np.stack(columns, axis=1).astype(np.float32) if columns else np.zeros((len(frame), 0), np.float32)

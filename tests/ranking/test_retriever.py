@@ -1,0 +1,134 @@
+"""Serving the retriever: save/load round trip, exclusions, no -1 padding, exact vs HNSW, registry errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ranking.ann import AnnConfig, ann_recall, build_index, index_kind, search
+from ranking.retriever import Candidate, Retriever, save_retriever
+from ranking.retriever_inputs import InputSpec, encode_items, encode_users
+from training.two_tower import TwoTower, TwoTowerConfig
+from vitrine.errors import InvalidInput, ModelUnavailable
+from vitrine.paths import DataDir
+
+DIM = 8
+N_ITEMS = 40
+
+
+def _catalog() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "item_id": [f"I{i:03d}" for i in range(N_ITEMS)],
+            "category": rng.choice(["shoes", "bags"], N_ITEMS),
+            "brand": rng.choice(["a", "b"], N_ITEMS),
+            "price_band": rng.integers(0, 5, N_ITEMS),
+            "embedding": list(rng.standard_normal((N_ITEMS, DIM)).astype(np.float32)),
+        }
+    )
+
+
+def _users() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": ["U1", "U2", "U3"],
+            "recent_item_ids": [["I001", "I002"], [], None],
+            "top_category": ["shoes", None, "bags"],
+            "events_7d": [3, 0, None],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TwoTower, InputSpec]:
+    catalog = _catalog()
+    examples = catalog.head(30).assign(user_id=["U1", "U2"] * 15, weight=1.0)
+    examples["recent_item_ids"] = [["I001"]] * 30
+    spec = InputSpec.fit(examples, DIM)
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(embedding_dim=8, hidden_dim=16, output_dim=8), spec.table_sizes, DIM).eval()
+    with torch.inference_mode():
+        vectors = model.item_vectors(encode_items(catalog, spec).batch(np.arange(N_ITEMS))).numpy()
+    path = save_retriever(tmp_path_factory.mktemp("ret") / "retriever", model, spec, catalog["item_id"].tolist(), vectors,
+                          lineage={"run_id": "abc123", "data_snapshot": "deadbeef"})  # fmt: skip
+    return path, model, spec
+
+
+def test_saved_dir_holds_the_documented_files_and_no_pickle(saved) -> None:
+    path, _, _ = saved
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "vocab.json", "item_vectors.npy", "item_ids.json", "index.faiss"]
+    )
+    config = json.loads((path / "config.json").read_text())
+    assert config["lineage"]["data_snapshot"] == "deadbeef"
+    assert config["ann"]["kind"] == "exact"
+
+
+def test_loaded_retriever_scores_users_like_the_trained_model(saved) -> None:
+    path, model, spec = saved
+    retriever = Retriever.load(path)
+    assert retriever.version == "abc123"
+    assert retriever.item_ids[:2] == ["I000", "I001"]
+    with torch.inference_mode():
+        expected = model.user_vectors(encode_users(_users(), spec).batch(np.arange(3))).numpy()
+    np.testing.assert_allclose(retriever.user_vectors(_users()), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_retrieve_returns_k_best_first_without_excluded_items(saved) -> None:
+    retriever = Retriever.load(saved[0])
+    features = _users().iloc[0].to_dict()
+    everything = retriever.retrieve("U1", N_ITEMS, user_features=features)
+    excluded = {c.item_id for c in everything[:3]}
+    found = retriever.retrieve("U1", 10, user_features=features, exclude_items=excluded)
+    assert len(found) == 10 and all(isinstance(c, Candidate) for c in found)
+    assert excluded.isdisjoint(c.item_id for c in found)
+    assert [c.score for c in found] == sorted((c.score for c in found), reverse=True)
+    assert [c.item_id for c in found] == [c.item_id for c in everything[3:13]]
+
+
+def test_k_beyond_the_catalog_returns_every_item_once_and_never_padding(saved) -> None:
+    retriever = Retriever.load(saved[0])
+    found = retriever.retrieve("someone-new", 500, user_features=None, exclude_items={"I000"})
+    ids = [c.item_id for c in found]
+    assert len(ids) == N_ITEMS - 1 == len(set(ids))
+    assert "I000" not in ids and all(i in retriever.item_ids for i in ids)
+
+
+def test_batch_matches_single_calls(saved) -> None:
+    retriever = Retriever.load(saved[0])
+    users = _users()
+    batch = retriever.retrieve_batch(users, 5, exclude_items=[{"I001"}, set(), set()])
+    for row, found in zip(users.to_dict("records"), batch):
+        single = retriever.retrieve(row["user_id"], 5, user_features=row, exclude_items={"I001"} if row["user_id"] == "U1" else ())
+        assert [c.item_id for c in found] == [c.item_id for c in single]
+    with pytest.raises(InvalidInput, match="k"):
+        retriever.retrieve_batch(users, 0)
+
+
+def test_hnsw_beyond_the_exact_limit_keeps_high_recall() -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:100] + 0.1 * rng.standard_normal((100, 16)).astype(np.float32)
+    hnsw = build_index(vectors, AnnConfig(exact_max_items=1000))
+    assert index_kind(hnsw) == "hnsw" and index_kind(build_index(vectors)) == "exact"
+    assert ann_recall(hnsw, vectors, queries, k=50) > 0.95
+    rows, _ = search(hnsw, queries[:2], k=5000)  # more than the index holds: all rows, no -1
+    assert all(len(r) <= 3000 and (r >= 0).all() for r in rows)
+
+
+def test_missing_files_and_missing_alias_raise_model_unavailable(saved, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "vocab.json", "model.safetensors"):
+        (broken / name).write_bytes((saved[0] / name).read_bytes())
+    with pytest.raises(ModelUnavailable, match="item_ids.json"):
+        Retriever.load(broken)
+    with pytest.raises(ModelUnavailable, match="vitrine-retriever@champion"):
+        Retriever.from_registry(DataDir.resolve(tmp_path / "data"))
