@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import warnings
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -122,48 +121,6 @@ def register_dir(data: DataDir, name: str, directory: Path, alias: str | None = 
     return version
 
 
-def quick_models(data: DataDir) -> None:
-    """Fallback while the training stages cannot train on this shop: an untrained two-tower and a
-    LightGBM ranker fitted on random labels, saved with the stages' own `save_retriever` / `save_ranker`."""
-    import lightgbm
-    import torch
-
-    from ranking.online_features import open_reader
-    from ranking.ranker_features import FEATURE_NAMES
-    from ranking.reranker import RankerMetadata, save_ranker
-    from ranking.retriever import save_retriever
-    from ranking.retriever_inputs import InputSpec, encode_items
-    from training.feature_store import open_store
-    from training.two_tower import TwoTower, TwoTowerConfig
-    from vitrine.shop.store import read_items, read_users
-
-    store = open_store(data)
-    items, users = read_items(data), read_users(data)
-    item_rows = open_reader(store, "item_id", ("item_stats", "item_embedding"), bulk=True).read(items["item_id"].tolist())
-    item_frame = pd.DataFrame([{**(r or {}), "item_id": i} for i, r in zip(items["item_id"], item_rows)])
-    user_rows = open_reader(store, "user_id", ("user_stats", "user_recent_items"), bulk=True).read(users["user_id"].tolist())
-    user_frame = pd.DataFrame([{**(r or {}), "user_id": u} for u, r in zip(users["user_id"], user_rows)])
-    pairs = user_frame.sample(n=len(item_frame) * 3, replace=True, random_state=0).reset_index(drop=True)
-    picked = item_frame.sample(n=len(pairs), replace=True, random_state=1).reset_index(drop=True)
-    train = pd.concat([pairs, picked.drop(columns=[c for c in picked.columns if c in pairs.columns and c != "item_id"])], axis=1)
-    spec = InputSpec.fit(train, EMBEDDING_DIM)
-    torch.manual_seed(0)
-    model = TwoTower(TwoTowerConfig(embedding_dim=16, hidden_dim=32, output_dim=16), spec.table_sizes, EMBEDDING_DIM).eval()
-    encoded = encode_items(item_frame, spec)
-    with torch.inference_mode():
-        vectors = model.item_vectors(encoded.batch(np.arange(len(encoded)))).numpy()
-    out = Path(tempfile.mkdtemp(dir=data.root))
-    save_retriever(out / "retriever", model, spec, item_frame["item_id"].tolist(), vectors)
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(2000, len(FEATURE_NAMES))).astype(np.float32)
-    labels = rng.integers(0, 4, size=2000)
-    dataset = lightgbm.Dataset(features, labels, group=[20] * 100, feature_name=list(FEATURE_NAMES))
-    booster = lightgbm.train({"objective": "lambdarank", "num_leaves": 7, "verbose": -1, "min_data_in_leaf": 5}, dataset, num_boost_round=30)
-    save_ranker(booster, out / "ranker", RankerMetadata(FEATURE_NAMES, (0.0, 1.0, 3.0, 7.0)))
-    register_dir(data, "vitrine-retriever", out / "retriever")
-    register_dir(data, "vitrine-ranker", out / "ranker")
-
-
 @functools.lru_cache(maxsize=1)
 def served_shop() -> DataDir:
     """The session's served shop (built on first call, removed at interpreter exit)."""
@@ -178,11 +135,7 @@ def served_shop() -> DataDir:
     if not reuse:
         atexit.register(shutil.rmtree, root, ignore_errors=True)
     data = build_shop(root / "data")
-    try:
-        train_models(data)
-    except Exception as exc:  # the training stages are still settling; serving is tested either way
-        warnings.warn(f"training stages failed on the test shop ({type(exc).__name__}: {exc}); using quick models")
-        quick_models(data)
+    train_models(data)
     return data
 
 
@@ -194,7 +147,7 @@ def free_port() -> int:
 
 def start_redis(port: int, workdir: Path) -> None:
     subprocess.run(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "yes", "--dir", str(workdir)],
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "yes", "--enable-debug-command", "local", "--dir", str(workdir)],
         check=True,
         timeout=10,
     )

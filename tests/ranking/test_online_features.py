@@ -173,6 +173,16 @@ def test_redis_down_fails_fast_and_reconnects_without_restart(private_redis, tmp
     store = build_store(tmp_path / "repo", {"type": "redis", "connection_string": f"127.0.0.1:{private_redis}"})
     reader = open_reader(store, "user_id", VIEWS)
     assert reader.read(["u1"])[0] is not None
+    # A stalled Redis (busy for half a second): the read gives up after the socket timeout.
+    stall = subprocess.Popen(["redis-cli", "-p", str(private_redis), "DEBUG", "SLEEP", "0.5"], stdout=subprocess.DEVNULL)
+    time.sleep(0.1)
+    started = time.perf_counter()
+    with pytest.raises(FeatureUnavailable):
+        reader.read(["u1"])
+    assert time.perf_counter() - started < REDIS_SOCKET_TIMEOUT_S + 0.25
+    stall.wait(timeout=10)
+    time.sleep(REDIS_RETRY_AFTER_S + 0.1)
+    assert reader.read(["u1"])[0] is not None
     subprocess.run(["redis-cli", "-p", str(private_redis), "shutdown", "nosave"], capture_output=True, timeout=10)
     started = time.perf_counter()
     with pytest.raises(FeatureUnavailable):
