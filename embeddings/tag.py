@@ -25,11 +25,13 @@ from embeddings.encoder import ItemEncoder
 from vitrine.paths import DataDir
 
 # Prompt per attribute column; `{}` is the label. Both spellings of colour occur in real catalogs.
+# Templates were compared on the demo shop's *validation* items (category: "a photo of a {}" 0.57 vs
+# 0.50-0.53 for the others tried; pattern: "a {} item" 0.58 vs 0.42; colour: 0.99 for every one).
 PROMPTS: dict[str, str] = {
     "category": "a photo of a {}",
     "colour": "a photo of a {} product",
     "color": "a photo of a {} product",
-    "pattern": "a photo of a {} product",
+    "pattern": "a {} item",
     "material": "a photo of a product made of {}",
 }
 

@@ -1,0 +1,59 @@
+"""The stage's CLI commands print JSON a script can use, and fail with the error tree's classes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from embeddings import commands
+from embeddings.dual_encoder import DualEncoderSpec, build_dual_encoder
+from vitrine.cli import Groups
+from vitrine.errors import ModelUnavailable
+from vitrine.paths import DataDir
+
+
+def _cli() -> typer.Typer:
+    root = typer.Typer()
+    groups = Groups(root=root, train=typer.Typer(), evaluate=typer.Typer(), features=typer.Typer(), pipeline=typer.Typer())
+    root.add_typer(groups.train, name="train")
+    root.add_typer(groups.evaluate, name="evaluate")
+    commands.register(groups)
+    return root
+
+
+def _run(*args: str) -> dict:
+    result = CliRunner().invoke(_cli(), list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_embed_search_similar_tag_and_evaluate_print_json(shop: DataDir, tiny_spec: DualEncoderSpec) -> None:
+    build_dual_encoder(tiny_spec, seed=0).save(shop.models / "encoder")
+    where = ("--data-dir", str(shop.root), "--json")
+
+    embedded = _run("embed", *where)
+    assert embedded["items"] == 120 and embedded["dim"] == tiny_spec.projection_dim
+
+    found = _run("search", "red wool scarf", "--k", "5", *where)
+    assert len(found["results"]) == 5
+    similar = _run("similar", "I00003", "--k", "3", *where)
+    assert [r["item_id"] for r in similar["results"]] != [] and "I00003" not in [r["item_id"] for r in similar["results"]]
+
+    tagged = _run("tag", *where)
+    assert set(tagged["attributes"]) >= {"category", "colour"}
+    assert 0.0 <= tagged["attributes"]["colour"]["accuracy"] <= 1.0
+
+    figures = _run("evaluate", "encoder", *where)
+    cross = figures["cross_modal"]
+    assert cross["random_recall@10"] == pytest.approx(min(10, cross["items"]) / cross["items"], abs=1e-4)
+    ablation = figures["fusion_ablation"]
+    assert set(ablation["search_recall@10"]) == {"fused", "image_only", "text_only", "random"}
+    assert {"category", "colour"} <= set(figures["zero_shot"])
+
+
+def test_embed_without_a_trained_encoder_says_what_to_run(shop: DataDir) -> None:
+    with pytest.raises(ModelUnavailable, match="vitrine train encoder"):
+        CliRunner().invoke(_cli(), ["embed", "--data-dir", str(shop.root)], catch_exceptions=False)
