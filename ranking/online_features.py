@@ -275,7 +275,6 @@ def redis_client(connection_string: str, *, bulk: bool = False) -> Any:
         port=int(port or 6379),
         socket_timeout=REDIS_BULK_SOCKET_TIMEOUT_S if bulk else REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        retry_on_timeout=False,
         # redis-py retries failed commands with backoff by default (seconds in all); the breaker above
         # decides when to try again instead, and the next command reconnects on its own.
         retry=Retry(NoBackoff(), 0),

@@ -289,6 +289,14 @@ def test_redis_outage_degrades_and_recovers_without_restart(data: DataDir, tmp_p
         live = Recommender.from_data(copy, online="redis")
         user = known_users[0]
         assert not live.recommend(user, k=5).cold_start
+        # The pipelined reader decodes the project's Redis store exactly as Feast's SDK does.
+        assert live.users is not None
+        store = feature_store.open_store(copy, online="redis")
+        refs = [f"{view.name}:{name}" for view in live.users.views for name in view.features]
+        theirs = store.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in known_users[:5]]).to_dict()
+        for n, ours in enumerate(live.users.read(known_users[:5])):
+            assert ours is not None
+            assert ours == {name: theirs[name][n] for name in ours}
         subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=10)
         started = time.perf_counter()
         down = live.recommend(user, k=5)
