@@ -9,8 +9,8 @@ parent run and each step in a nested child run, so `mlflow ui` shows one tree pe
 
 - Resumable: a re-run continues the newest unfinished run from its failed step (same parent run),
   skipping finished steps; `--no-resume` starts over.
-- A failed step ends its child run (and the parent) FAILED and never reaches `promote`, so the
-  champion stays where it was.
+- A failed step ends its child run and the parent FAILED and the run never reaches `promote`, so
+  the champion stays where it was.
 - Serving (`ranking.service`) polls the `@champion` alias: the alias move in `promote` is the deploy.
 
 Example:
@@ -37,6 +37,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from rich.console import Console
 
+from training.feature_store import Online
 from training.pipeline_state import FINISHED, RunState, StepRecord
 from training.promotion import PromotionPolicy
 from vitrine import tracking
@@ -92,8 +93,9 @@ class PipelineConfig:
     policy: PromotionPolicy = field(default_factory=PromotionPolicy)
     # MLflow experiment of the parent run.
     experiment: str = PIPELINE_EXPERIMENT
-    # Per-stage config overrides, keyed by step name ("embed", "retriever", "ranker", "evaluate"):
-    # each value is passed to that stage as its own config object. None: the stage's defaults.
+    # Per-stage settings: "encoder" (TrainEncoderConfig), "retriever" (TrainConfig), "ranker"
+    # (RankerTrainConfig), each the stage's own config object, and "evaluate" ({"max_requests": n}).
+    # Absent: the stage's defaults.
     stage_configs: dict[str, Any] = field(default_factory=dict)
     # Show progress bars of the stages.
     progress: bool = True
@@ -103,6 +105,9 @@ class PipelineConfig:
     # Event days at the end held out as the latest time split: challengers train on the days
     # before it, and challenger and champion are both evaluated on it.
     eval_days: int = DEFAULT_EVAL_DAYS
+    # Online store the feast step materializes into: "sqlite" (embedded default) or "redis"
+    # (`$VITRINE_REDIS`, host:port); the one the service reads.
+    online: Online = "sqlite"
 
 
 @dataclass
@@ -113,7 +118,8 @@ class StepContext:
     config: PipelineConfig
     state: RunState
     client: MlflowClient
-    # The step's own (child) run: stages that log into the active run log here.
+    # The step's own (child) run: the pipeline's figures for this step go here; the stage's own
+    # runs are linked to it afterwards.
     run_id: str
 
     def output(self, step: str, key: str, default: Any = None) -> Any:
@@ -429,7 +435,8 @@ def feast_apply_materialize(ctx: StepContext) -> dict[str, Any]:
     """`feast apply` then `feast materialize` of the snapshot days just built into the online store."""
     from training import feature_store
 
-    feature_store.apply(ctx.data)
+    online = ctx.config.online
+    feature_store.apply(ctx.data, online)
     first = pd.Timestamp(ctx.output("features", "first_day"), tz="UTC")
     # Snapshot rows sit at day starts: the range ends just after the last snapshot day's rows.
     end = pd.Timestamp(ctx.output("features", "last_day"), tz="UTC") + pd.Timedelta(days=1)
@@ -437,10 +444,10 @@ def feast_apply_materialize(ctx: StepContext) -> dict[str, Any]:
     # from the beginning of time; an incremental run starts where the new snapshots start.
     start = first.to_pydatetime() if ctx.config.since else None
     stats = feature_store.materialize(ctx.data, start if start is not None else datetime(1970, 1, 1, tzinfo=timezone.utc),
-                                      end.to_pydatetime())
+                                      end.to_pydatetime(), online)
     for view, seconds in stats["views"].items():
         ctx.client.log_metric(ctx.run_id, f"materialize_seconds.{view}", seconds)
-    return {"start": stats["start"], "end": stats["end"], "views": sorted(stats["views"]),
+    return {"online": online, "start": stats["start"], "end": stats["end"], "views": sorted(stats["views"]),
             "feature_repo": feature_repo_version()}
 
 
@@ -451,14 +458,22 @@ def feature_repo_version() -> str:
     return hashlib.sha256((REPO_DIR / "definitions.py").read_bytes()).hexdigest()[:12]
 
 
-def split_time(ctx: StepContext) -> pd.Timestamp:
-    """T, the start of the latest time split: the last `eval_days` event days are held out.
+def split_time_of(last_event: pd.Timestamp, eval_days: int) -> pd.Timestamp:
+    """T, the start of the latest time split: midnight starting the last `eval_days` event days.
 
     The same T as `training.retriever_data.time_split(..., test_days=eval_days)`, which the
     retriever's trainer uses for its validation days and the evaluate step for its test set.
+
+    Example:
+        >>> split_time_of(pd.Timestamp("2026-01-21 17:00", tz="UTC"), 3)
+        Timestamp('2026-01-19 00:00:00+0000', tz='UTC')
     """
-    last = pd.Timestamp(ctx.output("validate", "last_event_day"), tz="UTC")
-    return last - pd.Timedelta(days=ctx.config.eval_days - 1)
+    return pd.Timestamp(last_event).floor("D") - pd.Timedelta(days=eval_days - 1)
+
+
+def split_time(ctx: StepContext) -> pd.Timestamp:
+    """T of this run, from the last event day the validate step counted."""
+    return split_time_of(pd.Timestamp(ctx.output("validate", "last_event_day"), tz="UTC"), ctx.config.eval_days)
 
 
 def _model_lineage(ctx: StepContext) -> dict[str, str]:

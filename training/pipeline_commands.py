@@ -35,6 +35,10 @@ ResumeOption = Annotated[
     bool,
     typer.Option("--resume/--no-resume", help="Continue the newest unfinished run from its failed step."),
 ]
+OnlineOption = Annotated[
+    str,
+    typer.Option("--online", help="Online store to materialize into: sqlite (embedded) or redis ($VITRINE_REDIS)."),
+]
 RuleOption = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -78,13 +82,17 @@ def register(cli: "Groups") -> None:
         since: SinceOption = None,
         resume: ResumeOption = True,
         rule: RuleOption = None,
+        online: OnlineOption = "sqlite",
         as_json: JsonOption = False,
     ) -> None:
         """Validate new data, embed, build + materialize features, train, evaluate, promote if better."""
         from training.pipeline import PipelineConfig, StepFailed, resolve_since, run_pipeline
 
         data = data_dir(data_dir_option)
-        config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule), progress=not as_json)
+        if online not in ("sqlite", "redis"):
+            raise InvalidInput(f"--online {online!r}: expected sqlite or redis")
+        config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule),
+                                progress=not as_json, online="redis" if online == "redis" else "sqlite")
         try:
             result = run_pipeline(data, config)
         except StepFailed as failed:

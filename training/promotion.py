@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
+if TYPE_CHECKING:  # mlflow is imported where the registry is used, so that `vitrine --help` stays fast
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 CHAMPION_ALIAS = "champion"
 # The champion an alias move replaced, kept so that an operator can roll back with one command:
@@ -147,8 +147,10 @@ def decide(
     return Decision(True, "challenger beats champion: " + "; ".join(f"{o.metric} {o.why}" for o in outcomes), new, old, outcomes)
 
 
-def champion_version(client: MlflowClient, model: str, alias: str = CHAMPION_ALIAS) -> ModelVersion | None:
+def champion_version(client: "MlflowClient", model: str, alias: str = CHAMPION_ALIAS) -> "ModelVersion | None":
     """The version `model@alias` points to, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_model_version_by_alias(model, alias)
     except MlflowException as exc:
@@ -158,7 +160,7 @@ def champion_version(client: MlflowClient, model: str, alias: str = CHAMPION_ALI
 
 
 def promote(
-    client: MlflowClient,
+    client: "MlflowClient",
     challengers: Mapping[str, str],
     decision: Decision,
     *,
@@ -193,10 +195,10 @@ def promote(
     for name in order:
         current = champion_version(client, name)
         if decision.promote:
-            if current is not None and current.version != challengers[name]:
+            if current is not None and str(current.version) != str(challengers[name]):
                 client.set_registered_model_alias(name, PREVIOUS_ALIAS, current.version)
             client.set_registered_model_alias(name, CHAMPION_ALIAS, challengers[name])
             champions[name] = challengers[name]
         else:
-            champions[name] = current.version if current is not None else ""
+            champions[name] = str(current.version) if current is not None else ""
     return champions
