@@ -337,10 +337,9 @@ def _check_ids(key: str, ids: pd.Series) -> None:
     """Entity ids are strings (the entities' join keys are String); anything else is a caller bug."""
     bad = ids[~ids.map(lambda value: isinstance(value, str))]
     if len(bad):
-        position = bad.index[0]
-        raise InvalidInput(
-            f"entity {key}: ids must be strings; row {position} has {bad.iloc[0]!r} ({type(bad.iloc[0]).__name__})"
-        )
+        position, value = bad.index[0], bad.iloc[0]
+        shown = value.item() if hasattr(value, "item") else value
+        raise InvalidInput(f"entity {key}: ids must be strings; row {position} has {shown!r} ({type(value).__name__})")
 
 
 def _check_source(store: "feast.FeatureStore", view_name: str) -> None:

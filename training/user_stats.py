@@ -12,7 +12,8 @@ last 31 days of events and gives the same rows as a full rebuild:
   measured at the row's snapshot and are not advanced between rows;
 - affinity_categories / affinity_brands: the user's top AFFINITY_TOP_K categories (brands) by number
   of interactions in 30 days, with their share of the user's interactions that have a category
-  (brand); top_category is the first one;
+  (brand); top_category is the first one. Heavy users (bots) count only their newest
+  AFFINITY_SCAN_CAP (day, category) entries;
 - purchase_rate_30d = (purchases + m * mu) / (events + m): Beta-smoothed with mu the shop-wide rate in
   the same window and m = PRIOR_STRENGTH events;
 - avg_price_paid / max_price_paid: over purchases with a known price (the event's, else the catalog's),
@@ -46,6 +47,9 @@ PRIOR_STRENGTH = 10.0
 FALLBACK_PURCHASE_RATE = 0.01
 # Categories / brands kept in the affinity lists: enough for a ranker's "same category" feature.
 AFFINITY_TOP_K = 5
+# Newest (day, category) entries scanned per snapshot: a shopper has a few dozen, a scraping bot
+# thousands; the cap keeps the scan linear in events instead of quadratic in one user's activity.
+AFFINITY_SCAN_CAP = 500
 
 SCHEMA = pa.schema(
     [
@@ -200,36 +204,63 @@ def _affinities(
 ) -> tuple[pa.ListArray, pa.ListArray]:
     """Top AFFINITY_TOP_K codes per (user, snapshot) by 30-day interaction count, with their shares.
 
+    The 30-day mix changes only when an active day enters (D - 1 active) or leaves (D - 31 active)
+    the window, so it is computed on those rows and carried forward to the user's other rows.
+
     Args:
         ev_user, ev_day, ev_code: per event, the user, day and category (or brand) code (-1 unknown).
         names: code -> name.
-        user, day: the snapshot rows.
+        user, day: the snapshot rows, sorted by user then day.
 
     Returns:
         (names list, shares list) per snapshot row, in row order; empty lists without any.
     """
     known = ev_code >= 0
+    if not known.any():
+        empty = pa.array([0] * (len(user) + 1), type=pa.int32())
+        return (
+            pa.ListArray.from_arrays(empty, pa.array([], pa.string())),
+            pa.ListArray.from_arrays(empty, pa.array([], pa.float32())),
+        )
+    order = np.lexsort((ev_code[known], ev_day[known], ev_user[known]))
+    entry_user, entry_day, entry_code = ev_user[known][order], ev_day[known][order], ev_code[known][order]
+    # One entry per (user, day, code) with its count, sorted by user then day.
+    boundary = np.r_[True, (np.diff(entry_user) != 0) | (np.diff(entry_day) != 0) | (np.diff(entry_code) != 0)]
+    starts = np.flatnonzero(boundary)
+    count = np.diff(np.r_[starts, len(entry_user)]).astype(np.float64)
+    entry_keys = pack(entry_user[starts], entry_day[starts])
+    entry_code = entry_code[starts]
+
+    active = np.unique(pack(ev_user, ev_day))
+    changes = _member(active, pack(user, day - 1)) | _member(active, pack(user, day - HORIZON_DAYS - 1))
+    computed = np.flatnonzero(changes)
+    lo, hi = ranges_before(entry_keys, user[computed], day[computed], HORIZON_DAYS)
+    query, entry = gather_ranges(lo, hi, newest_first=True, cap=AFFINITY_SCAN_CAP)
     width = max(len(names), 1)
-    pair_key = ev_user[known] * width + ev_code[known]
-    pairs, pair_of_event = np.unique(pair_key, return_inverse=True)
-    counts = DailyCounts.of(pair_of_event, ev_day[known], {"n": np.ones(int(known.sum()))})
-    pair_user = pairs // width
-    first_pair = np.searchsorted(pair_user, user, side="left")
-    end_pair = np.searchsorted(pair_user, user, side="right")
-    query, pair = gather_ranges(first_pair, end_pair)
-    n = counts.window_sums(pair, day[query], HORIZON_DAYS)["n"]
-    hit = n > 0
-    query, pair, n = query[hit], pair[hit], n[hit]
-    code = pairs[pair] % width
-    total = np.bincount(query, weights=n, minlength=len(user))
+    pair, inverse = np.unique(query * width + entry_code[entry], return_inverse=True)
+    n = np.bincount(inverse, weights=count[entry], minlength=len(pair))
+    query, code = pair // width, pair % width
+    total = np.bincount(query, weights=n, minlength=len(computed))
     # Most interactions first; ties by name order (codes are sorted names) so output is deterministic.
     order = np.lexsort((code, -n, query))
     query, code, n = query[order], code[order], n[order]
-    first_of_query = np.searchsorted(query, query, side="left")
-    keep = (np.arange(len(query)) - first_of_query) < AFFINITY_TOP_K
+    keep = (np.arange(len(query)) - np.searchsorted(query, query, side="left")) < AFFINITY_TOP_K
     query, code, n = query[keep], code[keep], n[keep]
-    lengths = np.bincount(query, minlength=len(user))
+    lengths = np.bincount(query, minlength=len(computed))
     offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
-    labels = names_of(code, names)
-    shares = pa.array((n / total[query]).astype(np.float32), type=pa.float32())
-    return pa.ListArray.from_arrays(offsets, labels), pa.ListArray.from_arrays(offsets, shares)
+    labels = pa.ListArray.from_arrays(offsets, names_of(code, names))
+    shares = pa.ListArray.from_arrays(offsets, pa.array((n / total[query]).astype(np.float32), type=pa.float32()))
+    # Each row takes the value of the latest computed row at or before it (same user: a user's
+    # first row is always the day after activity, a computed row).
+    latest = np.maximum.accumulate(np.where(changes, np.arange(len(user)), 0))
+    source = pa.array(np.searchsorted(computed, latest))
+    return labels.take(source), shares.take(source)
+
+
+def _member(sorted_values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Whether each query is in `sorted_values`."""
+    position = np.searchsorted(sorted_values, queries)
+    inside = position < len(sorted_values)
+    found = np.zeros(len(queries), dtype=bool)
+    found[inside] = sorted_values[position[inside]] == queries[inside]
+    return found
