@@ -36,7 +36,11 @@ from embeddings.encoder import TEXT_POOLING_KEY, ItemEncoder
 
 @dataclass(frozen=True)
 class DualEncoderSpec:
-    """Shape of the default dual encoder. Defaults fit training on 2,000 items in about a minute on 2 cores."""
+    """Shape of the default dual encoder.
+
+    With these defaults, training on the 2,000-item demo shop took 90 CPU-seconds (25 epochs, frozen
+    MiniLM), 4.2 minutes of wall time on 2 cores shared with other jobs.
+    """
 
     # Side of the square input image. Product photos in a grid of shop tiles read fine at 64 px, and
     # cost grows with the square of the side.

@@ -36,7 +36,8 @@ from vitrine.paths import DataDir
 from vitrine.shop.store import read_items
 
 # The weight of the image side in the fused vector when the model carries none (an untrained or hub
-# model). 0.5 was best or tied-best on validation items of the demo shop (see README: fusion sweep).
+# model). On the demo shop's validation items, mean of search and similar-item recall@10 by weight:
+# 0.0: 0.70, 0.25: 0.79, 0.5: 0.81, 0.75: 0.80, 1.0: 0.79; the trainer re-runs this sweep per shop.
 DEFAULT_IMAGE_WEIGHT = 0.5
 
 # event_timestamp of every embedding row. A vector describes the item's content, which exists for as

@@ -404,6 +404,12 @@ def train_encoder(data: DataDir, config: TrainEncoderConfig, progress: bool = Fa
 
     validation_vectors, validation_items, _ = split_vectors(encoder, view, "validation")
     weight, sweep = choose_image_weight(encoder, validation_vectors, validation_items)
+    untrained_vision = config.base is None and fitted["best_epoch"] == 0
+    if untrained_vision and not sweep:
+        # The new ViT never beat its random start on validation pairs (too few images, e.g. 86 on the
+        # Amazon sample) and no labels can show otherwise: its vectors are noise, so fuse text only.
+        weight = 0.0
+        fitted["note"] = fitted.get("note") or "vision tower did not improve on validation: image weight 0"
     encoder.extra.update({"image_weight": weight, "image_weight_sweep": sweep, "base": config.base or "default-dual-encoder"})
     test_vectors, test_items, _ = split_vectors(encoder, view, "test")
     test = evaluate_vectors(encoder, test_vectors, test_items, image_weight_of(encoder))
