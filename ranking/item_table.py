@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -39,6 +39,8 @@ MIN_TREND_VIEWS_30D = 20
 # Cold-start lists interleave this many popular items per trending one: popularity is the safer bet
 # for an unknown user, trending adds freshness without taking over the list.
 POPULAR_PER_TRENDING = 2
+# Categories whose cold-start order is cached; bounds memory when callers send arbitrary category names.
+MAX_CACHED_CATEGORIES = 1_000
 
 
 @dataclass(frozen=True)
@@ -59,20 +61,33 @@ class ServingItems:
     titles: np.ndarray
     categories: np.ndarray
     cold_start: np.ndarray
+    # Cold-start order per requested category, computed on first use (a 100k-item mask costs ~1 ms).
+    _cold_by_category: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def category_mask(self, category: str | None) -> np.ndarray | None:
-        """Bool (n,) of items in `category`; None when there is no filter."""
+        """Bool (n,) of items in `category`; None when there is no filter (integer codes, not strings)."""
         if category is None:
             return None
-        return self.categories == category
+        code = self.table.categories.get(category)
+        if code is None:
+            return np.zeros(len(self.table), dtype=bool)
+        return self.table.category_code == code
 
     def cold_start_rows(self, category: str | None = None) -> np.ndarray:
         """The cold-start order, restricted to `category` when given."""
-        mask = self.category_mask(category)
-        return self.cold_start if mask is None else self.cold_start[mask[self.cold_start]]
+        if category is None:
+            return self.cold_start
+        cached = self._cold_by_category.get(category)
+        if cached is None:
+            mask = self.category_mask(category)
+            assert mask is not None
+            cached = self.cold_start[mask[self.cold_start]]
+            if len(self._cold_by_category) < MAX_CACHED_CATEGORIES:
+                self._cold_by_category[category] = cached
+        return cached
 
 
 def materialization_version(store: "FeatureStore", views: Sequence[str] = ITEM_VIEWS) -> str:

@@ -261,9 +261,6 @@ class Recommender:
         self.users = users
         self.purchases = purchases or Purchases({})
         self.candidates = candidates
-        # Counted for /metrics: how many answers fell back, by reason.
-        self.fallbacks: dict[str, int] = {"cold_start": 0, "degraded": 0, "padded": 0}
-        self._count_lock = threading.Lock()
 
     @property
     def bundle(self) -> ModelBundle:
@@ -361,12 +358,6 @@ class Recommender:
                 )
             )
         timer.lap("filter")
-        with self._count_lock:
-            self.fallbacks["degraded"] += sum(r.degraded for r in results)
-            self.fallbacks["cold_start"] += sum(r.cold_start and not r.degraded for r in results)
-            self.fallbacks["padded"] += sum(
-                (not r.cold_start) and any(rec.source == "popular" for rec in r) for r in results
-            )
         for result in results:
             result.timings_ms = timer.spent
         return results
