@@ -71,8 +71,6 @@ def train_encoder_command(
     config = TrainEncoderConfig(base=base, freeze_text=freeze_text, freeze_vision=freeze_vision, track=track)
     if epochs is not None:
         config = replace(config, epochs=epochs)
-    if base is not None:
-        config = replace(config, augment=False)  # a pretrained CLIP already saw every crop; keep its recipe simple
     result = train_encoder(data_dir(data_dir_option), config, progress=True)
     if as_json:
         _print_json(result)

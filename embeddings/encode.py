@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -33,6 +34,7 @@ from embeddings.catalog import CatalogView, ImageReport, catalog_view, open_imag
 from embeddings.encoder import ENCODE_BATCH_SIZE, ItemEncoder, normalise
 from vitrine.errors import ModelUnavailable, UnusableFile
 from vitrine.paths import DataDir
+from vitrine.tracking import configure
 from vitrine.shop.store import read_items
 
 # The weight of the image side in the fused vector when the model carries none (an untrained or hub
@@ -45,6 +47,10 @@ DEFAULT_IMAGE_WEIGHT = 0.5
 # instant (before any shop's first event) does that and keeps re-runs byte-identical; an "embedded at"
 # time would hide the vector from every training example older than the last `vitrine embed`.
 EMBEDDING_VALID_FROM = pd.Timestamp("2000-01-01T00:00:00Z")
+
+# Where `vitrine train encoder` registers its models, and the MLflow experiment of its runs.
+REGISTERED_MODEL = "vitrine-encoder"
+EXPERIMENT = "vitrine-encoder"
 
 # Parquet schema metadata keys: what a reader needs to use the vectors without guessing.
 META_MODEL_VERSION = b"vitrine.model_version"
@@ -159,6 +165,19 @@ def default_model_dir(data: DataDir) -> str:
     return str(data.models / "encoder")
 
 
+def download_registered(data: DataDir, uri: str) -> str:
+    """A local folder with the encoder at a `models:/vitrine-encoder@alias` (or `/version`) URI.
+
+    Raises:
+        ModelUnavailable: the registry has no such model, version or alias.
+    """
+    configure(data, EXPERIMENT)
+    try:
+        return str(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as exc:  # MLflow raises its own types for an unknown model/alias
+        raise ModelUnavailable(f"{uri}: not in the MLflow registry at {data.mlflow_tracking_uri} ({exc})") from exc
+
+
 def load_encoder(data: DataDir, source: str | None) -> ItemEncoder:
     """The encoder named by `source` (a folder, a hub id, `registry` or a `models:/` URI), default the trained one.
 
@@ -171,8 +190,6 @@ def load_encoder(data: DataDir, source: str | None) -> ItemEncoder:
             raise ModelUnavailable(f"{folder}: no trained encoder; run `vitrine train encoder` first")
         return ItemEncoder.load(folder)
     if source == "registry" or source.startswith("models:/"):
-        from embeddings.train_encoder import REGISTERED_MODEL, download_registered
-
         uri = f"models:/{REGISTERED_MODEL}@champion" if source == "registry" else source
         return ItemEncoder.load(download_registered(data, uri))
     return ItemEncoder.load(source, save_hint=data.models / source.rstrip("/").split("/")[-1])

@@ -91,6 +91,9 @@ class ItemEncoder:
         extra: the `vitrine_encoder.json` sidecar (fusion weight chosen in training, base model, ...).
     """
 
+    # Saved beside the weights: training choices a checkpoint alone must carry (fusion weight, base, spec).
+    SIDECAR = "vitrine_encoder.json"
+
     def __init__(
         self,
         model: transformers.PreTrainedModel,
@@ -105,8 +108,6 @@ class ItemEncoder:
         self.source = source
         self.extra = dict(extra or {})
         self._version: str | None = None
-
-    SIDECAR = "vitrine_encoder.json"
 
     @classmethod
     def load(cls, source: str | Path, save_hint: Path | None = None) -> "ItemEncoder":

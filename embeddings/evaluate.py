@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from embeddings.catalog import CatalogView
+from embeddings.catalog import CatalogView, Split
 from embeddings.encode import DEFAULT_IMAGE_WEIGHT, ItemVectors, encode_items, image_weight_of, load_encoder, load_view
 from embeddings.encoder import ItemEncoder
 from embeddings.tag import tag_accuracy, tag_columns
@@ -160,9 +160,9 @@ def choose_image_weight(encoder: ItemEncoder, vectors: ItemVectors, items: pd.Da
     return best, sweep
 
 
-def split_vectors(encoder: ItemEncoder, view: CatalogView, split: str) -> tuple[ItemVectors, pd.DataFrame, dict[str, Any]]:
+def split_vectors(encoder: ItemEncoder, view: CatalogView, split: Split) -> tuple[ItemVectors, pd.DataFrame, dict[str, Any]]:
     """Vectors and catalog rows of one split's items."""
-    indices = view.indices(split)  # type: ignore[arg-type]
+    indices = view.indices(split)
     vectors, report = encode_items(encoder, view, indices)
     return vectors, view.items.iloc[indices].reset_index(drop=True), report.as_dict()
 

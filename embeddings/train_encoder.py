@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,17 +35,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from embeddings.catalog import CatalogView, ImageReport, open_image
+from embeddings.catalog import CatalogView, ImageReport, Split, open_image
 from embeddings.dual_encoder import DualEncoderSpec, build_dual_encoder
-from embeddings.encode import default_model_dir, image_weight_of, load_view
+from embeddings.encode import EXPERIMENT, REGISTERED_MODEL, default_model_dir, image_weight_of, load_view
 from embeddings.encoder import ItemEncoder
 from embeddings.evaluate import choose_image_weight, evaluate_vectors, split_vectors
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 from vitrine.tracking import configure, lineage
-
-REGISTERED_MODEL = "vitrine-encoder"
-EXPERIMENT = "vitrine-encoder"
 
 # CLIP clamps its learned temperature at 100 so that logits cannot blow up.
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -135,9 +131,10 @@ class Pairs:
     image_cache: torch.Tensor | None = None  # (n, vision hidden) when the vision tower is frozen
 
 
-def build_pairs(encoder: ItemEncoder, view: CatalogView, split: str, report: ImageReport) -> Pairs:
+def build_pairs(encoder: ItemEncoder, view: CatalogView, split: Split, report: ImageReport) -> Pairs:
+    """The split's items that have a usable image, with preprocessed pixels and caption ids."""
     indices, pictures = [], []
-    for i in view.indices(split):  # type: ignore[arg-type]
+    for i in view.indices(split):
         picture = open_image(view.image_paths[i], report)
         if picture is not None:
             indices.append(i)
@@ -314,17 +311,6 @@ def fit(task: EncoderTrainTask, train: Pairs, validation: Pairs, progress: bool,
     }
 
 
-def download_registered(data: DataDir, uri: str) -> str:
-    """A local folder with the encoder at a `models:/vitrine-encoder@alias` (or `/version`) URI."""
-    from vitrine.errors import ModelUnavailable
-
-    configure(data, EXPERIMENT)
-    try:
-        return str(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as exc:  # MLflow raises its own types for an unknown model/alias
-        raise ModelUnavailable(f"{uri}: not in the MLflow registry at {data.mlflow_tracking_uri} ({exc})") from exc
-
-
 def _log_and_register(data: DataDir, config: TrainEncoderConfig, result: dict[str, Any], model_dir: Path, curve_steps: list[tuple[int, float]]) -> dict[str, str]:
     configure(data, EXPERIMENT)
     tags = {**lineage(data), "stage": "encoder", "encoder.base": config.base or "default-dual-encoder",
@@ -415,12 +401,12 @@ def train_encoder(data: DataDir, config: TrainEncoderConfig, progress: bool = Fa
     test = evaluate_vectors(encoder, test_vectors, test_items, image_weight_of(encoder))
 
     model_dir = Path(default_model_dir(data))
-    staging = Path(tempfile.mkdtemp(prefix="encoder-", dir=data.root if data.root.exists() else None))
+    # Save beside, then swap: `vitrine embed` never loads half a model.
+    staging = model_dir.with_name(model_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
     version = encoder.save(staging)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(staging), model_dir)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    staging.rename(model_dir)
 
     result: dict[str, Any] = {
         "model_dir": str(model_dir),
