@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
-from ranking.retriever_inputs import InputSpec, encode_users
+from ranking.retriever_inputs import FeatureRows, InputSpec, encode_users
 from training.two_tower import TwoTower, TwoTowerConfig
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
@@ -181,8 +181,8 @@ class Retriever:
             raise ModelUnavailable(f"model registry: no {name}@{alias} ({exc.message})") from exc
         return cls.load(local, version=str(found.version))
 
-    def user_vectors(self, frame: pd.DataFrame) -> np.ndarray:
-        """[N, d] unit-norm vectors of the users in `frame` (user_id + retriever user features)."""
+    def user_vectors(self, frame: FeatureRows) -> np.ndarray:
+        """[N, d] unit-norm vectors of the users in `frame` (user_id + retriever user features; a frame or dicts)."""
         encoded = encode_users(frame, self.spec)
         with torch.inference_mode():
             vectors = self.model.user_vectors(encoded.batch(np.arange(len(encoded))))
@@ -206,12 +206,12 @@ class Retriever:
         """
         row = dict(user_features.iloc[0]) if isinstance(user_features, pd.DataFrame) else dict(user_features or {})
         row["user_id"] = user_id
-        return self.retrieve_batch(pd.DataFrame([row]), k, exclude_items=[exclude_items])[0]
+        return self.retrieve_batch([row], k, exclude_items=[exclude_items])[0]
 
     def retrieve_batch(
-        self, frame: pd.DataFrame, k: int, *, exclude_items: Sequence[Iterable[str]] | None = None
+        self, frame: FeatureRows, k: int, *, exclude_items: Sequence[Iterable[str]] | None = None
     ) -> list[list[Candidate]]:
-        """`retrieve` for every row of `frame` (user_id + features) in one tower pass and one index search."""
+        """`retrieve` for every row of `frame` (user_id + features; a frame or dicts) in one tower pass and one search."""
         if k < 1:
             raise InvalidInput(f"k: must be at least 1, got {k}")
         excluded = [set(map(str, e)) for e in exclude_items] if exclude_items is not None else [set()] * len(frame)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -252,42 +253,48 @@ class EncodedItems:
         )
 
 
-def encode_users(frame: pd.DataFrame, spec: InputSpec) -> EncodedUsers:
-    """Encode the user side of a features frame (columns: user_id, recent_item_ids, top_category, USER_DENSE).
+# What the encoders accept: a features frame (training, batch serving) or a list of feature rows
+# (one online request, where building a DataFrame would cost more than the user tower itself).
+FeatureRows: TypeAlias = "pd.DataFrame | Sequence[Mapping[str, Any]]"
+
+
+def encode_users(rows: FeatureRows, spec: InputSpec) -> EncodedUsers:
+    """Encode the user side of features (user_id, recent_item_ids, top_category, USER_DENSE).
 
     Missing feature columns or nulls (a new user without stats) encode as "unknown"/mean, so a user
     that the feature store does not know still gets a vector.
 
+    Args:
+        rows: a frame, or a list of dicts (Feast online rows plus `user_id`).
+        spec: the InputSpec the model was trained with.
+
     Example:
         encoded = encode_users(online_frame, spec); inputs = encoded.batch(np.arange(len(encoded)))
     """
-    _require(frame, ("user_id",))
-    n = len(frame)
-    user_idx = _lookup(frame["user_id"], spec.users)
+    _require(rows, ("user_id",))
+    n = len(rows)
     lengths = np.zeros(n, dtype=np.int64)
     chunks: list[np.ndarray] = []
-    recent = frame["recent_item_ids"] if "recent_item_ids" in frame else pd.Series([None] * n)
-    for row, ids in enumerate(recent):
-        if ids is None or (isinstance(ids, float) and math.isnan(ids)):
+    recent = _column(rows, "recent_item_ids")
+    for row, ids in enumerate(recent if recent is not None else ()):
+        if _is_null(ids):
             continue
-        rows = np.array([spec.items.get(str(i), UNKNOWN) for i in list(ids)[:MAX_RECENT_ITEMS]], dtype=np.int64)
-        rows = rows[rows != UNKNOWN]  # unknown history items carry no learned signal
-        lengths[row] = len(rows)
-        chunks.append(rows)
+        found = [spec.items.get(str(i), UNKNOWN) for i in list(ids)[:MAX_RECENT_ITEMS]]
+        known = np.array([f for f in found if f != UNKNOWN], dtype=np.int64)  # unknown items carry no learned signal
+        lengths[row] = len(known)
+        chunks.append(known)
     values = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    top = _lookup(frame["top_category"], spec.categories) if "top_category" in frame else np.zeros(n, np.int64)
     return EncodedUsers(
-        user_idx=user_idx,
+        user_idx=_lookup(_column(rows, "user_id"), spec.users, n),
         recent_values=values,
-        recent_offsets=offsets,
-        top_category=top,
-        dense=_dense(frame, "user_stats", spec),
+        recent_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        top_category=_lookup(_column(rows, "top_category"), spec.categories, n),
+        dense=_dense(rows, "user_stats", spec),
     )
 
 
-def encode_items(frame: pd.DataFrame, spec: InputSpec) -> EncodedItems:
-    """Encode the item side of a features frame (columns: item_id, embedding, category, brand, price_band, ITEM_DENSE).
+def encode_items(rows: FeatureRows, spec: InputSpec) -> EncodedItems:
+    """Encode the item side of features (item_id, embedding, category, brand, price_band, ITEM_DENSE).
 
     An item without a CLIP vector (no image and no text encoded) gets zeros there; an item id
     outside the vocabulary (cold start) gets the UNKNOWN id row, so its vector comes from content.
@@ -295,38 +302,52 @@ def encode_items(frame: pd.DataFrame, spec: InputSpec) -> EncodedItems:
     Example:
         catalog = encode_items(item_frame, spec); inputs = catalog.batch(np.arange(len(catalog)))
     """
-    _require(frame, ("item_id",))
-    n = len(frame)
-    codes, uniques = pd.factorize(frame["item_id"].astype(str))
+    _require(rows, ("item_id",))
+    n = len(rows)
+    ids = _column(rows, "item_id")
+    codes, uniques = pd.factorize(pd.Series(ids, dtype=object).astype(str))
     content = np.zeros((len(uniques), spec.content_dim), dtype=np.float32)
-    if "embedding" in frame:
+    vectors = _column(rows, "embedding")
+    if vectors is not None:
         first = pd.Series(np.arange(n)).groupby(codes).first()
         for code, row in first.items():
-            vector = frame["embedding"].iloc[row]
-            if vector is None or (isinstance(vector, float) and math.isnan(vector)):
+            vector = vectors[row]
+            if _is_null(vector):
                 continue
             vec = np.asarray(vector, dtype=np.float32)
             if vec.shape != (spec.content_dim,):
                 raise InvalidInput(
-                    f"item {uniques[code]!r}: field 'embedding' has {vec.shape[0] if vec.ndim else 0} values,"
-                    f" the model expects {spec.content_dim}"
+                    f"item {uniques[code]!r}: field 'embedding' has {vec.size} values, the model expects {spec.content_dim}"
                 )
             content[code] = vec
     return EncodedItems(
-        item_idx=_lookup(frame["item_id"], spec.items),
-        category=_lookup(frame["category"], spec.categories) if "category" in frame else np.zeros(n, np.int64),
-        brand=_lookup(frame["brand"], spec.brands) if "brand" in frame else np.zeros(n, np.int64),
-        price_band=_lookup(frame["price_band"], spec.price_bands) if "price_band" in frame else np.zeros(n, np.int64),
-        dense=_dense(frame, "item_stats", spec),
+        item_idx=_lookup(ids, spec.items, n),
+        category=_lookup(_column(rows, "category"), spec.categories, n),
+        brand=_lookup(_column(rows, "brand"), spec.brands, n),
+        price_band=_lookup(_column(rows, "price_band"), spec.price_bands, n),
+        dense=_dense(rows, "item_stats", spec),
         content_row=codes.astype(np.int64),
         content=content,
     )
 
 
-def _require(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InvalidInput(f"features frame: missing column(s) {missing}; has {sorted(frame.columns)}")
+def _column(rows: FeatureRows, name: str) -> np.ndarray | None:
+    """Values of one feature as an object array, or None when no row has it."""
+    if isinstance(rows, pd.DataFrame):
+        return rows[name].to_numpy(dtype=object) if name in rows.columns else None
+    if not any(name in row for row in rows):
+        return None
+    values = np.empty(len(rows), dtype=object)
+    for n, row in enumerate(rows):
+        values[n] = row.get(name)  # one by one: equal-length lists must not become a 2-d array
+    return values
+
+
+def _require(rows: FeatureRows, columns: tuple[str, ...]) -> None:
+    present = set(rows.columns) if isinstance(rows, pd.DataFrame) else set().union(*(r.keys() for r in rows)) if rows else set()
+    missing = [c for c in columns if c not in present]
+    if missing or len(rows) == 0:
+        raise InvalidInput(f"features: missing column(s) {missing or list(columns)}; has {sorted(present)}")
 
 
 def _index(values: list[str]) -> dict[str, int]:
@@ -335,7 +356,7 @@ def _index(values: list[str]) -> dict[str, int]:
 
 def _key(value: object) -> str | None:
     """The vocabulary key of a raw value: strings as they are, whole floats as ints ("3.0" -> "3")."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+    if _is_null(value):
         return None
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
@@ -348,33 +369,58 @@ def _values(frame: pd.DataFrame, column: str) -> set[str]:
     return {k for k in (_key(v) for v in frame[column].drop_duplicates()) if k is not None}
 
 
-def _lookup(column: pd.Series, vocab: dict[str, int]) -> np.ndarray:
-    uniques = column.drop_duplicates()
-    table = {value: vocab.get(_key(value) or "", UNKNOWN) for value in uniques if not _is_null(value)}
-    return np.fromiter((table.get(v, UNKNOWN) if not _is_null(v) else UNKNOWN for v in column), np.int64, len(column))
+def _lookup(values: np.ndarray | None, vocab: dict[str, int], n: int) -> np.ndarray:
+    """Vocabulary rows of `values` (UNKNOWN for nulls and unseen values); all UNKNOWN when the column is absent."""
+    if values is None:
+        return np.zeros(n, dtype=np.int64)
+    cache: dict[object, int] = {}
+    out = np.empty(n, dtype=np.int64)
+    for i, value in enumerate(values):
+        try:
+            out[i] = cache[value]
+        except KeyError:
+            out[i] = cache[value] = vocab.get(_key(value) or "", UNKNOWN)
+        except TypeError:  # unhashable (a list where a scalar belongs)
+            out[i] = UNKNOWN
+    return out
 
 
 def _is_null(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
 
 
-def _transform(frame: pd.DataFrame, view: str, name: str) -> np.ndarray:
+def _numbers(rows: FeatureRows, column: str) -> np.ndarray:
+    if isinstance(rows, pd.DataFrame):
+        return pd.to_numeric(rows[column], errors="coerce").astype("float64").to_numpy()
+    out = np.full(len(rows), np.nan)
+    for n, row in enumerate(rows):
+        value = row.get(column)
+        if not _is_null(value):
+            try:
+                out[n] = float(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                pass
+    return out
+
+
+def _transform(rows: FeatureRows, view: str, name: str) -> np.ndarray:
     """log1p of a non-negative feature (signed ones as they are), with nulls filled by what they mean."""
-    column = f"{view}__{name}" if f"{view}__{name}" in frame else name
-    if column not in frame:
-        values = np.full(len(frame), np.nan)
-    else:
-        values = pd.to_numeric(frame[column], errors="coerce").astype("float64").to_numpy()
+    prefixed = f"{view}__{name}"
+    has = (lambda c: c in rows.columns) if isinstance(rows, pd.DataFrame) else (lambda c: any(c in r for r in rows))
+    column = prefixed if has(prefixed) else name
+    values = _numbers(rows, column) if has(column) else np.full(len(rows), np.nan)
     values = np.where(np.isnan(values), NEVER_DAYS if name in NEVER_FEATURES else 0.0, values)
     if name in SIGNED_FEATURES:
         return values
     return np.log1p(np.clip(values, 0.0, None))
 
 
-def _dense(frame: pd.DataFrame, view: str, spec: InputSpec) -> np.ndarray:
+def _dense(rows: FeatureRows, view: str, spec: InputSpec) -> np.ndarray:
     names = DENSE_VIEWS[view]
     columns = []
     for name in names:
         mean, std = spec.dense_stats.get(f"{view}.{name}", (0.0, 1.0))
-        columns.append((_transform(frame, view, name) - mean) / std)
-    return np.stack(columns, axis=1).astype(np.float32) if columns else np.zeros((len(frame), 0), np.float32)
+        columns.append((_transform(rows, view, name) - mean) / std)
+    return np.stack(columns, axis=1).astype(np.float32) if columns else np.zeros((len(rows), 0), np.float32)
