@@ -6,12 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from transformers import AutoTokenizer, BertConfig, BertModel, CLIPConfig, CLIPModel
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers import BertConfig, BertModel
 
-from embeddings.dual_encoder import DualEncoderSpec, build_dual_encoder, minilm_dir
+from embeddings.dual_encoder import DualEncoderSpec, build_dual_encoder
 from embeddings.encoder import ItemEncoder
 from vitrine.errors import ModelUnavailable
 
@@ -40,26 +38,13 @@ def test_different_weights_have_different_versions(tiny_spec: DualEncoderSpec) -
     assert build_dual_encoder(tiny_spec, seed=1).model_version != build_dual_encoder(tiny_spec, seed=2).model_version
 
 
-def test_clip_checkpoint_loads_through_the_same_path(tmp_path: Path) -> None:
-    """A CLIPModel folder (tiny config, as a hub checkpoint would be saved) encodes both modalities."""
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"vocab_size": 30522, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": 102},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=24,
-    )
-    folder = tmp_path / "tiny-clip"
-    CLIPModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(folder)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-
-    encoder = ItemEncoder.load(folder)
+def test_clip_checkpoint_loads_through_the_same_path(tiny_clip_dir: Path) -> None:
+    """A CLIPModel folder (tiny config, saved as a hub checkpoint would be) encodes both modalities."""
+    encoder = ItemEncoder.load(tiny_clip_dir)
     assert encoder.dim == 24 and encoder.text_pooling == "pooler"
     texts, images = encoder.encode_texts(TEXTS), encoder.encode_images(_images())
     assert texts.shape == images.shape == (3, 24)
-    assert np.array_equal(ItemEncoder.load(folder).encode_texts(TEXTS), texts)
+    assert np.array_equal(ItemEncoder.load(tiny_clip_dir).encode_texts(TEXTS), texts)
 
 
 def test_absent_hub_model_says_where_to_save_it_and_how(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -60,3 +60,13 @@ def test_catalog_without_images_still_gets_a_text_encoder(tmp_path: Path, tiny_s
     result = train_encoder(data, TrainEncoderConfig(spec=tiny_spec, track=False))
     assert result["epochs_run"] == 0 and result["train_pairs"] == 0
     assert embed(data)["text_only"] == 15
+
+
+def test_the_same_trainer_fine_tunes_a_clip_checkpoint(shop: DataDir, tiny_clip_dir: Path) -> None:
+    result = train_encoder(shop, TrainEncoderConfig(base=str(tiny_clip_dir), epochs=2, batch_size=32, track=False))
+    clip = load_encoder(shop, str(tiny_clip_dir)).model
+    assert result["freeze_text"] is False and result["epochs_run"] >= 1
+    assert result["trainable_parameters"] == sum(p.numel() for p in clip.parameters()), "both towers train"
+    tuned = load_encoder(shop, None)
+    assert tuned.extra["base"] == str(tiny_clip_dir) and tuned.text_pooling == "pooler"
+    assert tuned.dim == 24
