@@ -43,24 +43,21 @@ DATA = _data_dir()
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A shopper.")
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="A catalog item.")
 
-item_stats_source = FileSource(
-    name="item_stats_source",
-    path=str(DATA / "features" / "item_stats"),
-    timestamp_field="event_timestamp",
-    description="Daily item snapshots written by `vitrine features build` (training/item_stats.py).",
-)
-user_stats_source = FileSource(
-    name="user_stats_source",
-    path=str(DATA / "features" / "user_stats"),
-    timestamp_field="event_timestamp",
-    description="User snapshots on change days, written by `vitrine features build` (training/user_stats.py).",
-)
-user_recent_items_source = FileSource(
-    name="user_recent_items_source",
-    path=str(DATA / "features" / "user_recent_items"),
-    timestamp_field="event_timestamp",
-    description="Recent-item sequences written by `vitrine features build` (training/recent_items.py).",
-)
+
+
+def _snapshots(view: str, writer: str) -> FileSource:
+    """The folder of daily Parquet snapshots `vitrine features build` writes for `view`."""
+    return FileSource(
+        name=f"{view}_source",
+        path=str(DATA / "features" / view),
+        timestamp_field="event_timestamp",
+        description=f"Snapshots written by `vitrine features build` ({writer}).",
+    )
+
+
+item_stats_source = _snapshots("item_stats", "training/item_stats.py, one row per item per day")
+user_stats_source = _snapshots("user_stats", "training/user_stats.py, rows on change days")
+user_recent_items_source = _snapshots("user_recent_items", "training/recent_items.py, rows on change days")
 item_embedding_source = FileSource(
     name="item_embedding_source",
     path=str(DATA / "embeddings" / "item_embeddings.parquet"),

@@ -146,6 +146,29 @@ def _latest_rows(table: pa.Table, join_keys: list[str], timestamp: str, created:
     return table.take(pa.array(order[last]))
 
 
+def _pull(
+    config: RepoConfig,
+    source: DataSource,
+    join_keys: list[str],
+    features: list[str],
+    timestamp: str,
+    created: Optional[str],
+    start: Optional[datetime],
+    end: Optional[datetime],
+) -> pa.Table:
+    """The source's rows in [start, end] with the join keys, features and timestamp column(s)."""
+    assert isinstance(source, FileSource), f"{type(source).__name__}: only FileSource is supported"
+    columns = [*join_keys, *features, timestamp, *([created] if created else [])]
+    return _read(source, config.repo_path, columns, start, end)
+
+
+def _with_dummy_entity(table: pa.Table, join_keys: list[str]) -> pa.Table:
+    """Feast's placeholder entity column for entity-less views (as its file store adds)."""
+    if join_keys:
+        return table
+    return table.append_column(DUMMY_ENTITY_ID, pa.array([DUMMY_ENTITY_VAL] * table.num_rows))
+
+
 class ArrowOfflineStore(DaskOfflineStore):
     """Feast's file offline store with PyArrow reads and integer-coded joins (see the module docstring)."""
 
@@ -160,15 +183,9 @@ class ArrowOfflineStore(DaskOfflineStore):
         start_date: Optional[datetime] = None,
         end_date: Optional[datetime] = None,
     ) -> RetrievalJob:
-        assert isinstance(data_source, FileSource)
-        columns = [*join_key_columns, *feature_name_columns, timestamp_field, *([created_timestamp_column] if created_timestamp_column else [])]
-
         def compute() -> pa.Table:
-            table = _read(data_source, config.repo_path, columns, start_date, end_date)
-            table = _latest_rows(table, join_key_columns, timestamp_field, created_timestamp_column)
-            if not join_key_columns:
-                table = table.append_column(DUMMY_ENTITY_ID, pa.array([DUMMY_ENTITY_VAL] * table.num_rows))
-            return table
+            table = _pull(config, data_source, join_key_columns, feature_name_columns, timestamp_field, created_timestamp_column, start_date, end_date)
+            return _with_dummy_entity(_latest_rows(table, join_key_columns, timestamp_field, created_timestamp_column), join_key_columns)
 
         return ArrowRetrievalJob(compute)
 
@@ -183,16 +200,10 @@ class ArrowOfflineStore(DaskOfflineStore):
         start_date: Optional[datetime] = None,
         end_date: Optional[datetime] = None,
     ) -> RetrievalJob:
-        assert isinstance(data_source, FileSource)
-        columns = [*join_key_columns, *feature_name_columns, timestamp_field, *([created_timestamp_column] if created_timestamp_column else [])]
-
         def compute() -> pa.Table:
-            table = _read(data_source, config.repo_path, columns, start_date, end_date)
+            table = _pull(config, data_source, join_key_columns, feature_name_columns, timestamp_field, created_timestamp_column, start_date, end_date)
             order = np.argsort(_timestamps_ns(table[timestamp_field]), kind="stable")
-            table = table.take(pa.array(order))
-            if not join_key_columns:
-                table = table.append_column(DUMMY_ENTITY_ID, pa.array([DUMMY_ENTITY_VAL] * table.num_rows))
-            return table
+            return _with_dummy_entity(table.take(pa.array(order)), join_key_columns)
 
         return ArrowRetrievalJob(compute)
 
