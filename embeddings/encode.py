@@ -7,7 +7,8 @@ an item without a usable image gets its text vector alone and `has_image = false
 Versions: `model_version` is a content hash of the encoder weights. The file always holds exactly
 one version: embedding with a new model *replaces* the file (the summary names the version it
 replaced), so Feast and the retriever never read a mix of two spaces. The same model and catalog
-give byte-identical vectors (eval mode, fixed item order and batch size, CPU).
+give byte-identical vectors (eval mode, fixed item order and batch size, CPU) at the same torch
+thread count; a different thread count sums in another order (measured: at most 3e-8 apart).
 
 Example:
     >>> summary = embed(DataDir.resolve("data"))
