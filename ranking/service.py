@@ -53,6 +53,10 @@ DEFAULT_K = 20
 MAX_QUERY_LENGTH = 500
 # Latency buckets (seconds): the budget is 25 ms at p99, so resolution is finest below 50 ms.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Idle keep-alive connections are kept this long. It must exceed the idle timeout of whatever sits in
+# front (load balancers typically use 60 s) or of a pooling client: a server that closes first races
+# with a request sent on the closing connection, which the client sees as a read error.
+KEEP_ALIVE_S = 65
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.1)
 
 
@@ -391,9 +395,17 @@ def serve(host: str, port: int, workers: int, config: ServiceConfig) -> None:
         os.environ["VITRINE_SERVE_ALIAS"] = config.alias
         if config.data_dir is not None:
             os.environ["VITRINE_DATA_DIR"] = str(DataDir.resolve(config.data_dir).root)
-        uvicorn.run("ranking.service:app_from_environment", factory=True, host=host, port=port, workers=workers, log_level="warning")
+        uvicorn.run(
+            "ranking.service:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     else:
-        uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(config), host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
 
 
 def app_from_environment() -> FastAPI:
