@@ -32,6 +32,7 @@ def train(
     candidates: Annotated[Optional[int], typer.Option(help="Retriever candidates per request.")] = None,
     max_requests: Annotated[Optional[int], typer.Option(help="Sample at most this many requests.")] = None,
     max_rounds: Annotated[Optional[int], typer.Option(help="Most boosting rounds (early stopping ends sooner).")] = None,
+    inject_positives: Annotated[Optional[bool], typer.Option("--inject-positives/--no-inject-positives", help="Add missed positives (and as many random negatives) to training requests.", show_default=False)] = None,
     register: Annotated[bool, typer.Option(help="Register the model as vitrine-ranker.")] = True,
     data_dir_option: DataDirOption = None,
     as_json: JsonOption = False,
@@ -40,7 +41,7 @@ def train(
     from training.train_ranker import load_retriever, train_ranker
 
     data = data_dir(data_dir_option)
-    config = _config(train_days, valid_days, candidates, max_requests, max_rounds)
+    config = _config(train_days, valid_days, candidates, max_requests, max_rounds, inject_positives)
     result = train_ranker(data, config, retriever=load_retriever(data, retriever_alias), register=register, progress=not as_json)
     summary = result.as_dict()
     if as_json:
@@ -64,13 +65,14 @@ def evaluate(
     train_days: Annotated[Optional[int], typer.Option(help="Days of ranker training requests before T.")] = None,
     candidates: Annotated[Optional[int], typer.Option(help="Retriever candidates per request.")] = None,
     max_requests: Annotated[Optional[int], typer.Option(help="Ranker training requests sampled.")] = None,
+    inject_positives: Annotated[Optional[bool], typer.Option("--inject-positives/--no-inject-positives", help="Add missed positives (and as many random negatives) to training requests.", show_default=False)] = None,
     data_dir_option: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Retriever order vs reranked vs popularity on identical candidate lists after the split time T."""
     from training.evaluate_ranker import RankerEvaluationConfig, evaluate_ranker
 
-    config = RankerEvaluationConfig(train=_config(train_days, None, candidates, max_requests, None), retriever=retriever,
+    config = RankerEvaluationConfig(train=_config(train_days, None, candidates, max_requests, None, inject_positives), retriever=retriever,
                                     retriever_epochs=retriever_epochs)  # fmt: skip
     if test_days is not None:
         config = replace(config, test_days=test_days)
@@ -89,7 +91,12 @@ def evaluate(
 
 
 def _config(
-    train_days: int | None, valid_days: int | None, candidates: int | None, max_requests: int | None, max_rounds: int | None
+    train_days: int | None,
+    valid_days: int | None,
+    candidates: int | None,
+    max_requests: int | None,
+    max_rounds: int | None,
+    inject_positives: bool | None,
 ) -> "RankerTrainConfig":
     """RankerTrainConfig with the CLI's overrides (None keeps the default)."""
     from training.train_ranker import RankerTrainConfig
@@ -100,6 +107,8 @@ def _config(
         dataset = replace(dataset, candidates=candidates)
     if max_requests is not None:
         dataset = replace(dataset, max_requests=max_requests)
+    if inject_positives is not None:
+        dataset = replace(dataset, inject_positives=inject_positives)
     overrides = {"train_days": train_days, "valid_days": valid_days, "max_rounds": max_rounds}
     return replace(config, dataset=dataset, **{k: v for k, v in overrides.items() if v is not None})
 

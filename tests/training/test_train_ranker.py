@@ -216,10 +216,23 @@ def test_train_ranker_saves_logs_and_registers(tiny_shop):
     assert version.tags["retriever_version"] == "test-retriever" and "ranker" in version.tags["feature_services"]
     assert "data_snapshot" in version.tags and "git_commit" in version.tags
     run = client.get_run(result.run_id)
-    assert run.data.params["objective"] if "objective" in run.data.params else True
+    assert run.data.params["serving_threads"] == "1" and run.data.params["dataset.candidates"] == "50"
     history = client.get_metric_history(result.run_id, "valid_ndcg_at_10")
     assert len(history) >= result.best_iteration
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"feature_importance.png", "feature_importance.json", "ranker"} <= artifacts
     importance = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="feature_importance.json")).read_text())
     assert "gain" in importance["columns"]
+
+
+def test_cli_names_the_missing_retriever(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    vitrine = Path(sys.executable).with_name("vitrine")
+    done = subprocess.run([str(vitrine), "train", "ranker", "--json", "--data-dir", str(tmp_path / "data")],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 4, done.stderr  # ModelUnavailable
+    assert "vitrine-retriever@champion" in done.stderr
