@@ -198,7 +198,7 @@ def promote(
             if current is not None and str(current.version) != str(challengers[name]):
                 client.set_registered_model_alias(name, PREVIOUS_ALIAS, current.version)
             client.set_registered_model_alias(name, CHAMPION_ALIAS, challengers[name])
-            champions[name] = challengers[name]
+            champions[name] = str(challengers[name])
         else:
             champions[name] = str(current.version) if current is not None else ""
     return champions

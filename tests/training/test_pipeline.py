@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -16,6 +17,12 @@ from training.pipeline import PipelineConfig, Step, StepContext, StepFailed, run
 from vitrine.paths import DataDir
 
 PG = "127.0.0.1"
+
+
+def tracking_client(data: DataDir) -> MlflowClient:
+    """A client of the data dir's store; the registry named explicitly, not MLflow's process-wide default."""
+    uri = data.mlflow_tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def children(client: MlflowClient, parent_run_id: str) -> list[Any]:
@@ -59,7 +66,7 @@ def run_failing_then_fixed(data: DataDir) -> tuple[str, MlflowClient]:
     with pytest.raises(StepFailed) as failed:
         run_pipeline(data, PipelineConfig(), LIGHT_STEPS)
     assert failed.value.step == "read"
-    client = MlflowClient(data.mlflow_tracking_uri)
+    client = tracking_client(data)
     parent = failed.value.parent_run_id
     assert client.get_run(parent).info.status == "FAILED"
     assert [(r.data.tags["pipeline.step"], r.info.status) for r in children(client, parent)] == [
@@ -100,6 +107,24 @@ def test_no_resume_starts_a_fresh_run_after_a_failure(data: DataDir) -> None:
     assert (data.root / "count.txt").read_text() == "2"
 
 
+def test_the_run_mlflow_run_created_becomes_the_parent(data: DataDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlflow run .` (MLproject) starts a run and passes its id in $MLFLOW_RUN_ID."""
+    from vitrine import tracking
+
+    tracking.configure(data)
+    client = tracking_client(data)
+    experiment = client.get_experiment_by_name("vitrine")
+    assert experiment is not None
+    outer = client.create_run(experiment.experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer)
+    pd.DataFrame({"x": [1, 2]}).to_parquet(data.root / "input.parquet")
+    result = run_pipeline(data, PipelineConfig(), LIGHT_STEPS)
+    assert result.parent_run_id == outer
+    assert client.get_run(outer).info.status == "FINISHED"
+    # The stages' own `mlflow.start_run()` must not resume the outer run: the variable is gone.
+    assert "MLFLOW_RUN_ID" not in os.environ
+
+
 @pytest.fixture
 def postgres_uri(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh PostgreSQL database as the MLflow tracking store, dropped afterwards."""
@@ -120,5 +145,171 @@ def test_remote_postgres_tracking_store_holds_the_run_tree(tmp_path: Path, postg
     data = DataDir(tmp_path / "data")
     parent, client = run_failing_then_fixed(data)
     assert client.get_run(parent).info.status == "FINISHED"
-    assert MlflowClient(postgres_uri).get_run(parent).data.tags["vitrine.pipeline"] == "true"
+    assert MlflowClient(postgres_uri, registry_uri=postgres_uri).get_run(parent).data.tags["vitrine.pipeline"] == "true"
     assert not (data.mlflow / "mlflow.db").exists()  # nothing went to the embedded store
+
+
+# --- the real pipeline on a tiny shop ------------------------------------------------------------
+#
+# One shop (generated once for the module) and three pipeline runs, each on different data:
+#   1. training days with shuffled item ids (labels that mean nothing)  -> bootstrap champion
+#   2. the clean shop ("better data")                                   -> must replace the champion
+#   3. shuffled training days again ("worse data"), with a real failure -> must not replace it
+# The held-out latest days are always the clean ones, as they are in real life: today's events
+# are what the models are judged on.
+
+from dataclasses import replace  # noqa: E402
+
+from training.pipeline import STEPS, split_time_of  # noqa: E402
+from training.promotion import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL  # noqa: E402
+
+# Large enough that Recall@100 is not trivial (100 of 400 items), small enough for seconds per stage.
+TINY_SHOP = {"users": 300, "items": 300, "days": 14, "seed": 11}
+EVAL_DAYS = 3
+
+
+def _tiny_vit() -> Any:
+    from embeddings.dual_encoder import DualEncoderSpec
+
+    return DualEncoderSpec(hidden_size=48, num_layers=1, num_heads=2, intermediate_size=96, projection_dim=64)
+
+
+TINY_VIT = _tiny_vit()
+
+
+def fast_config(**overrides: Any) -> PipelineConfig:
+    """The smallest settings the stages' configs allow that still learn something."""
+    from embeddings.train_encoder import TrainEncoderConfig
+    from training.ranker_dataset import DatasetConfig
+    from training.train_ranker import RankerTrainConfig
+    from training.train_retriever import TrainConfig
+
+    stages = {
+        "encoder": TrainEncoderConfig(epochs=1, spec=TINY_VIT),
+        "retriever": TrainConfig(epochs=2, batch_size=256),
+        "ranker": RankerTrainConfig(train_days=7, max_rounds=30, min_data_in_leaf=20,
+                                    dataset=DatasetConfig(candidates=100, max_requests=1000)),
+        "evaluate": {"max_requests": 500},
+    }
+    return PipelineConfig(stage_configs=stages, eval_days=EVAL_DAYS, progress=False, **overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DataDir, pd.DataFrame]]:
+    """A data dir whose incoming/ holds a freshly generated tiny shop, and that shop's clean events.
+
+    The encoder is an untrained default dual encoder (real MiniLM text tower, random tiny ViT) saved
+    where the trainer saves: the embed step then embeds with it instead of training one, which the
+    embeddings stage's own tests cover and which would cost this test a minute per module.
+    """
+    from embeddings.dual_encoder import build_dual_encoder
+    from embeddings.encode import default_model_dir
+    from vitrine.shop.generate import DEMO, generate_shop
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        data = DataDir(tmp_path_factory.mktemp("pipeline") / "data")
+        generate_shop(data, replace(DEMO, **TINY_SHOP), progress=False)  # type: ignore[arg-type]
+        build_dual_encoder(TINY_VIT).save(Path(default_model_dir(data)))
+        clean = read_incoming_events(data)
+        yield data, clean
+
+
+def read_incoming_events(data: DataDir) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in sorted((data.incoming / "events").rglob("*.parquet"))],
+                     ignore_index=True)
+
+
+def put_incoming_events(data: DataDir, events: pd.DataFrame) -> None:
+    """Replace the events waiting in incoming/ (the shop's next export)."""
+    import shutil
+
+    shutil.rmtree(data.incoming / "events")
+    (data.incoming / "events").mkdir()
+    events.to_parquet(data.incoming / "events" / "part-0.parquet", index=False)
+
+
+def shuffled_training_days(events: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Item ids of every event before the latest split drawn at random: labels that carry no taste."""
+    cutoff = split_time_of(pd.Timestamp(events["timestamp"].max()), EVAL_DAYS)
+    bad = events.copy()
+    early = (bad["timestamp"] < cutoff).to_numpy()
+    items = bad["item_id"].unique()
+    bad.loc[early, "item_id"] = np.random.default_rng(seed).choice(items, early.sum())
+    return bad
+
+
+def champions(client: MlflowClient) -> dict[str, str]:
+    return {m: str(client.get_model_version_by_alias(m, CHAMPION_ALIAS).version) for m in (RETRIEVER_MODEL, RANKER_MODEL)}
+
+
+def test_better_data_replaces_the_champion_and_worse_data_never_does(tiny_shop: tuple[DataDir, pd.DataFrame]) -> None:
+    data, clean = tiny_shop
+    client = tracking_client(data)
+
+    # 1. Meaningless training labels: promoted only because there is no champion yet.
+    put_incoming_events(data, shuffled_training_days(clean, seed=1))
+    first = run_pipeline(data, fast_config())
+    assert first.decision["promote"] and first.decision["reason"] == "no champion yet"
+    assert champions(client) == first.decision["challenger_versions"]
+
+    # 2. Better data: the challenger beats the champion on the same split and replaces it.
+    put_incoming_events(data, clean)
+    better = run_pipeline(data, fast_config())
+    decision = better.decision
+    assert decision["promote"], decision["reason"]
+    assert decision["challenger"]["retriever.recall_at_100"] > decision["champion"]["retriever.recall_at_100"]
+    assert champions(client) == decision["challenger_versions"]
+
+    # 3. Worse data again, and a real failure on the way: the encoder's weights file is corrupt.
+    put_incoming_events(data, shuffled_training_days(clean, seed=2))
+    weights = next((data.models / "encoder").rglob("*.safetensors"))
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[: len(intact) // 3])
+    with pytest.raises(StepFailed) as failed:
+        run_pipeline(data, fast_config())
+    assert failed.value.step == "embed"
+    assert client.get_run(failed.value.parent_run_id).info.status == "FAILED"
+    assert champions(client) == decision["challenger_versions"]  # a failed run leaves the champion alone
+
+    weights.write_bytes(intact)
+    worse = run_pipeline(data, fast_config())
+    assert worse.resumed and worse.parent_run_id == failed.value.parent_run_id and worse.skipped == ["validate"]
+    assert not worse.decision["promote"], worse.decision["reason"]
+    assert "retriever.recall_at_100" in worse.decision["reason"]
+    assert champions(client) == decision["challenger_versions"]
+    rejected = worse.decision["challenger_versions"][RETRIEVER_MODEL]
+    assert client.get_model_version(RETRIEVER_MODEL, rejected).tags["promotion.decision"] == "rejected"
+
+    # Lineage on every registered model; plots and the stages' own runs hang under the step runs.
+    for model, version in decision["challenger_versions"].items():
+        tags = client.get_model_version(model, version).tags
+        for key in ("git_commit", "data_snapshot", "shop.events", "shop.items", "feature_repo",
+                    "embedding_model_version", "version.torch", "version.feast", "pipeline_run_id"):
+            assert tags.get(key), f"{model} v{version} lacks lineage tag {key}"
+        assert tags["shop.events"] == str(len(clean))
+    evaluate_run = better.steps["evaluate"].run_id
+    assert "recall_at_k.png" in [a.path for a in client.list_artifacts(evaluate_run)]
+    for step in ("retriever", "ranker"):
+        stage_runs = client.get_run(better.steps[step].run_id).data.tags["pipeline.stage_runs"].split(",")
+        assert decision["challenger_versions"][f"vitrine-{step}"] in {
+            str(v.version) for v in client.search_model_versions(f"run_id = '{stage_runs[0]}'")
+        }
+
+
+def test_since_processes_only_the_new_day(tiny_shop: tuple[DataDir, pd.DataFrame]) -> None:
+    data, clean = tiny_shop
+    put_incoming_events(data, clean)
+    run_pipeline(data, fast_config(), STEPS[:4])  # the shop as it was, features for every day
+    days_before = sorted(p.name for p in data.events.iterdir())
+    last = pd.Timestamp(clean["timestamp"].max()).normalize()
+    new_day = clean[clean["timestamp"] >= last].assign(timestamp=lambda f: f["timestamp"] + pd.Timedelta(days=1))
+    put_incoming_events(data, new_day)
+
+    since = (last + pd.Timedelta(days=1)).date()
+    result = run_pipeline(data, fast_config(since=since), STEPS[:4])
+    assert result.steps["validate"].outputs["append"] and result.steps["validate"].outputs["event_days_written"] == 1
+    assert sorted(p.name for p in data.events.iterdir()) == days_before + [f"event_date={since}"]
+    assert result.steps["features"].outputs["first_day"] == since.isoformat()
+    assert result.steps["feast"].outputs["start"].startswith(since.isoformat())

@@ -86,7 +86,7 @@ def client(tmp_path: Path) -> MlflowClient:
 
 def new_versions(client: MlflowClient, tmp_path: Path) -> dict[str, str]:
     return {
-        name: client.create_model_version(name, source=str(tmp_path / name)).version
+        name: str(client.create_model_version(name, source=str(tmp_path / name)).version)
         for name in (RETRIEVER_MODEL, RANKER_MODEL)
     }
 
@@ -99,8 +99,8 @@ def test_promote_moves_champion_and_keeps_previous_for_rollback(client: MlflowCl
     second = new_versions(client, tmp_path)
     promote(client, second, decide(metrics(0.3, 0.2), metrics(0.2, 0.2), POLICY))
     for name in (RETRIEVER_MODEL, RANKER_MODEL):
-        assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == second[name]
-        assert client.get_model_version_by_alias(name, PREVIOUS_ALIAS).version == first[name]
+        assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == second[name]
+        assert str(client.get_model_version_by_alias(name, PREVIOUS_ALIAS).version) == first[name]
     assert client.get_model_version(RETRIEVER_MODEL, first[RETRIEVER_MODEL]).tags["pipeline_run_id"] == "p1"
 
 
@@ -111,8 +111,8 @@ def test_rejected_challenger_leaves_champion_untouched_and_is_tagged(client: Mlf
     champions = promote(client, worse, decide(metrics(0.1, 0.2), metrics(0.3, 0.2), POLICY))
     assert champions == first
     for name in (RETRIEVER_MODEL, RANKER_MODEL):
-        assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == first[name]
-        assert client.get_model_version_by_alias(name, CHALLENGER_ALIAS).version == worse[name]
+        assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == first[name]
+        assert str(client.get_model_version_by_alias(name, CHALLENGER_ALIAS).version) == worse[name]
         assert client.get_model_version(name, worse[name]).tags["promotion.decision"] == "rejected"
 
 
