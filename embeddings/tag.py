@@ -109,7 +109,7 @@ def tag(data: DataDir, model: str | None = None, view: CatalogView | None = None
         best, score = zero_shot(encoder, vectors.image[vectors.has_image], labels, PROMPTS[column])
         tags[column] = np.asarray(labels, dtype=object)[best]
         tags[f"{column}_score"] = score.astype(np.float32)
-    path = data.embeddings / "item_tags.parquet"
+    path = data.item_tags
     data.embeddings.mkdir(parents=True, exist_ok=True)
     tags.to_parquet(path, index=False)
     return {

@@ -206,7 +206,7 @@ class Search:
         with self._lock:
             if self._engine is None:
                 try:
-                    from embeddings.search import ProductSearch  # type: ignore[import-not-found]
+                    from embeddings.search import ProductSearch
                 except ImportError as exc:
                     raise ModelUnavailable(f"search is not available: {exc}") from exc
                 try:

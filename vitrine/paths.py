@@ -82,6 +82,10 @@ class DataDir:
         return self.embeddings / "item_embeddings.parquet"
 
     @property
+    def item_tags(self) -> Path:
+        return self.embeddings / "item_tags.parquet"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 
