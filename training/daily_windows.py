@@ -128,8 +128,11 @@ def change_days(entity: np.ndarray, active_day: np.ndarray, offsets: tuple[int, 
     Returns:
         Frame with int64 columns `entity` and `day`, unique, sorted by entity then day.
     """
-    ent = np.repeat(entity.astype(np.int64), len(offsets))
-    day = (active_day.astype(np.int64)[:, None] + np.asarray(offsets, dtype=np.int64)[None, :]).ravel()
+    # Deduplicate active (entity, day) first: a user with 30 events on a day is one active day.
+    active = np.unique(pack(entity, active_day))
+    entity, active_day = active >> _DAY_BITS, active & ((1 << _DAY_BITS) - 1)
+    ent = np.repeat(entity, len(offsets))
+    day = (active_day[:, None] + np.asarray(offsets, dtype=np.int64)[None, :]).ravel()
     keep = (day >= first) & (day <= last)
     keys = np.unique(pack(ent[keep], day[keep]))
     return pd.DataFrame({"entity": keys >> _DAY_BITS, "day": keys & ((1 << _DAY_BITS) - 1)})
