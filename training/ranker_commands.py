@@ -61,6 +61,7 @@ def evaluate(
     test_days: Annotated[Optional[int], typer.Option(help="Days after T to test on (the retriever's time protocol).")] = None,
     retriever: Annotated[str, typer.Option(help="'split': train a retriever before T here; else a registered alias.")] = "split",
     retriever_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the split retriever.")] = None,
+    out_of_sample: Annotated[bool, typer.Option("--out-of-sample/--in-sample", help="Train the ranker on a retriever trained before the ranker's window.")] = False,
     test_requests: Annotated[Optional[int], typer.Option(help="Test requests scored (a seeded sample).")] = None,
     train_days: Annotated[Optional[int], typer.Option(help="Days of ranker training requests before T.")] = None,
     candidates: Annotated[Optional[int], typer.Option(help="Retriever candidates per request.")] = None,
@@ -73,7 +74,7 @@ def evaluate(
     from training.evaluate_ranker import RankerEvaluationConfig, evaluate_ranker
 
     config = RankerEvaluationConfig(train=_config(train_days, None, candidates, max_requests, None, inject_positives), retriever=retriever,
-                                    retriever_epochs=retriever_epochs)  # fmt: skip
+                                    retriever_epochs=retriever_epochs, out_of_sample=out_of_sample)  # fmt: skip
     if test_days is not None:
         config = replace(config, test_days=test_days)
     if test_requests is not None:

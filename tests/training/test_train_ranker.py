@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from ranking.ranker_features import FEATURE_NAMES
-from training.evaluate_ranker import evaluate_orders, order_metrics, popularity_order, retriever_order
+from training.evaluate_ranker import evaluate_orders, order_metrics, paired_gain, popularity_order, retriever_order
 from training.ranker_dataset import LABEL_GAIN, RankerDataset, label_requests
 from training.train_ranker import RankerTrainConfig, fit_ranker
 from vitrine.paths import DataDir
@@ -87,6 +87,8 @@ def test_lambdarank_fit_beats_retriever_order_and_stops_early():
     figures = evaluate_orders(test, {"retriever": retriever_order(test), "reranked": scores})
     assert figures["reranked"]["ndcg_at_10"] > figures["retriever"]["ndcg_at_10"] + 0.1
     assert figures["reranked"]["purchases_at_10"] > figures["retriever"]["purchases_at_10"]
+    gain = paired_gain(test, scores, retriever_order(test))["ndcg_at_10"]
+    assert 0 < gain["ci95_low"] < gain["gain"] < gain["ci95_high"]  # the same lists, paired: a clear gain
 
 
 def test_order_metrics_by_hand():
