@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -57,6 +58,9 @@ class ProductSearch:
         self.model_version = model_version
         self._row = {item_id: row for row, item_id in enumerate(item_ids)}
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        # The service calls search from a pool of threads; an unguarded LRU raced (move_to_end on a key
+        # another thread had just evicted raised KeyError). Encoding stays outside the lock.
+        self._queries_lock = threading.Lock()
 
     @classmethod
     def load(cls, data: DataDir, model: str | None = None) -> "ProductSearch":
@@ -80,15 +84,17 @@ class ProductSearch:
         return len(self.item_ids)
 
     def query_vector(self, text: str) -> np.ndarray:
-        """(d,) unit vector of a query text, cached for repeated queries."""
-        cached = self._queries.get(text)
-        if cached is not None:
-            self._queries.move_to_end(text)
-            return cached
+        """(d,) unit vector of a query text, cached for repeated queries (safe from many threads)."""
+        with self._queries_lock:
+            cached = self._queries.get(text)
+            if cached is not None:
+                self._queries.move_to_end(text)
+                return cached
         vector = self.encoder.encode_texts([text])[0]
-        self._queries[text] = vector
-        if len(self._queries) > QUERY_CACHE_SIZE:
-            self._queries.popitem(last=False)
+        with self._queries_lock:
+            self._queries[text] = vector
+            while len(self._queries) > QUERY_CACHE_SIZE:
+                self._queries.popitem(last=False)
         return vector
 
     def _top(self, query: np.ndarray, k: int, exclude: int | None = None) -> list[tuple[str, float]]:

@@ -67,3 +67,21 @@ def test_vectors_from_another_model_are_refused(text_shop: tuple[DataDir, str], 
     build_dual_encoder(DualEncoderSpec(), seed=1).save(other)
     with pytest.raises(ModelUnavailable, match="vitrine embed"):
         ProductSearch.load(text_shop[0], model=str(other))
+
+
+def test_searches_from_many_threads_share_a_bounded_query_cache(
+    text_shop: tuple[DataDir, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service searches from a thread pool: concurrent hits and evictions must not raise or mix answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import embeddings.search as search_module
+
+    monkeypatch.setattr(search_module, "QUERY_CACHE_SIZE", 2)
+    search = ProductSearch.load(text_shop[0])
+    queries = ["soccer ball", "warm scarf", "coffee mug", "tent", "running shoes"] * 4
+    reference = ProductSearch.load(text_shop[0])
+    expected = {q: reference.search(q, k=1)[0][0] for q in set(queries)}
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda q: search.search(q, k=1)[0][0], queries))
+    assert answers == [expected[q] for q in queries]
