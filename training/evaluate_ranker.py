@@ -165,7 +165,7 @@ class RankerEvaluationConfig:
     train: "RankerTrainConfig | None" = None
     retriever: str = "split"
     retriever_epochs: int | None = None
-    out_of_sample: bool = False
+    out_of_sample: bool = True  # measured on the demo shop: +0.023 NDCG@10 over retriever order vs +0.016 in-sample
     test_requests: int = 5_000  # ~ +-0.01 on NDCG@10; more costs feature reads, not accuracy
     k: int = DEFAULT_K
 

@@ -61,7 +61,7 @@ def evaluate(
     test_days: Annotated[Optional[int], typer.Option(help="Days after T to test on (the retriever's time protocol).")] = None,
     retriever: Annotated[str, typer.Option(help="'split': train a retriever before T here; else a registered alias.")] = "split",
     retriever_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the split retriever.")] = None,
-    out_of_sample: Annotated[bool, typer.Option("--out-of-sample/--in-sample", help="Train the ranker on a retriever trained before the ranker's window.")] = False,
+    out_of_sample: Annotated[bool, typer.Option("--out-of-sample/--in-sample", help="Train the ranker on a retriever trained before the ranker's window (default), or on the test retriever.")] = True,
     test_requests: Annotated[Optional[int], typer.Option(help="Test requests scored (a seeded sample).")] = None,
     train_days: Annotated[Optional[int], typer.Option(help="Days of ranker training requests before T.")] = None,
     candidates: Annotated[Optional[int], typer.Option(help="Retriever candidates per request.")] = None,
