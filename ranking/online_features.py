@@ -218,6 +218,10 @@ class RedisOnlineReader(OnlineFeatureReader):
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             self._down_until = time.monotonic() + REDIS_RETRY_AFTER_S
             raise FeatureUnavailable(f"Redis online store failed: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            # Redis answered with an error (WRONGTYPE, NOAUTH, a read-only replica...): the server is up,
+            # so no breaker, but the caller still gets the contract's FeatureUnavailable, not a crash.
+            raise FeatureUnavailable(f"Redis online store refused the read: {exc}") from exc
         return [self._decode(reply, now_s) for reply in replies]
 
     def _decode(self, reply: list[bytes | None], now_s: float) -> dict[str, Any] | None:

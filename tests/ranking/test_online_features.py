@@ -195,3 +195,23 @@ def test_redis_down_fails_fast_and_reconnects_without_restart(private_redis, tmp
     time.sleep(REDIS_RETRY_AFTER_S + 0.1)
     row = reader.read(["u1"])[0]  # the same reader object, no restart
     assert row is not None and row["events_30d"] == 5
+
+
+def test_redis_error_replies_are_feature_unavailable(redis_store) -> None:
+    """A key of the wrong type makes Redis answer WRONGTYPE: the reader says FeatureUnavailable, never crashes."""
+    import redis
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    entity = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="u-wrongtype")])
+    key = serialize_entity_key(entity, entity_key_serialization_version=3) + redis_store.project.encode()
+    client = redis.Redis(host="127.0.0.1", port=6379, db=11)
+    client.set(key, b"not a hash")
+    try:
+        reader = open_reader(redis_store, "user_id", VIEWS)
+        with pytest.raises(FeatureUnavailable, match="WRONGTYPE"):
+            reader.read(["u1", "u-wrongtype"])
+        assert reader.read(["u1"])[0] is not None  # no breaker: the server itself is fine
+    finally:
+        client.delete(key)
