@@ -122,3 +122,23 @@ def test_malformed_lines_unknown_asins_and_price_ranges(tmp_path: Path, data_dir
     assert item.created_at == pd.Timestamp(1_400_000_000, unit="s", tz="UTC")  # the first review, not the first line
     assert item.image_path == "images/A1.jpg"
     assert store.read_events(data_dir)["rating"].tolist() == [4.0, 5.0]
+
+
+def test_an_asin_cannot_reach_outside_the_images_dir(tmp_path: Path, data_dir: DataDir) -> None:
+    """An asin such as "../secret" names no photo (the file beside the images dir is not linked); the item stays."""
+    meta = write_lines(tmp_path / "meta.json", [
+        {"asin": "../secret", "title": "Odd id card"},
+        {"asin": "A1", "title": "Plain card"},
+    ])
+    reviews = write_lines(tmp_path / "reviews.json", [{"reviewerID": "R1", "asin": "A1", "unixReviewTime": 1_500_000_000}])
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (80, 80), "red").save(tmp_path / "secret.jpg")
+    Image.new("RGB", (80, 80), "green").save(images / "A1.jpg")
+
+    result = import_amazon_reviews(data_dir, reviews, meta, images)
+
+    assert result.images == 1
+    items = store.read_items(data_dir).set_index("item_id")
+    assert pd.isna(items.at["../secret", "image_path"]) and items.at["A1", "image_path"] == "images/A1.jpg"
+    assert not (data_dir.images / "secret.jpg").exists()

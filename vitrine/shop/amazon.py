@@ -14,7 +14,8 @@ Mapping (one review line / one meta line at a time):
             category = the last category that says more than the department (see
             `GENERIC_CATEGORIES`), else main_cat, brand, price = `parse_price(price)`,
             created_at = the item's first review (the data has no listing date),
-            image_path = images/<asin>.jpg when `<images>/<asin>.jpg` exists, else null
+            image_path = images/<asin>.jpg when `<images>/<asin>.jpg` exists and the asin is a plain
+            file name (`PHOTO_ASIN`), else null
 
 Malformed JSON lines (reason `malformed_json`) and lines without an `asin` (`missing_value`) go to
 `rejects/amazon_reviews.parquet` / `rejects/amazon_meta.parquet` with file and line number, and are
@@ -50,6 +51,9 @@ GENERIC_CATEGORIES = frozenset({"", "departments", "all departments", "categorie
 # A price such as "$25.00", "$1,299.99" or "25"; the first amount wins (see `parse_price`).
 PRICE_AMOUNT = re.compile(r"\$?\s*(\d[\d,]*(?:\.\d+)?)")
 HTML_TAG = re.compile(r"<[^>]*>")
+# An asin that may name a photo: a plain file name. An asin with `/` or `..` in it would otherwise reach
+# outside the images dir (`images/../x.jpg`); such an item keeps its row and simply has no photo.
+PHOTO_ASIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 # Reason written to the rejects file for a line that is not a JSON object with the key we need.
 MALFORMED_JSON = "malformed_json"
 
@@ -229,7 +233,7 @@ def import_amazon_reviews(data: DataDir, reviews: Path, meta: Path, images: Path
     (incoming / "images").mkdir(parents=True)
     image_paths: list[str | None] = []
     for asin in items["item_id"]:
-        photo = images / f"{asin}.jpg" if images is not None else None
+        photo = images / f"{asin}.jpg" if images is not None and PHOTO_ASIN.fullmatch(str(asin)) else None
         if photo is not None and photo.is_file():
             link_or_copy(photo, incoming / "images" / photo.name)
             image_paths.append(f"images/{photo.name}")
