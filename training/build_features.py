@@ -106,9 +106,10 @@ def build(data: DataDir, since: date | None = None, progress: Callable[[str], No
         table = builder(log, catalog, first_day, last_day)
         _write_days(data, view, table, first_day, full=since is None)
         report.rows[view] = table.num_rows
+        del table  # written: free it before the next view is computed
         report.seconds[view] = round(time.perf_counter() - started, 3)
         if progress:
-            progress(f"{view}: {table.num_rows:,} rows in {report.seconds[view]:.1f}s")
+            progress(f"{view}: {report.rows[view]:,} rows in {report.seconds[view]:.1f}s")
     return report
 
 

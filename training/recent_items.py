@@ -20,6 +20,8 @@ RECENT_ITEMS = 20
 # Raw events scanned per snapshot before de-duplication: 10x the list keeps it full for users who
 # revisit the same few items, and bounds memory for the few users with thousands of events.
 SCAN_CAP = 10 * RECENT_ITEMS
+# Snapshot rows handled at once: bounds the scan's memory at any scale.
+CHUNK_ROWS = 500_000
 
 SCHEMA = pa.schema(
     [
@@ -52,21 +54,10 @@ def recent_items(log: EventLog, catalog: Catalog, first_day: int, last_day: int)
     order = np.lexsort((log.ns, log.user))
     keys = pack(log.user[order], log.day[order])
     items = log.item[order]
-    lo, hi = ranges_before(keys, user, day, HORIZON_DAYS)
-    query, row = gather_ranges(lo, hi, newest_first=True, cap=SCAN_CAP)
-    item = items[row]
-
-    # Keep each (row, item)'s first (newest) occurrence, in scan order.
-    _, first = np.unique(query * len(catalog.item_ids) + item, return_index=True)
-    first.sort()
-    query, item = query[first], item[first]
-    position = np.arange(len(query)) - np.searchsorted(query, query, side="left")
-    keep = position < RECENT_ITEMS
-    query, item = query[keep], item[keep]
-
-    lengths = np.bincount(query, minlength=len(user))
-    offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
-    lists = pa.ListArray.from_arrays(offsets, names_of(item, catalog.item_ids))
+    chunks = np.array_split(np.arange(len(user)), max(1, -(-len(user) // CHUNK_ROWS)))
+    lists = pa.concat_arrays([_recent_lists(keys, items, catalog, user[c], day[c]) for c in chunks]) if len(user) else (
+        pa.ListArray.from_arrays(pa.array([0], pa.int32()), pa.array([], pa.string()))
+    )
 
     out = np.lexsort((user, day))
     return pa.table(
@@ -77,3 +68,20 @@ def recent_items(log: EventLog, catalog: Catalog, first_day: int, last_day: int)
         },
         schema=SCHEMA,
     )
+
+
+def _recent_lists(keys: np.ndarray, items: np.ndarray, catalog: Catalog, user: np.ndarray, day: np.ndarray) -> pa.ListArray:
+    """Distinct items, newest first, of each (user, day)'s 30-day look-back; `keys` sorted by user then time."""
+    lo, hi = ranges_before(keys, user, day, HORIZON_DAYS)
+    query, row = gather_ranges(lo, hi, newest_first=True, cap=SCAN_CAP)
+    item = items[row]
+    # Keep each (row, item)'s first (newest) occurrence, in scan order.
+    _, first = np.unique(query * len(catalog.item_ids) + item, return_index=True)
+    first.sort()
+    query, item = query[first], item[first]
+    position = np.arange(len(query)) - np.searchsorted(query, query, side="left")
+    keep = position < RECENT_ITEMS
+    query, item = query[keep], item[keep]
+    lengths = np.bincount(query, minlength=len(user))
+    offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, names_of(item, catalog.item_ids))

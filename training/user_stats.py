@@ -50,6 +50,8 @@ AFFINITY_TOP_K = 5
 # Newest (day, category) entries scanned per snapshot: a shopper has a few dozen, a scraping bot
 # thousands; the cap keeps the scan linear in events instead of quadratic in one user's activity.
 AFFINITY_SCAN_CAP = 500
+# Snapshot rows whose affinities are computed at once: bounds the scan's memory (~1 GB) at any scale.
+AFFINITY_CHUNK_ROWS = 500_000
 
 SCHEMA = pa.schema(
     [
@@ -234,27 +236,40 @@ def _affinities(
     active = np.unique(pack(ev_user, ev_day))
     changes = _member(active, pack(user, day - 1)) | _member(active, pack(user, day - HORIZON_DAYS - 1))
     computed = np.flatnonzero(changes)
-    lo, hi = ranges_before(entry_keys, user[computed], day[computed], HORIZON_DAYS)
-    query, entry = gather_ranges(lo, hi, newest_first=True, cap=AFFINITY_SCAN_CAP)
-    width = max(len(names), 1)
-    pair, inverse = np.unique(query * width + entry_code[entry], return_inverse=True)
-    n = np.bincount(inverse, weights=count[entry], minlength=len(pair))
-    query, code = pair // width, pair % width
-    total = np.bincount(query, weights=n, minlength=len(computed))
-    # Most interactions first; ties by name order (codes are sorted names) so output is deterministic.
-    order = np.lexsort((code, -n, query))
-    query, code, n = query[order], code[order], n[order]
-    keep = (np.arange(len(query)) - np.searchsorted(query, query, side="left")) < AFFINITY_TOP_K
-    query, code, n = query[keep], code[keep], n[keep]
-    lengths = np.bincount(query, minlength=len(computed))
-    offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
-    labels = pa.ListArray.from_arrays(offsets, names_of(code, names))
-    shares = pa.ListArray.from_arrays(offsets, pa.array((n / total[query]).astype(np.float32), type=pa.float32()))
+    parts = [
+        _top_codes(entry_keys, entry_code, count, names, user[chunk], day[chunk])
+        for chunk in np.array_split(computed, max(1, -(-len(computed) // AFFINITY_CHUNK_ROWS)))
+    ]
+    labels = pa.concat_arrays([p[0] for p in parts])
+    shares = pa.concat_arrays([p[1] for p in parts])
     # Each row takes the value of the latest computed row at or before it (same user: a user's
     # first row is always the day after activity, a computed row).
     latest = np.maximum.accumulate(np.where(changes, np.arange(len(user)), 0))
     source = pa.array(np.searchsorted(computed, latest))
     return labels.take(source), shares.take(source)
+
+
+def _top_codes(
+    entry_keys: np.ndarray, entry_code: np.ndarray, count: np.ndarray, names: np.ndarray, user: np.ndarray, day: np.ndarray
+) -> tuple[pa.ListArray, pa.ListArray]:
+    """Top codes and shares for snapshot rows (user, day) from per-(user, day, code) entry counts."""
+    lo, hi = ranges_before(entry_keys, user, day, HORIZON_DAYS)
+    query, entry = gather_ranges(lo, hi, newest_first=True, cap=AFFINITY_SCAN_CAP)
+    width = max(len(names), 1)
+    pair, inverse = np.unique(query * width + entry_code[entry], return_inverse=True)
+    n = np.bincount(inverse, weights=count[entry], minlength=len(pair))
+    query, code = pair // width, pair % width
+    total = np.bincount(query, weights=n, minlength=len(user))
+    # Most interactions first; ties by name order (codes are sorted names) so output is deterministic.
+    order = np.lexsort((code, -n, query))
+    query, code, n = query[order], code[order], n[order]
+    keep = (np.arange(len(query)) - np.searchsorted(query, query, side="left")) < AFFINITY_TOP_K
+    query, code, n = query[keep], code[keep], n[keep]
+    lengths = np.bincount(query, minlength=len(user))
+    offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
+    labels = pa.ListArray.from_arrays(offsets, names_of(code, names))
+    shares = pa.ListArray.from_arrays(offsets, pa.array((n / total[query]).astype(np.float32), type=pa.float32()))
+    return labels, shares
 
 
 def _member(sorted_values: np.ndarray, queries: np.ndarray) -> np.ndarray:
