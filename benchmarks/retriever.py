@@ -91,6 +91,7 @@ def synthetic_training_set(examples: int, users: int, items: int, seed: int = 0)
         item_prob=share[item_rows],
         catalog=synthetic_items(rng, np.arange(items), items, content),
         catalog_prob=share,
+        negative_pool=np.arange(items),
     )
 
 

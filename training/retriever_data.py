@@ -176,8 +176,12 @@ class TrainingSet:
     weights: np.ndarray  # [N] float32 example weights
     item_key: np.ndarray  # [N] int64 catalog row of each positive
     item_prob: np.ndarray  # [N] float64 share of examples whose positive is that item (the sampling Q of in-batch negatives)
-    catalog: EncodedItems  # [C] every item, for random negatives
+    catalog: EncodedItems  # [C] every item
     catalog_prob: np.ndarray  # [C] the same share, per catalog item
+    # Catalog rows random negatives are drawn from: items with a training interaction. An item the
+    # training data never shows (e.g. listed after the cut-off) must not be taught as a negative:
+    # that would push exactly the cold-start items down.
+    negative_pool: np.ndarray
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -193,6 +197,7 @@ class TrainingSet:
         key = item_key.to_numpy(np.int64)
         counts = np.bincount(key, minlength=len(catalog)).astype(np.float64)
         share = counts / counts.sum()
+        pool = np.flatnonzero(counts > 0)
         return cls(
             users=encode_users(frame, spec),
             items=encode_items(frame, spec),
@@ -201,6 +206,7 @@ class TrainingSet:
             item_prob=share[key],
             catalog=encode_items(catalog, spec),
             catalog_prob=share,
+            negative_pool=pool,
         )
 
 

@@ -209,7 +209,7 @@ def _fit(
         name for name, tensor in dmp.state_dict().items() if _is_sharded(tensor) and tensor.local_shards()  # type: ignore[attr-defined]
     )
 
-    n, catalog_size = len(train), len(train.catalog)
+    n = len(train)
     batches_per_rank = max(1, (n // config.batch_size) // world) if n >= config.batch_size * world else 1
     batch = min(config.batch_size, n // world) if n < config.batch_size * world else config.batch_size
     result = FitResult(model=None, plan=str(plan), rank=rank, world_size=world, local_tables=local_tables)
@@ -225,7 +225,7 @@ def _fit(
             for step in range(batches_per_rank):
                 start = (step * world + rank) * batch
                 rows = order[start : start + batch]
-                loss_value = _step(dmp, dense, train, rows, rng, config, catalog_size, device)
+                loss_value = _step(dmp, dense, train, rows, rng, config, device)
                 total_loss += loss_value * len(rows)
                 seen += len(rows)
                 if step % PROGRESS_EVERY == 0 or step == batches_per_rank - 1:
@@ -252,22 +252,21 @@ def _step(
     rows: np.ndarray,
     rng: np.random.Generator,
     config: TrainConfig,
-    catalog_size: int,
     device: torch.device,
 ) -> float:
-    size, m = len(rows), config.random_negatives
+    size, m, pool = len(rows), config.random_negatives, len(train.negative_pool)
     users = train.users.batch(rows, drop_user_ids=rng.random(size) < config.user_id_dropout).to(device)
     items = train.items.batch(rows, drop_item_ids=rng.random(size) < config.item_id_dropout).to(device)
-    # Expected count of an item among this batch's negatives: in-batch (size * share) + uniform (m / catalog).
-    log_q = torch.from_numpy(np.log(size * train.item_prob[rows] + m / catalog_size)).float().to(device)
+    # Expected count of an item among this batch's negatives: in-batch (size * share) + uniform (m / pool).
+    log_q = torch.from_numpy(np.log(size * train.item_prob[rows] + m / pool)).float().to(device)
     weights = torch.from_numpy(train.weights[rows]).to(device)
     keys = torch.from_numpy(train.item_key[rows]).to(device)
     negatives = neg_keys = neg_log_q = None
     if m > 0:
-        picked = rng.integers(0, catalog_size, m)
+        picked = train.negative_pool[rng.integers(0, pool, m)]
         negatives = train.catalog.batch(picked, drop_item_ids=rng.random(m) < config.item_id_dropout).to(device)
         neg_keys = torch.from_numpy(picked.astype(np.int64)).to(device)
-        neg_log_q = torch.from_numpy(np.log(size * train.catalog_prob[picked] + m / catalog_size)).float().to(device)
+        neg_log_q = torch.from_numpy(np.log(size * train.catalog_prob[picked] + m / pool)).float().to(device)
     loss = dmp(users, items, keys, log_q, weights, negatives, neg_keys, neg_log_q)
     dense.zero_grad()
     loss.backward()
@@ -322,23 +321,20 @@ def _replicated_digest(dmp: torch.nn.Module) -> str:
 
 def item_vectors(model: TwoTower, catalog: EncodedItems, chunk: int = 4096) -> np.ndarray:
     """[C, d] item-tower vectors of every catalog row (eval mode, no gradients)."""
-    model.eval()
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, len(catalog), chunk):
-            rows = np.arange(start, min(start + chunk, len(catalog)))
-            parts.append(model.item_vectors(catalog.batch(rows)).numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, model.config.output_dim), np.float32)
+    return _tower_in_chunks(model, model.item_vectors, catalog, chunk)
 
 
 def user_vectors(model: TwoTower, users: Any, chunk: int = 4096) -> np.ndarray:
     """[U, d] user-tower vectors of every row of an `EncodedUsers` (eval mode, no gradients)."""
+    return _tower_in_chunks(model, model.user_vectors, users, chunk)
+
+
+def _tower_in_chunks(model: TwoTower, tower: Callable[[Any], torch.Tensor], encoded: Any, chunk: int) -> np.ndarray:
     model.eval()
     parts = []
     with torch.inference_mode():
-        for start in range(0, len(users), chunk):
-            rows = np.arange(start, min(start + chunk, len(users)))
-            parts.append(model.user_vectors(users.batch(rows)).numpy())
+        for start in range(0, len(encoded), chunk):
+            parts.append(tower(encoded.batch(np.arange(start, min(start + chunk, len(encoded))))).numpy())
     return np.concatenate(parts) if parts else np.zeros((0, model.config.output_dim), np.float32)
 
 

@@ -130,5 +130,5 @@ def test_missing_files_and_missing_alias_raise_model_unavailable(saved, tmp_path
         (broken / name).write_bytes((saved[0] / name).read_bytes())
     with pytest.raises(ModelUnavailable, match="item_ids.json"):
         Retriever.load(broken)
-    with pytest.raises(ModelUnavailable, match="vitrine-retriever@champion"):
-        Retriever.from_registry(DataDir.resolve(tmp_path / "data"))
+    with pytest.raises(ModelUnavailable, match="vitrine-retriever@never-set"):
+        Retriever.from_registry(DataDir.resolve(tmp_path / "data"), alias="never-set")

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from ranking.retriever import Retriever
-from training.retriever_data import PointInTime, positive_interactions, time_split
+from ranking.retriever_inputs import InputSpec
+from training.retriever_data import PointInTime, Split, TrainingSet, content_dim, positive_interactions, time_split, with_features
 from training.train_retriever import TrainConfig, train_retriever
 from vitrine.paths import DataDir
 from vitrine.shop.store import read_events, read_items
@@ -70,18 +71,30 @@ def test_train_logs_registers_and_serves(shop: DataDir, monkeypatch: pytest.Monk
     assert len(found) == len(served.item_ids)
 
 
-def test_multimodal_tower_ranks_cold_items_from_content(shop: DataDir, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def week_split(shop: DataDir) -> Split:
+    """The time protocol's split of the tiny shop: the last 7 days are the test."""
+    return time_split(shop, features_of(shop), read_items(shop), 7)
+
+
+def features_of(shop: DataDir) -> pd.DataFrame:
+    return with_features(shop, positive_interactions(read_events(shop)))
+
+
+def test_random_negatives_never_include_items_unseen_in_training(week_split: Split) -> None:
+    assert len(week_split.cold_items) > 0
+    spec = InputSpec.fit(week_split.train, content_dim(week_split.catalog))
+    train = TrainingSet.of(week_split.train, week_split.catalog, spec)
+    assert len(train.negative_pool) > 0
+    assert not set(train.negative_pool.tolist()) & set(week_split.cold_items.tolist())
+
+
+def test_multimodal_tower_ranks_cold_items_from_content(week_split: Split) -> None:
     """Items with no training interaction still land in users' lists when their content matches."""
     from training.evaluate_retriever import EvaluationConfig, evaluate_split
-    from training.retriever_data import end_of_log, time_cutoff
 
-    items = read_items(shop)
-    positives = positive_interactions(read_events(shop))
-    cutoff = time_cutoff(positives, 7)
-    features = PointInTime.for_interactions(shop, positives, items, extra_days=(cutoff, end_of_log(positives)))
-    split = time_split(features, features.join(positives), items, 7)
-    assert len(split.cold_items) > 0
-    report = evaluate_split(split, EvaluationConfig(train=TrainConfig(epochs=4, batch_size=128, validation_days=0), tune_als=False))
+    config = EvaluationConfig(train=TrainConfig(epochs=4, batch_size=128, validation_days=0), tune_als=False)
+    report = evaluate_split(week_split, config)
     cold = {name: figures["cold_start"]["recall@20"] for name, figures in report["models"].items()}
     assert cold["two_tower_multimodal"] > cold["two_tower_id_only"]
     assert cold["two_tower_multimodal"] > cold["popularity"]
