@@ -61,6 +61,13 @@ REASONS_PER_ITEM = 3
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 # Same limit as ID_PATTERN's length, named for messages.
 MAX_ID_LENGTH = 64
+# Longest category name a filter may name: catalog category paths are tens of characters; 200 leaves room
+# for long localized names while bounding what a caller can make the service hash and cache.
+MAX_CATEGORY_LENGTH = 200
+# The ANN search widens by the user's purchase count (so that dropping bought items still leaves about
+# CANDIDATES), but by at most this much: a user with thousands of purchases must not turn one request into
+# a catalog scan (and HNSW's efSearch, raised to the widest k ever asked, would stay high for everyone).
+MAX_PURCHASE_SLACK = CANDIDATES
 # Feature views keyed by user that the retriever and the ranker read.
 USER_VIEWS: tuple[str, ...] = ("user_stats", "user_recent_items")
 STAGES: tuple[str, ...] = ("features", "retrieve", "rank_features", "score", "filter")
@@ -190,6 +197,7 @@ def check_id(value: str, field_name: str = "user_id") -> str:
 
 
 def check_k(k: int) -> int:
+    """`k` as an int when it is an integer from 1 to MAX_K, else InvalidInput."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
         raise InvalidInput(f"k: must be an integer from 1 to {MAX_K}, got {k!r}")
     return int(k)
@@ -337,7 +345,8 @@ class Recommender:
         candidates: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if known:
             frame = pd.DataFrame([{**rows[n], "user_id": ids[n]} for n in known])  # type: ignore[dict-item]
-            candidates = dict(zip(known, retrieve(bundle, frame, self.candidates, max(len(bought[n]) for n in known))))
+            slack = min(max(len(bought[n]) for n in known), MAX_PURCHASE_SLACK)
+            candidates = dict(zip(known, retrieve(bundle, frame, self.candidates, slack)))
         timer.lap("retrieve")
 
         matrices = {
@@ -434,8 +443,9 @@ def retrieve(bundle: ModelBundle, frame: pd.DataFrame, n: int, slack: int = 0) -
 
 
 def check_category(category: str) -> str:
-    if not category or len(category) > 200 or any(ord(ch) < 32 for ch in category):
-        raise InvalidInput(f"category: {category[:200]!r} must be 1..200 printable characters")
+    """`category` if it is 1..MAX_CATEGORY_LENGTH characters without control characters, else InvalidInput."""
+    if not category or len(category) > MAX_CATEGORY_LENGTH or any(ord(ch) < 32 for ch in category):
+        raise InvalidInput(f"category: {category[:MAX_CATEGORY_LENGTH]!r} must be 1..{MAX_CATEGORY_LENGTH} printable characters")
     return category
 
 
