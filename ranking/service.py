@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ranking.model_watcher import POLL_INTERVAL_S, ModelWatcher, ServingState
 from ranking.online_features import OnlineKind
-from ranking.recommend import ID_PATTERN, MAX_ID_LENGTH, MAX_K, STAGES, RecommendationList, check_id
+from ranking.recommend import ID_PATTERN, MAX_CATEGORY_LENGTH, MAX_ID_LENGTH, MAX_K, STAGES, RecommendationList, check_id
 from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable, VitrineError
 from vitrine.paths import DataDir
 
@@ -278,7 +278,8 @@ def create_app(
                 holder["watcher"] = watcher
             except VitrineError as exc:
                 serving.last_error = str(exc)
-        metrics.on_state(serving)
+        if "watcher" not in holder:  # the watcher's first poll already reported through on_change
+            metrics.on_state(serving)
         yield
         if "watcher" in holder:
             holder["watcher"].stop()
@@ -330,7 +331,7 @@ def create_app(
     def recommend_endpoint(
         user_id: str = PathParam(..., min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN.pattern, description="The user's id"),
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="How many items"),
-        category: str | None = Query(None, min_length=1, max_length=200, description="Only items of this category"),
+        category: str | None = Query(None, min_length=1, max_length=MAX_CATEGORY_LENGTH, description="Only items of this category"),
         exclude_purchased: bool = Query(True, description="Drop items the user already bought"),
     ) -> dict[str, Any]:
         result = recommender().recommend(check_id(user_id), k, exclude_purchased=exclude_purchased, category=category)
@@ -393,6 +394,8 @@ def serve(host: str, port: int, workers: int, config: ServiceConfig) -> None:
         # uvicorn's multi-process mode imports the app by name; the config travels in the environment.
         os.environ["VITRINE_SERVE_ONLINE"] = config.online
         os.environ["VITRINE_SERVE_ALIAS"] = config.alias
+        os.environ["VITRINE_SERVE_POLL_S"] = repr(config.poll_interval_s)
+        os.environ["VITRINE_SERVE_WATCH"] = "1" if config.watch else "0"
         if config.data_dir is not None:
             os.environ["VITRINE_DATA_DIR"] = str(DataDir.resolve(config.data_dir).root)
         uvicorn.run(
@@ -409,13 +412,33 @@ def serve(host: str, port: int, workers: int, config: ServiceConfig) -> None:
 
 
 def app_from_environment() -> FastAPI:
-    """The app configured from `VITRINE_*` variables (uvicorn `--factory`, multi-worker serving)."""
+    """The app configured from `VITRINE_*` variables (uvicorn `--factory`, multi-worker serving).
+
+    `serve` sets VITRINE_SERVE_ONLINE, VITRINE_SERVE_ALIAS, VITRINE_SERVE_POLL_S, VITRINE_SERVE_WATCH
+    and VITRINE_DATA_DIR from its `ServiceConfig`, so every worker serves what one worker would.
+
+    Raises:
+        InvalidInput: an unknown online store or a poll interval that is not a positive number.
+    """
     import os
 
     online = os.environ.get("VITRINE_SERVE_ONLINE", "sqlite")
     if online not in ("sqlite", "redis"):
         raise InvalidInput(f"VITRINE_SERVE_ONLINE: {online!r} is not sqlite or redis")
-    return create_app(ServiceConfig(online=online, alias=os.environ.get("VITRINE_SERVE_ALIAS", "champion")))  # type: ignore[arg-type]
+    poll = os.environ.get("VITRINE_SERVE_POLL_S", repr(POLL_INTERVAL_S))
+    try:
+        poll_interval_s = float(poll)
+    except ValueError:
+        poll_interval_s = math.nan
+    if not math.isfinite(poll_interval_s) or poll_interval_s <= 0:
+        raise InvalidInput(f"VITRINE_SERVE_POLL_S: {poll!r} is not a positive number of seconds")
+    config = ServiceConfig(
+        online=online,  # type: ignore[arg-type]
+        alias=os.environ.get("VITRINE_SERVE_ALIAS", "champion"),
+        poll_interval_s=poll_interval_s,
+        watch=os.environ.get("VITRINE_SERVE_WATCH", "1") != "0",
+    )
+    return create_app(config)
 
 
 __all__ = ["ServiceConfig", "create_app", "error_response", "serve", "app_from_environment", "FeatureUnavailable"]

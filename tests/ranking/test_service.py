@@ -194,3 +194,30 @@ def test_real_uvicorn_process_on_loopback(data: DataDir, known_user: str) -> Non
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(timeout=5)
+
+
+def test_worker_config_travels_through_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vitrine serve --workers N` rebuilds the config from VITRINE_* in each worker; a bad value is refused."""
+    from prometheus_client import generate_latest
+
+    from ranking.service import Metrics, app_from_environment
+    from vitrine.errors import InvalidInput
+
+    monkeypatch.setenv("VITRINE_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("VITRINE_SERVE_WATCH", "0")
+    for bad in ("0", "-5", "soon", "nan"):
+        monkeypatch.setenv("VITRINE_SERVE_POLL_S", bad)
+        with pytest.raises(InvalidInput, match="VITRINE_SERVE_POLL_S"):
+            app_from_environment()
+    monkeypatch.setenv("VITRINE_SERVE_POLL_S", "2.5")
+    # Importing Feast switches prometheus_client into multiprocess mode, where counters of one name share
+    # their value within a process: count from what earlier apps in this process left behind.
+    before = load_failures(generate_latest(Metrics().registry).decode())
+    with TestClient(app_from_environment()) as test_client:
+        assert test_client.get("/readyz").status_code == 503
+        assert load_failures(test_client.get("/metrics").text) == before + 1  # one refused start, counted once
+
+
+def load_failures(metrics_text: str) -> float:
+    lines = [line for line in metrics_text.splitlines() if line.startswith("vitrine_model_load_failures_total ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
