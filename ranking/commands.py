@@ -78,7 +78,11 @@ def read_user_file(path: Path) -> list[str]:
         frame = pd.DataFrame({"user_id": ids})
     if "user_id" not in frame.columns:
         raise InvalidInput(f"--users {path}: no user_id column (columns: {list(frame.columns)})")
-    ids = frame["user_id"].dropna().astype(str).tolist()
+    empty = frame["user_id"].isna() | (frame["user_id"].astype(str).str.strip() == "")
+    if empty.any():  # a row without an id is a broken export, not a user to skip silently
+        rows = (frame.index[empty][:5] + 1).tolist()
+        raise InvalidInput(f"--users {path}: {int(empty.sum())} rows without a user_id (rows {rows}...)")
+    ids = frame["user_id"].astype(str).tolist()
     if not ids:
         raise InvalidInput(f"--users {path}: no user ids")
     return ids
@@ -86,7 +90,8 @@ def read_user_file(path: Path) -> list[str]:
 
 def recommend_command(
     user_ids: Annotated[Optional[list[str]], typer.Argument(help="User ids.", show_default=False)] = None,
-    k: Annotated[int, typer.Option("--k", help="Items per user.", min=1, max=200)] = 20,
+    # The upper bound is ranking.recommend.MAX_K, checked by the recommender (imported lazily: CLI start-up).
+    k: Annotated[int, typer.Option("--k", help="Items per user (capped by the recommender's MAX_K).", min=1)] = 20,
     category: Annotated[Optional[str], typer.Option(help="Only items of this category.")] = None,
     include_purchased: Annotated[bool, typer.Option("--include-purchased", help="Keep items the user already bought.")] = False,
     users: Annotated[Optional[Path], typer.Option("--users", help="Batch mode: file of user ids (txt, csv or parquet).")] = None,
@@ -166,7 +171,8 @@ def recommend_to_file(
         "rows": len(columns["user_id"]),
         "path": str(path),
         "seconds": round(seconds, 3),
-        "users_per_second": len(user_ids) / seconds if seconds > 0 else float("inf"),
+        # Rounded, and 0.0 for an unmeasurably short run: Infinity is not valid JSON.
+        "users_per_second": round(len(user_ids) / seconds, 1) if seconds > 0 else 0.0,
         "versions": recommender.bundle.versions,
     }
 

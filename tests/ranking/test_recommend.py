@@ -315,3 +315,25 @@ def test_check_id_accepts_real_ids() -> None:
     for good in ("U000042", "A1B2C3D4E5", "user-1_2.3:4"):
         assert check_id(good) == good
     assert Purchases({}).of("U1") == frozenset()
+
+
+def test_users_file_rows_without_an_id_are_refused_not_skipped(tmp_path: Path) -> None:
+    from ranking.commands import read_user_file
+
+    good = tmp_path / "users.csv"
+    good.write_text("user_id\nU1\nU2\n")
+    assert read_user_file(good) == ["U1", "U2"]
+    holes = tmp_path / "holes.parquet"
+    pd.DataFrame({"user_id": ["U1", None, "U3"]}).to_parquet(holes)
+    with pytest.raises(InvalidInput, match=r"1 rows without a user_id \(rows \[2\]"):
+        read_user_file(holes)
+
+
+def test_batch_file_has_k_rows_per_user_and_a_strict_json_summary(recommender: Recommender, known_users: list[str], tmp_path: Path) -> None:
+    from ranking.commands import recommend_to_file
+
+    users = [*known_users[:2], "U-never-seen"]
+    summary = recommend_to_file(recommender, users, 4, tmp_path / "recs.parquet")
+    json.dumps(summary, allow_nan=False)  # `--json` output must be valid JSON (no Infinity)
+    rows = pd.read_parquet(tmp_path / "recs.parquet")
+    assert summary["rows"] == len(rows) == 12 and rows.groupby("user_id")["rank"].max().tolist() == [4, 4, 4]
