@@ -150,15 +150,19 @@ def read_users(data: DataDir) -> pd.DataFrame:
 def read_events(
     data: DataDir, start: datetime | None = None, end: datetime | None = None
 ) -> pd.DataFrame:
-    """Events with `start <= timestamp < end` (UTC), sorted by time; partitions outside are not read."""
+    """Events with `start <= timestamp < end`, sorted by time; partitions outside are not read.
+
+    `start` and `end` may carry any time zone; naive values are taken to be UTC (see `utc`).
+    """
     if not data.events.exists():
         raise InvalidInput(f"{data.events}: no events; run `vitrine generate` or `vitrine import` first")
     dataset = ds.dataset(str(data.events), format="parquet", partitioning="hive")
     filt = None
+    # Partitions are UTC days: name the bounds' UTC days (a local day would skip the hours on either side).
     if start is not None:
-        filt = ds.field(PARTITION) >= pd.Timestamp(start).strftime("%Y-%m-%d")
+        filt = ds.field(PARTITION) >= utc(start).strftime("%Y-%m-%d")
     if end is not None:
-        upper = ds.field(PARTITION) <= pd.Timestamp(end).strftime("%Y-%m-%d")
+        upper = ds.field(PARTITION) <= utc(end).strftime("%Y-%m-%d")
         filt = upper if filt is None else filt & upper
     frame = dataset.to_table(filter=filt).to_pandas()
     frame = frame.drop(columns=[PARTITION])
