@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vitrine.options import DataDirOption, JsonOption, data_dir
@@ -124,7 +125,8 @@ def amazon_reviews(
         return
     out.print(_counts_table("converted from Amazon Reviews 2018", result.to_dict()["converted"]))
     for bad in result.bad_lines[:5]:
-        out.print(f"[yellow]{bad.file}:{bad.line}[/] {bad.reason}: {bad.problem}", highlight=False)
+        # File names and parser messages are data: escaped, so a `[` in them is not read as rich markup.
+        out.print(f"[yellow]{escape(bad.file)}:{bad.line}[/] {bad.reason}: {escape(bad.problem)}", highlight=False)
     if result.ingest is not None:
         _print_ingest(result.ingest)
 
