@@ -28,7 +28,7 @@ import pandas as pd
 from embeddings.catalog import CatalogView, Split
 from embeddings.encode import DEFAULT_IMAGE_WEIGHT, ItemVectors, encode_items, image_weight_of, load_encoder, load_view
 from embeddings.encoder import ItemEncoder
-from embeddings.tag import tag_accuracy, tag_columns
+from embeddings.tag import catalog_labels, tag_accuracy, tag_columns
 from vitrine.paths import DataDir
 
 RECALL_K = 10
@@ -167,12 +167,20 @@ def split_vectors(encoder: ItemEncoder, view: CatalogView, split: Split) -> tupl
     return vectors, view.items.iloc[indices].reset_index(drop=True), report.as_dict()
 
 
-def evaluate_vectors(encoder: ItemEncoder, vectors: ItemVectors, items: pd.DataFrame, image_weight: float) -> dict[str, Any]:
-    """Every held-out figure for already-encoded items (cross-modal, fusion ablation, zero-shot)."""
+def evaluate_vectors(
+    encoder: ItemEncoder, vectors: ItemVectors, items: pd.DataFrame, image_weight: float, catalog: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """Every held-out figure for already-encoded items (cross-modal, fusion ablation, zero-shot).
+
+    `catalog` (the whole catalog) supplies the zero-shot label choices, as `vitrine tag` uses them;
+    default `items` itself.
+    """
+    catalog = items if catalog is None else catalog
+    columns = tag_columns(catalog)
     return {
         "cross_modal": cross_modal(vectors),
         "fusion_ablation": fusion_ablation(encoder, vectors, items, image_weight),
-        "zero_shot": tag_accuracy(encoder, vectors, items, tag_columns(items)),
+        "zero_shot": tag_accuracy(encoder, vectors, items, columns, catalog_labels(catalog, columns)),
     }
 
 
@@ -182,7 +190,7 @@ def evaluate_encoder(data: DataDir, model: str | None = None, image_weight: floa
     view = load_view(data)
     weight = image_weight_of(encoder, image_weight)
     vectors, items, images = split_vectors(encoder, view, "test")
-    figures = evaluate_vectors(encoder, vectors, items, weight)
+    figures = evaluate_vectors(encoder, vectors, items, weight, catalog=view.items)
     return {
         "model_version": encoder.model_version,
         "model_source": encoder.source,

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,15 @@ def tag_columns(items: pd.DataFrame) -> list[str]:
     return [c for c in PROMPTS if c in items.columns and items[c].dropna().astype(str).nunique() >= MIN_LABELS]
 
 
+def catalog_labels(items: pd.DataFrame, columns: Sequence[str]) -> dict[str, list[str]]:
+    """The sorted distinct labels of each column over the whole catalog: the choices a tagger picks from.
+
+    Accuracy must be measured against these same choices; labels taken from a held-out subset alone
+    would leave out the labels no test item has and make the task easier than the tagging that is written.
+    """
+    return {column: sorted(items[column].dropna().astype(str).unique().tolist()) for column in columns}
+
+
 def zero_shot(encoder: ItemEncoder, image_vectors: np.ndarray, labels: Sequence[str], template: str) -> tuple[np.ndarray, np.ndarray]:
     """Index of the best label per image, and its cosine.
 
@@ -59,15 +68,26 @@ def zero_shot(encoder: ItemEncoder, image_vectors: np.ndarray, labels: Sequence[
     return best, scores[np.arange(len(best)), best]
 
 
-def tag_accuracy(encoder: ItemEncoder, vectors: ItemVectors, items: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
+def tag_accuracy(
+    encoder: ItemEncoder,
+    vectors: ItemVectors,
+    items: pd.DataFrame,
+    columns: Sequence[str],
+    labels_by_column: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
     """Zero-shot accuracy per attribute over the items of `vectors` that have an image and a label.
 
-    `items` is index-aligned with `vectors.item_ids`. Labels are those of the whole catalog (`items`).
+    Args:
+        items: catalog rows index-aligned with `vectors.item_ids` (e.g. the test split's).
+        columns: the attributes to score.
+        labels_by_column: the labels to choose from (`catalog_labels` of the whole catalog); default
+            the labels of `items` itself, which is right only when `items` is the whole catalog.
     """
     out: dict[str, Any] = {}
+    choices = labels_by_column if labels_by_column is not None else catalog_labels(items, columns)
     for column in columns:
         truth = items[column].astype("string")
-        labels = sorted(truth.dropna().unique().tolist())
+        labels = list(choices[column])
         usable = vectors.has_image & truth.notna().to_numpy()
         if usable.sum() == 0 or len(labels) < MIN_LABELS:
             continue
@@ -101,11 +121,12 @@ def tag(data: DataDir, model: str | None = None, view: CatalogView | None = None
     held_out = ItemVectors(
         [i for i, t in zip(vectors.item_ids, test) if t], vectors.text[test], vectors.image[test], vectors.has_image[test]
     )
-    accuracy = tag_accuracy(encoder, held_out, view.items[test].reset_index(drop=True), columns)
+    labels_by_column = catalog_labels(view.items, columns)
+    accuracy = tag_accuracy(encoder, held_out, view.items[test].reset_index(drop=True), columns, labels_by_column)
 
     tags = pd.DataFrame({"item_id": [i for i, h in zip(vectors.item_ids, vectors.has_image) if h]})
     for column in columns:
-        labels = sorted(view.items[column].dropna().astype(str).unique().tolist())
+        labels = labels_by_column[column]
         best, score = zero_shot(encoder, vectors.image[vectors.has_image], labels, PROMPTS[column])
         tags[column] = np.asarray(labels, dtype=object)[best]
         tags[f"{column}_score"] = score.astype(np.float32)

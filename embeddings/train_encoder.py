@@ -398,7 +398,7 @@ def train_encoder(data: DataDir, config: TrainEncoderConfig, progress: bool = Fa
         fitted["note"] = fitted.get("note") or "vision tower did not improve on validation: image weight 0"
     encoder.extra.update({"image_weight": weight, "image_weight_sweep": sweep, "base": config.base or "default-dual-encoder"})
     test_vectors, test_items, _ = split_vectors(encoder, view, "test")
-    test = evaluate_vectors(encoder, test_vectors, test_items, image_weight_of(encoder))
+    test = evaluate_vectors(encoder, test_vectors, test_items, image_weight_of(encoder), catalog=view.items)
 
     model_dir = Path(default_model_dir(data))
     # Save beside, then swap: `vitrine embed` never loads half a model.

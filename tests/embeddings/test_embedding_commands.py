@@ -52,8 +52,30 @@ def test_embed_search_similar_tag_and_evaluate_print_json(shop: DataDir, tiny_sp
     ablation = figures["fusion_ablation"]
     assert set(ablation["search_recall@10"]) == {"fused", "image_only", "text_only", "random"}
     assert {"category", "colour"} <= set(figures["zero_shot"])
+    # Held-out items are tagged with the whole catalog's labels as choices, as `vitrine tag` writes them.
+    from vitrine.shop.store import read_items
+
+    colours = read_items(shop)["colour"].dropna().nunique()
+    assert tagged["attributes"]["colour"]["labels"] == figures["zero_shot"]["colour"]["labels"] == colours
 
 
 def test_embed_without_a_trained_encoder_says_what_to_run(shop: DataDir) -> None:
     with pytest.raises(ModelUnavailable, match="vitrine train encoder"):
         CliRunner().invoke(_cli(), ["embed", "--data-dir", str(shop.root)], catch_exceptions=False)
+
+
+def test_held_out_tag_accuracy_chooses_among_the_whole_catalogs_labels(shop: DataDir, tiny_spec: DualEncoderSpec) -> None:
+    """Test items that all share one colour still get scored against every colour the catalog uses."""
+    from embeddings.catalog import split_of
+    from embeddings.tag import tag
+    from vitrine.shop.store import read_items, write_items
+
+    items = read_items(shop)
+    held_out = items["item_id"].map(split_of) == "test"
+    items.loc[held_out, "colour"] = "red"
+    write_items(shop, items)
+    build_dual_encoder(tiny_spec, seed=0).save(shop.models / "encoder")
+
+    report = tag(shop)
+
+    assert report["attributes"]["colour"]["labels"] == items["colour"].dropna().nunique() > 1
