@@ -182,8 +182,17 @@ class RedisOnlineReader(OnlineFeatureReader):
 
     def __init__(self, client: Any, project: str, key_version: int, join_key: str, views: tuple[ViewSpec, ...]) -> None:
         super().__init__(join_key, views)
+        from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.infra.online_stores.helpers import _mmh3
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import feast_value_type_to_python_type
+        from google.protobuf.timestamp_pb2 import Timestamp
 
+        # Feast's encoders and decoders, bound once: the request path calls them per entity and per value.
+        self._serialize = serialize_entity_key
+        self._entity_key, self._value, self._timestamp = EntityKey, Value, Timestamp
+        self._to_python = feast_value_type_to_python_type
         self.client = client
         self._project = project.encode("utf-8")
         self._key_version = key_version
@@ -193,12 +202,8 @@ class RedisOnlineReader(OnlineFeatureReader):
         self._down_until = 0.0
 
     def _key(self, entity_id: str) -> bytes:
-        from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        key = EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=entity_id)])
-        return serialize_entity_key(key, entity_key_serialization_version=self._key_version) + self._project
+        key = self._entity_key(join_keys=[self.join_key], entity_values=[self._value(string_val=entity_id)])
+        return self._serialize(key, entity_key_serialization_version=self._key_version) + self._project
 
     def read(self, ids: Sequence[str], now: datetime | None = None) -> list[dict[str, Any] | None]:
         import redis
@@ -225,10 +230,6 @@ class RedisOnlineReader(OnlineFeatureReader):
         return [self._decode(reply, now_s) for reply in replies]
 
     def _decode(self, reply: list[bytes | None], now_s: float) -> dict[str, Any] | None:
-        from feast.protos.feast.types.Value_pb2 import Value
-        from feast.type_map import feast_value_type_to_python_type
-        from google.protobuf.timestamp_pb2 import Timestamp
-
         n_features = len(self._fields) - len(self.views)
         per_view = []
         offset = 0
@@ -236,15 +237,15 @@ class RedisOnlineReader(OnlineFeatureReader):
             raw_ts = reply[n_features + index]
             event_s: float | None = None
             if raw_ts:
-                stamp = Timestamp()
+                stamp = self._timestamp()
                 stamp.ParseFromString(raw_ts)
                 event_s = stamp.seconds + stamp.nanos / 1e9
             values = []
             for raw, value_type in zip(reply[offset : offset + len(view.features)], view.value_types):
-                proto = Value()
+                proto = self._value()
                 if raw:
                     proto.ParseFromString(raw)
-                values.append(feast_value_type_to_python_type(proto, value_type))
+                values.append(self._to_python(proto, value_type))
             offset += len(view.features)
             per_view.append((values, event_s))
         return self._assemble(per_view, now_s)
