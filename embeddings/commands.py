@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vitrine.options import DataDirOption, JsonOption, data_dir
@@ -41,12 +42,13 @@ def _print_json(value: Any) -> None:
 
 
 def _print_hits(title: str, hits: list[tuple[str, float]]) -> None:
-    table = Table(title=title)
+    # The title holds the shopper's text and cells hold catalog ids: data, escaped so `[` is not rich markup.
+    table = Table(title=escape(title))
     table.add_column("rank", justify="right")
     table.add_column("item_id")
     table.add_column("score", justify="right")
     for rank, (item_id, score) in enumerate(hits, 1):
-        table.add_row(str(rank), item_id, f"{score:.3f}")
+        table.add_row(str(rank), escape(item_id), f"{score:.3f}")
     out.print(table)
 
 

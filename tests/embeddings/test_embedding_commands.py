@@ -79,3 +79,12 @@ def test_held_out_tag_accuracy_chooses_among_the_whole_catalogs_labels(shop: Dat
     report = tag(shop)
 
     assert report["attributes"]["colour"]["labels"] == items["colour"].dropna().nunique() > 1
+
+
+def test_search_table_prints_queries_with_brackets(shop: DataDir, tiny_spec: DualEncoderSpec) -> None:
+    """The shopper's text is data, not rich markup: `[/bold]` in a query must not crash the table."""
+    build_dual_encoder(tiny_spec, seed=0).save(shop.models / "encoder")
+    _run("embed", "--data-dir", str(shop.root), "--json")
+    result = CliRunner().invoke(_cli(), ["search", "wool scarf [/bold]", "--k", "2", "--data-dir", str(shop.root)])
+    assert result.exit_code == 0, result.output
+    assert "wool scarf [/bold]" in result.output
