@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vitrine.errors import InvalidInput
@@ -130,7 +131,8 @@ def recommend_command(
         for n, rec in enumerate(result, 1):
             reason = rec.reasons[0].feature if rec.reasons else rec.source
             retriever = "" if rec.retriever_score is None else f"{rec.retriever_score:.3f}"
-            table.add_row(str(n), rec.item_id, rec.title, f"{rec.score:.3f}", retriever, reason)
+            # Titles are catalog data ("[Gift Card] ..."): escaped so brackets are not read as rich markup.
+            table.add_row(str(n), escape(rec.item_id), escape(rec.title), f"{rec.score:.3f}", retriever, reason)
         out.print(table)
 
 
