@@ -90,18 +90,31 @@ class ServingItems:
         return cached
 
 
-def materialization_version(store: "FeatureStore", views: Sequence[str] = ITEM_VIEWS) -> str:
-    """Each view's latest materialized end time, from the registry (no cache): changes after each `materialize`."""
-    parts = []
+# What `materialization_version` says of a view that is not in the registry.
+ABSENT = "absent"
+
+
+def materialization_ends(store: "FeatureStore", views: Sequence[str] = ITEM_VIEWS) -> dict[str, str]:
+    """Each view's latest materialized end time (ISO), "never", or `ABSENT`, read from the registry without cache."""
+    ends: dict[str, str] = {}
     for name in views:
         try:
             view = store.get_feature_view(name, allow_registry_cache=False)
         except Exception:  # a view not applied yet: the table simply has no such features
-            parts.append(f"{name}@absent")
+            ends[name] = ABSENT
             continue
-        ends = [interval[1] for interval in view.materialization_intervals]
-        parts.append(f"{name}@{max(ends).isoformat() if ends else 'never'}")
-    return ",".join(parts)
+        stamps = [interval[1] for interval in view.materialization_intervals]
+        ends[name] = max(stamps).isoformat() if stamps else "never"
+    return ends
+
+
+def materialization_version(store: "FeatureStore", views: Sequence[str] = ITEM_VIEWS) -> str:
+    """`view@end` for each view (see `materialization_ends`), comma-joined: changes after each `materialize`."""
+    return _version(materialization_ends(store, views))
+
+
+def _version(ends: dict[str, str]) -> str:
+    return ",".join(f"{name}@{end}" for name, end in ends.items())
 
 
 def load_serving_items(
@@ -118,10 +131,11 @@ def load_serving_items(
     Example:
         >>> load_serving_items(open_store(data), read_items(data))
     """
-    version = materialization_version(store, views)
+    ends = materialization_ends(store, views)
+    version = _version(ends)
     ids = catalog["item_id"].astype(str).tolist()
     frame = pd.DataFrame({"item_id": ids})
-    present = [name for name in views if "absent" not in version.split(f"{name}@", 1)[1].split(",", 1)[0]]
+    present = [name for name, end in ends.items() if end != ABSENT]
     if present and ids:
         reader = open_reader(store, "item_id", present, online=online, bulk=True)
         try:
