@@ -98,7 +98,7 @@ def request_users(data: Any, n: int, seed: int) -> list[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from ranking.recommend import Recommender, serving_threads
+    from ranking.recommender import Recommender, serving_threads
     from vitrine.paths import DataDir
 
     serving_threads()

@@ -91,7 +91,7 @@ def read_user_file(path: Path) -> list[str]:
 
 def recommend_command(
     user_ids: Annotated[Optional[list[str]], typer.Argument(help="User ids.", show_default=False)] = None,
-    # The upper bound is ranking.recommend.MAX_K, checked by the recommender (imported lazily: CLI start-up).
+    # The upper bound is ranking.recommender.MAX_K, checked by the recommender (imported lazily: CLI start-up).
     k: Annotated[int, typer.Option("--k", help="Items per user (capped by the recommender's MAX_K).", min=1)] = 20,
     category: Annotated[Optional[str], typer.Option(help="Only items of this category.")] = None,
     include_purchased: Annotated[bool, typer.Option("--include-purchased", help="Keep items the user already bought.")] = False,
@@ -102,7 +102,7 @@ def recommend_command(
     as_json: JsonOption = False,
 ) -> None:
     """Recommend items to users: titles and scores, or a Parquet file of many users (batch)."""
-    from ranking.recommend import Recommender
+    from ranking.recommender import Recommender
     from ranking.service import recommend_payload
 
     if users is None and not user_ids:
@@ -147,7 +147,7 @@ def recommend_to_file(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ranking.recommend import check_id
+    from ranking.recommender import check_id
 
     bad = [u for u in user_ids if not _valid(check_id, u)]
     if bad:

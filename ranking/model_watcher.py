@@ -4,7 +4,7 @@ A background thread polls, every `POLL_INTERVAL_S`, three cheap facts: the regis
 `vitrine-retriever@champion` and `vitrine-ranker@champion`, and the item views' materialization
 watermark (`ranking.item_table.materialization_version`). When one changes it builds the new bundle
 off the request path (reusing the parts that did not change), checks that the parts fit together
-(`ranking.recommend.check_bundle`), then swaps it in with one assignment. Requests in flight keep
+(`ranking.recommender.check_bundle`), then swaps it in with one assignment. Requests in flight keep
 the bundle they started with.
 
 A candidate that fails to load (truncated file, wrong dimension, feature list mismatch, missing
@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from ranking.item_table import load_serving_items, materialization_version
 from ranking.online_features import OnlineKind, open_reader
-from ranking.recommend import USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle
+from ranking.recommender import USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle
 from vitrine.errors import VitrineError
 from vitrine.paths import DataDir
 

@@ -1,7 +1,7 @@
 """The ranker's feature matrix: candidates + the user's features + item features -> one float32 row each.
 
 This module is the one place that turns features into model inputs. The offline training set
-(`training/ranker_dataset.py`) and the online path (`ranking/reranker.py`, `ranking.recommend`) both
+(`training/ranker_dataset.py`) and the online path (`ranking/reranker.py`, `ranking.recommender`) both
 call `build_features`, so a model never sees a column computed one way in training and another
 way at serving (no train/serve skew). `FEATURE_NAMES` is the ordered contract; a saved model
 stores the list it was trained with and `Reranker.load` refuses a model whose list differs.

@@ -11,7 +11,7 @@
 Errors are mapped in ONE place (`error_response`): the `vitrine.errors` tree gives the status
 (InvalidInput 422, FeatureUnavailable / ModelUnavailable 503), FastAPI's own validation errors stay
 422, and anything unexpected is a 500 whose body never carries a stack trace. Ids are checked
-against a strict pattern (`ranking.recommend.ID_PATTERN`) before anything else sees them, so no
+against a strict pattern (`ranking.recommender.ID_PATTERN`) before anything else sees them, so no
 caller-controlled bytes reach a Redis key or a file path.
 
 A feature store that is down or slow does NOT make a request fail: the recommender answers with a
@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ranking.model_watcher import POLL_INTERVAL_S, ModelWatcher, ServingState
 from ranking.online_features import OnlineKind
-from ranking.recommend import ID_PATTERN, MAX_CATEGORY_LENGTH, MAX_ID_LENGTH, MAX_K, STAGES, RecommendationList, check_id
+from ranking.recommender import ID_PATTERN, MAX_CATEGORY_LENGTH, MAX_ID_LENGTH, MAX_K, STAGES, RecommendationList, check_id
 from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable, VitrineError
 from vitrine.paths import DataDir
 
@@ -253,7 +253,7 @@ def create_app(
         search_engine: an object with `search(text, k)` / `similar(item_id, k)` (default: the embeddings
             stage's `ProductSearch`, loaded on first use).
     """
-    from ranking.recommend import serving_threads
+    from ranking.recommender import serving_threads
 
     serving_threads()
     data = DataDir.resolve(config.data_dir)
@@ -266,7 +266,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state is None:
             try:
-                from ranking.recommend import open_feature_store
+                from ranking.recommender import open_feature_store
 
                 store = open_feature_store(data, config.online)
                 watcher = (watcher_factory or ModelWatcher)(

@@ -5,7 +5,7 @@
 2. Run the training pipeline once (`training.pipeline.run_pipeline`): embed, features, Feast,
    retriever, ranker, evaluation, promotion.
 3. Print recommendations for a regular user (the most active one) and for a new, unknown user,
-   with item titles, through the serving API (`ranking.recommend.Recommender`), in this process:
+   with item titles, through the serving API (`ranking.recommender.Recommender`), in this process:
    nothing is left running.
 4. Print where to look in MLflow.
 
@@ -97,7 +97,7 @@ def print_pipeline_summary(console: Console, result: PipelineResult) -> None:
 
 def print_recommendations(data: DataDir, console: Console) -> None:
     """Recommendations for the most active user and for an unknown one, with titles."""
-    from ranking.recommend import Recommender
+    from ranking.recommender import Recommender
 
     recommender = Recommender.from_data(data)
     for label, user in (("regular user", most_active_user(data)), ("new user", NEW_USER_ID)):

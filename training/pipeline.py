@@ -57,12 +57,6 @@ DEFAULT_EVAL_DAYS = 3
 console = Console(stderr=True)
 
 
-def pipeline_dir(data: DataDir) -> Path:
-    """Where the per-run state files live (`data/pipeline/`)."""
-    # DataDir has no `pipeline` property yet; requested from its owner. Until then named here, once.
-    return data.root / "pipeline"
-
-
 def resolve_since(value: str | None, today: date | None = None) -> date | None:
     """`--since` as a date: None (full run), `YESTERDAY` (relative to UTC today) or `YYYY-MM-DD`.
 
@@ -206,7 +200,7 @@ def _open_state(data: DataDir, config: PipelineConfig, uri: str, client: MlflowC
     since = config.since.isoformat() if config.since else None
     parent = _external_parent(client)
     if config.resume:
-        state = RunState.latest_unfinished(pipeline_dir(data), since=since, tracking_uri=uri)
+        state = RunState.latest_unfinished(data.pipeline, since=since, tracking_uri=uri)
         if state is not None:
             try:
                 client.get_run(state.parent_run_id)
@@ -218,7 +212,7 @@ def _open_state(data: DataDir, config: PipelineConfig, uri: str, client: MlflowC
         assert experiment is not None  # created by tracking.configure
         run_name = f"pipeline {datetime.now(timezone.utc):%Y-%m-%d %H:%M}" + (f" since {since}" if since else "")
         parent = client.create_run(experiment.experiment_id, run_name=run_name).info.run_id
-    return RunState.new(pipeline_dir(data), parent_run_id=parent, since=since, tracking_uri=uri), False
+    return RunState.new(data.pipeline, parent_run_id=parent, since=since, tracking_uri=uri), False
 
 
 def run_pipeline(data: DataDir, config: PipelineConfig | None = None, steps: tuple[Step, ...] | None = None) -> PipelineResult:
@@ -361,7 +355,7 @@ def _incoming_fingerprint(data: DataDir) -> str | None:
 
 
 def _ingested_marker(data: DataDir) -> Path:
-    return pipeline_dir(data) / "last_ingested.txt"
+    return data.pipeline / "last_ingested.txt"
 
 
 def validate(ctx: StepContext) -> dict[str, Any]:

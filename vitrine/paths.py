@@ -17,6 +17,7 @@ Each stage writes files that the next stage reads; this module is the one place 
       features/                Feast offline sources written by `vitrine features build`
       feast/                   embedded Feast registry and SQLite online store
       mlflow/                  embedded MLflow tracking store (mlflow.db) and artifacts
+      pipeline/                one state file per pipeline run (finished steps, for resuming)
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ class DataDir:
     @property
     def mlflow(self) -> Path:
         return self.root / "mlflow"
+
+    @property
+    def pipeline(self) -> Path:
+        return self.root / "pipeline"
 
     @property
     def mlflow_tracking_uri(self) -> str:

@@ -1,8 +1,9 @@
 """MLflow set-up and lineage, shared by every stage that trains or evaluates.
 
 The embedded default tracks into SQLite and a local artifact folder under the data dir; setting
-`MLFLOW_TRACKING_URI` (e.g. `postgresql://postgres@127.0.0.1:5432/mlflow` or an `http://` server)
-sends everything there instead. The registry lives with the tracking store.
+`MLFLOW_TRACKING_URI` (e.g. `postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow`, or an `http://`
+server) sends everything there instead. The registry lives with the tracking store. Name the
+`+psycopg2` driver: SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, which is not installed.
 """
 
 from __future__ import annotations

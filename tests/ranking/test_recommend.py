@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from ranking.model_watcher import ModelWatcher, ServingState
-from ranking.recommend import MAX_K, Purchases, Recommender, check_id
+from ranking.recommender import MAX_K, Purchases, Recommender, check_id
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ranking.recommend import MAX_K
+from ranking.recommender import MAX_K
 from ranking.service import ServiceConfig, create_app
 from vitrine.paths import DataDir
 
