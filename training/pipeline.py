@@ -406,11 +406,17 @@ def embed_items(ctx: StepContext) -> dict[str, Any]:
         registered = trained.get("mlflow") or {}
         outputs.update(encoder_trained=True, encoder_version=str(registered.get("version", "")),
                        encoder_run_id=str(registered.get("run_id", "")))
+    # Incremental by default: with the same encoder, only new or changed items are encoded and the
+    # rest keep their stored vectors; a freshly trained encoder (new version) re-embeds everything.
     summary = embed(data, progress=ctx.config.progress)
     ctx.client.log_dict(ctx.run_id, summary, "embed_summary.json")
     ctx.client.log_metric(ctx.run_id, "items_embedded", summary["items"])
+    for count in ("encoded", "reused", "removed"):
+        ctx.client.log_metric(ctx.run_id, f"items_{count}", summary[count])
     outputs.update(embedding_model_version=summary["model_version"], items_embedded=summary["items"],
-                   with_image=summary["with_image"], replaced_version=summary["replaced_version"] or "")
+                   items_encoded=summary["encoded"], items_reused=summary["reused"], items_removed=summary["removed"],
+                   embed_mode=summary["mode"], with_image=summary["with_image"],
+                   replaced_version=summary["replaced_version"] or "")
     return outputs
 
 
