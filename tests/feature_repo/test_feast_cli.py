@@ -68,3 +68,40 @@ def test_vitrine_features_commands_print_json(tmp_path, redis_db: redis.Redis) -
     assert done.exit_code == 0, done.output
     assert list(json.loads(done.stdout)["views"]) == ["item_stats"]
     assert redis_db.dbsize() == 30  # one key per item
+
+
+def test_feast_ui_serves_the_registry(tmp_path) -> None:
+    """`feast ui` (a real process on loopback) lists the project and its feature views."""
+    import os
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    data = make_shop(DataDir.resolve(tmp_path))
+    build(data)
+    _feast(data, "apply")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "VITRINE_DATA_DIR": str(data.root), "VITRINE_REDIS": "127.0.0.1:6379"}
+    feast = os.path.join(os.path.dirname(sys.executable), "feast")
+    server = subprocess.Popen(
+        [feast, "ui", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=fs.REPO_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 90  # Feast imports slowly on 2 busy cores
+        projects = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/projects-list.json", timeout=2) as reply:
+                    projects = json.load(reply)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert projects is not None, server.stderr.read().decode()[-2000:] if server.poll() is not None else "no answer"
+        assert [p["id"] for p in projects["projects"]] == ["vitrine"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
