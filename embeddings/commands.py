@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -19,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vitrine.options import DataDirOption, JsonOption, data_dir
+from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
@@ -35,10 +33,6 @@ ModelOption = Annotated[
     ),
 ]
 KOption = Annotated[int, typer.Option("--k", min=1, max=1000, help="How many items to return.")]
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 def _print_hits(title: str, hits: list[tuple[str, float]]) -> None:
@@ -75,7 +69,7 @@ def train_encoder_command(
         config = replace(config, epochs=epochs)
     result = train_encoder(data_dir(data_dir_option), config, progress=True)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     test = result["test"]["cross_modal"]
     out.print(
@@ -103,7 +97,7 @@ def embed_command(
 
     result = embed(data_dir(data_dir_option), model, image_weight, progress=not as_json)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     images = result["images"]
     out.print(
@@ -121,7 +115,7 @@ def tag_command(model: ModelOption = None, data_dir_option: DataDirOption = None
 
     result = tag(data_dir(data_dir_option), model)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     table = Table(title=f"zero-shot tagging, {result['held_out_items']} held-out items")
     for column in ("attribute", "accuracy", "majority", "random", "items", "labels"):
@@ -144,7 +138,7 @@ def search_command(
 
     hits = ProductSearch.load(data_dir(data_dir_option)).search(text, k)
     if as_json:
-        _print_json({"query": text, "results": [{"item_id": i, "score": s} for i, s in hits]})
+        print_json({"query": text, "results": [{"item_id": i, "score": s} for i, s in hits]})
         return
     _print_hits(f"search: {text}", hits)
 
@@ -160,7 +154,7 @@ def similar_command(
 
     hits = ProductSearch.load(data_dir(data_dir_option)).similar(item_id, k)
     if as_json:
-        _print_json({"item_id": item_id, "results": [{"item_id": i, "score": s} for i, s in hits]})
+        print_json({"item_id": item_id, "results": [{"item_id": i, "score": s} for i, s in hits]})
         return
     _print_hits(f"similar to {item_id}", hits)
 
@@ -176,9 +170,9 @@ def evaluate_encoder_command(
 
     result = evaluate_encoder(data_dir(data_dir_option), model, image_weight)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
-    out.print_json(json.dumps(result, default=str))
+    out.print_json(data=result, default=str)
 
 
 def register(cli: "Groups") -> None:

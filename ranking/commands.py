@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
@@ -18,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitrine.errors import InvalidInput
-from vitrine.options import DataDirOption, JsonOption, data_dir
+from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
@@ -115,13 +114,13 @@ def recommend_command(
         assert out_path is not None
         summary = recommend_to_file(recommender, read_user_file(users), k, out_path, exclude_purchased=not include_purchased, category=category)
         if as_json:
-            print(json.dumps(summary, indent=2))
+            print_json(summary)
         else:
             err.print(f"{summary['users']} users, {summary['rows']} rows -> {out_path} ({summary['users_per_second']:.0f} users/s)")
         return
     results = recommender.recommend_batch(user_ids or [], k, exclude_purchased=not include_purchased, category=category, explain=True)
     if as_json:
-        print(json.dumps([recommend_payload(r, k) for r in results], indent=2))
+        print_json([recommend_payload(r, k) for r in results])
         return
     for result in results:
         flags = " ".join(flag for flag, on in (("cold start", result.cold_start), ("degraded", result.degraded)) if on)

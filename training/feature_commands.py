@@ -10,7 +10,6 @@ The same repo works with the stock CLI: `cd feature_repo && VITRINE_DATA_DIR=$PW
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from vitrine.options import DataDirOption, JsonOption, data_dir
+from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
@@ -44,7 +43,7 @@ def build_command(
         raise InvalidInput(f"--since {since!r}: expected YYYY-MM-DD") from exc
     report = build(data_dir(data_dir_option), since=since_day, progress=None if as_json else err.print)
     if as_json:
-        print(json.dumps(report.__dict__, indent=2))
+        print_json(report.__dict__)
     else:
         err.print(f"snapshots {report.first_day} .. {report.last_day}: {report.rows}")
 
@@ -78,7 +77,7 @@ def materialize_command(
     with contextlib.redirect_stdout(sys.stderr):
         stats = materialize(data_dir(data_dir_option), start_at, end_at, online, views=view)  # type: ignore[arg-type]
     if as_json:
-        print(json.dumps(stats, indent=2))
+        print_json(stats)
     else:
         err.print(f"materialized {', '.join(stats['views'])} into {online} in {stats['seconds']:.1f}s")
 

@@ -5,7 +5,6 @@ Both are thin: the pipeline is `training.pipeline`, the demo is `training.demo`.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -14,7 +13,7 @@ from rich.console import Console
 
 from training.promotion import DEFAULT_RANKER_RULE, DEFAULT_RETRIEVER_RULE, MetricRule, PromotionPolicy
 from vitrine.errors import InvalidInput, VitrineError
-from vitrine.options import DataDirOption, JsonOption, data_dir
+from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
@@ -99,11 +98,11 @@ def register(cli: "Groups") -> None:
             cause = failed.__cause__
             err.print(f"[bold red]error:[/] {failed}")
             if as_json:
-                out.print_json(json.dumps({"failed_step": failed.step, "parent_run_id": failed.parent_run_id,
-                                           "state_path": str(failed.state_path), "error": str(cause)}))
+                print_json({"failed_step": failed.step, "parent_run_id": failed.parent_run_id,
+                            "state_path": str(failed.state_path), "error": str(cause)})
             sys.exit(cause.exit_code if isinstance(cause, VitrineError) else 1)
         if as_json:
-            out.print_json(json.dumps(result.to_dict(), default=str))
+            print_json(result.to_dict())
             return
         from training.demo import print_pipeline_summary
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -10,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vitrine.options import DataDirOption, JsonOption, data_dir
+from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
 if TYPE_CHECKING:
     from training.train_ranker import RankerTrainConfig
@@ -45,7 +44,7 @@ def train(
     result = train_ranker(data, config, retriever=load_retriever(data, retriever_alias), register=register, progress=not as_json)
     summary = result.as_dict()
     if as_json:
-        print(json.dumps(summary, default=str))
+        print_json(summary)
         return
     table = Table("set", "requests", "rows", "positive rows", "purchase rows", "injected rows", title="vitrine-ranker")
     for name, part in (("train", result.train_summary), ("valid", result.valid_summary)):
@@ -81,7 +80,7 @@ def evaluate(
         config = replace(config, test_requests=test_requests)
     report = evaluate_ranker(data_dir(data_dir_option), config, progress=not as_json)
     if as_json:
-        print(json.dumps(report, default=str))
+        print_json(report)
         return
     k = report["k"]
     table = Table("order", f"NDCG@{k}", f"Recall@{k}", f"purchases@{k}", f"revenue@{k}",

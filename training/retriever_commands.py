@@ -6,7 +6,6 @@ same training code (see training.train_retriever).
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -14,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vitrine.options import DataDirOption, JsonOption, data_dir
+from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
@@ -48,7 +47,7 @@ def train(
     run = train_retriever(data_dir(data_dir_option), config, model, register=register, show_progress=not as_json)
     summary = run.summary()
     if as_json:
-        print(json.dumps(summary, default=str))
+        print_json(summary)
         return
     table = Table("epoch", *[k for k in summary["epochs"][-1]] if summary["epochs"] else [], title="vitrine-retriever")
     for n, figures in enumerate(summary["epochs"], start=1):
@@ -77,7 +76,7 @@ def evaluate(
         config = replace(config, test_days=test_days)
     report = evaluate_retriever(data_dir(data_dir_option), config, show_progress=not as_json)
     if as_json:
-        print(json.dumps(report, default=str))
+        print_json(report)
         return
     for name, result in report["protocols"].items():
         table = Table("model", "R@20", "R@100", "R@500", "NDCG@10", "cold R@100", "cold R@500", "cov@100", title=f"{name}: {result['split']}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -18,3 +20,19 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 def data_dir(option: Path | None) -> DataDir:
     return DataDir.resolve(option)
+
+
+def print_json(payload: Any) -> None:
+    """Print `payload` as JSON on stdout for `--json`: plain `print` (rich would wrap long lines), values
+    JSON cannot hold as text (`default=str`: datetimes, paths), and NaN/inf as null so the output is valid."""
+    print(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

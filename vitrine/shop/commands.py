@@ -23,18 +23,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vitrine.options import DataDirOption, JsonOption, data_dir
+from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
     from vitrine.shop.ingest import IngestReport
 
 out = Console()
-
-
-def _print_json(payload: dict[str, Any]) -> None:
-    # Plain print, not rich: JSON output must stay machine-readable (no wrapping, no markup).
-    print(json.dumps(payload, indent=2, default=str))
 
 
 def _counts_table(title: str, counts: dict[str, Any]) -> Table:
@@ -87,7 +82,7 @@ def generate(
     summary = generate_shop(data, spec, progress=not as_json)
     report = ingest(data)
     if as_json:
-        _print_json({"generate": summary, "ingest": report.to_dict()})
+        print_json({"generate": summary, "ingest": report.to_dict()})
         return
     out.print(_counts_table(f"generated shop (seed {spec.seed})", summary))
     _print_ingest(report)
@@ -104,7 +99,7 @@ def ingest_command(
 
     report = ingest(data_dir(data_dir_option), source, append=append)
     if as_json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         _print_ingest(report)
 
@@ -121,7 +116,7 @@ def amazon_reviews(
 
     result = import_amazon_reviews(data_dir(data_dir_option), reviews, meta, images)
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     out.print(_counts_table("converted from Amazon Reviews 2018", result.to_dict()["converted"]))
     for bad in result.bad_lines[:5]:
