@@ -15,7 +15,10 @@ image weight, only items that are new or whose content changed are encoded; ever
 its stored vector bit for bit, and items gone from the catalog are dropped. "Content" is what the
 encoder sees, hashed per item into the `content_hash` column: the item text (title, description,
 category, brand as `item_text` joins them) and the image file's bytes. Feast reads only the
-declared fields of `item_embedding`, so the extra columns are invisible to it.
+declared fields of `item_embedding`, so the extra columns are invisible to it. Measured on the
+Amazon gift-card shop with the MiniLM text tower: every reused row is bit-identical to a full
+re-embed of the same catalog (also after an insert that shifts every batch boundary); a re-encoded
+row ran in a smaller batch than a full pass would give it and is within 1.4e-7 of that pass.
 
 Example:
     >>> summary = embed(DataDir.resolve("data"))
