@@ -104,6 +104,7 @@ def embed_command(
         f"{result['items']} items embedded ({result['with_image']} with image, {result['text_only']} text only; "
         f"{images['missing']} missing and {images['corrupt']} corrupt images) -> {result['path']}"
     )
+    out.print(f"{result['encoded']} encoded, {result['reused']} reused unchanged, {result['removed']} removed ({result['mode']})")
     out.print(f"model {result['model_version']}, dim {result['dim']}, {result['items_per_second']} items/s")
     if result["replaced_version"]:
         out.print(f"replaced vectors of model {result['replaced_version']}")
