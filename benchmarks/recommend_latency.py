@@ -114,17 +114,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["catalog_items"] = len(recommender.bundle.items)
     report["index_items"] = len(recommender.bundle.retriever.item_ids)
     report["versions"] = recommender.bundle.versions
-    report.update({"candidates": args.candidates, "k": args.k, "online": args.online, "torch_threads": torch.get_num_threads()})
+    report.update({"explain": args.explain, "candidates": args.candidates, "k": args.k, "online": args.online, "torch_threads": torch.get_num_threads()})
 
     users = request_users(data, args.requests + WARMUP_REQUESTS, args.seed)
     for user in users[:WARMUP_REQUESTS]:
-        recommender.recommend(user, args.k)
+        recommender.recommend(user, args.k, explain=args.explain)
     totals: list[float] = []
     stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
     cold = degraded = short = 0
     for user in users[WARMUP_REQUESTS:]:
         began = time.perf_counter()
-        result = recommender.recommend(user, args.k)
+        result = recommender.recommend(user, args.k, explain=args.explain)
         totals.append((time.perf_counter() - began) * 1000.0)
         for stage in STAGES:
             stages[stage].append(result.timings_ms.get(stage, 0.0))
@@ -162,6 +162,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--batch-users", type=int, default=10_000, help="users for the batch throughput figure")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--explain", action=argparse.BooleanOptionalAction, default=True,
+        help="attach TreeSHAP reasons, as recommend() does by default (--no-explain: what a client skipping them pays)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     args = parser.parse_args()
     print(json.dumps(run(args), indent=2))

@@ -78,6 +78,13 @@ def test_recommend_returns_ranked_items(client: TestClient, known_user: str) -> 
     assert [i["score"] for i in body["items"]] == sorted((i["score"] for i in body["items"]), reverse=True)
 
 
+def test_reasons_can_be_skipped_and_the_ranking_stays_the_same(client: TestClient, known_user: str) -> None:
+    explained = client.get(f"/recommend/{known_user}?k=5").json()["items"]
+    bare = client.get(f"/recommend/{known_user}?k=5&explain=false").json()["items"]
+    assert [i["item_id"] for i in bare] == [i["item_id"] for i in explained]
+    assert any(i["reasons"] for i in explained) and not any(i["reasons"] for i in bare)
+
+
 def test_unknown_user_gets_a_flagged_cold_start_list(client: TestClient) -> None:
     body = client.get("/recommend/U-brand-new", params={"k": 5}).json()
     assert body["cold_start"] and len(body["items"]) == 5
