@@ -344,7 +344,8 @@ class Recommender:
         bought = [self.purchases.of(u) if exclude_purchased else frozenset() for u in ids]
         candidates: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if known:
-            frame = pd.DataFrame([{**rows[n], "user_id": ids[n]} for n in known])  # type: ignore[dict-item]
+            # Plain dicts, not a DataFrame: building one costs more than the user tower (see `encode_users`).
+            frame = [{**rows[n], "user_id": ids[n]} for n in known]  # type: ignore[dict-item]
             slack = min(max(len(bought[n]) for n in known), MAX_PURCHASE_SLACK)
             candidates = dict(zip(known, retrieve(bundle, frame, self.candidates, slack)))
         timer.lap("retrieve")
@@ -422,7 +423,9 @@ class Recommender:
         return out
 
 
-def retrieve(bundle: ModelBundle, frame: pd.DataFrame, n: int, slack: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def retrieve(
+    bundle: ModelBundle, frame: Sequence[Mapping[str, Any]] | pd.DataFrame, n: int, slack: int = 0
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(item ids, retriever scores, item-table rows) of the best `n` index items per row of `frame`, best first.
 
     The retriever's own user tower and index (`Retriever.user_vectors` + `ranking.ann.search`), with

@@ -132,3 +132,45 @@ def test_missing_files_and_missing_alias_raise_model_unavailable(saved, tmp_path
         Retriever.load(broken)
     with pytest.raises(ModelUnavailable, match="vitrine-retriever@never-set"):
         Retriever.from_registry(DataDir.resolve(tmp_path / "data"), alias="never-set")
+
+
+def _online_rows() -> list[dict[str, object]]:
+    """Feature rows as the online readers hand them: nulls as None, keys absent, odd ids, a prefixed name."""
+    return [
+        {"user_id": "U1", "recent_item_ids": ["I001", "I999", "I002"], "top_category": "shoes", "events_7d": 3,
+         "user_stats__views_30d": 12, "avg_price_paid": 19.5, "days_since_last_event": 2.0},
+        {"user_id": "never-seen", "recent_item_ids": [], "top_category": "hats", "events_7d": None,
+         "user_stats__views_30d": None, "days_since_last_purchase": None},
+        {"user_id": "U2", "recent_item_ids": None, "top_category": None, "events_7d": 0, "avg_price_paid": None},
+        {"user_id": "U3", "recent_item_ids": ["I999"], "events_30d": 40, "max_price_paid": 250.0,
+         "days_since_last_event": 0.5, "purchase_rate_30d": 0.25},
+    ]  # fmt: skip
+
+
+def test_dict_rows_encode_exactly_like_the_frame_of_the_same_rows(saved) -> None:
+    path, _, spec = saved
+    # Non-trivial dense statistics, so that the standardisation is exercised too.
+    stats = {key: (0.1 * n, 0.5 + 0.25 * n) for n, key in enumerate(sorted(spec.dense_stats))}
+    rows = _online_rows()
+    for used in (spec, InputSpec.from_json({**spec.to_json(), "dense_stats": stats})):
+        fast, slow = encode_users(rows, used), encode_users(pd.DataFrame(rows), used)
+        for name in ("user_idx", "recent_values", "recent_offsets", "top_category", "dense"):
+            got, want = getattr(fast, name), getattr(slow, name)
+            assert got.dtype == want.dtype and np.array_equal(got, want), name
+        # The prefixed column is read (not "absent, so zero") and unknown ids and items map to UNKNOWN.
+        assert fast.user_idx[1] == 0 and fast.top_category[1] == 0 and fast.top_category[2] == 0
+        assert fast.recent_offsets.tolist() == [0, 2, 2, 2, 2]  # I999 is unknown: it carries no signal
+        fast_in, slow_in = fast.batch(np.arange(4)), slow.batch(np.arange(4))
+        assert torch.equal(fast_in.dense, slow_in.dense)
+        assert torch.equal(fast_in.sparse.values(), slow_in.sparse.values())
+        assert torch.equal(fast_in.sparse.lengths(), slow_in.sparse.lengths())
+    prefixed = encode_users(rows[:1], spec).dense[0]
+    renamed = {k.removeprefix("user_stats__"): v for k, v in rows[0].items()}
+    assert np.array_equal(prefixed, encode_users([renamed], spec).dense[0])
+    assert not np.array_equal(prefixed, encode_users([{**renamed, "views_30d": None}], spec).dense[0])
+    retriever = Retriever.load(path)
+    assert np.array_equal(retriever.user_vectors(rows), retriever.user_vectors(pd.DataFrame(rows)))
+    # Items share the dense encoder: a signed feature (a falling trend) and a prefixed one stay exact too.
+    items = [{"item_id": "I001", "trend_7d_30d": -0.4, "item_stats__views_30d": 7, "price": None},
+             {"item_id": "new", "trend_7d_30d": None, "price": 12.0}]  # fmt: skip
+    assert np.array_equal(encode_items(items, spec).dense, encode_items(pd.DataFrame(items), spec).dense)
