@@ -78,9 +78,13 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[list[np.nda
     """
     k = max(1, min(k, index.ntotal))
     hnsw = faiss.downcast_index(index)
+    params = None
     if isinstance(hnsw, faiss.IndexHNSW) and hnsw.hnsw.efSearch < k:
-        hnsw.hnsw.efSearch = k  # HNSW cannot return more than efSearch neighbours
-    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        # HNSW cannot return more than efSearch neighbours. Widened per call, never on the shared index:
+        # the service searches from several threads, and a raised efSearch would slow every later request.
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
+        params.efSearch = k
+    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
     keep = rows >= 0
     return [r[m] for r, m in zip(rows, keep)], [s[m] for s, m in zip(scores, keep)]
 

@@ -123,6 +123,18 @@ def test_hnsw_beyond_the_exact_limit_keeps_high_recall() -> None:
     assert all(len(r) <= 3000 and (r >= 0).all() for r in rows)
 
 
+def test_a_wide_hnsw_search_returns_k_and_leaves_the_shared_index_as_it_was() -> None:
+    import faiss
+
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = build_index(vectors, AnnConfig(exact_max_items=100, hnsw_ef_search=16))
+    rows, _ = search(index, vectors[:3], k=400)
+    assert [len(r) for r in rows] == [400, 400, 400]
+    assert faiss.downcast_index(index).hnsw.efSearch == 16  # other threads' searches keep their cost
+
+
 def test_missing_files_and_missing_alias_raise_model_unavailable(saved, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
