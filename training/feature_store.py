@@ -29,7 +29,7 @@ import importlib.util
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,6 +37,7 @@ import pandas as pd
 
 from vitrine.errors import FeatureUnavailable, InvalidInput
 from vitrine.paths import DATA_DIR_ENV, DataDir
+from vitrine.shop.store import utc
 
 if TYPE_CHECKING:  # feast is imported lazily so that `vitrine --help` stays fast
     import feast
@@ -375,9 +376,8 @@ def _check_redis(store: "feast.FeatureStore") -> None:
 
 
 def _utc(moment: datetime) -> datetime:
-    stamp = pd.Timestamp(moment)
-    stamp = stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
-    return stamp.to_pydatetime().astimezone(timezone.utc)
+    """`moment` as an aware UTC datetime (Feast's materialize takes datetimes, not pandas stamps)."""
+    return utc(moment).to_pydatetime()
 
 
 __all__ = [
