@@ -142,6 +142,24 @@ class CatalogView:
         """Positions of the items in the given splits, in catalog order."""
         return [i for i, s in enumerate(self.splits) if s in splits]
 
+    def sample(self, n: int) -> "CatalogView":
+        """At most `n` items, chosen by a hash of the id (the same items on every run), in catalog order.
+
+        Large catalogs train the encoder on a sample: contrastive training needs enough pairs per
+        batch and epoch, not every item, and its cost grows with the item count.
+        """
+        if n >= len(self.item_ids):
+            return self
+        by_hash = sorted(range(len(self.item_ids)), key=lambda i: hashlib.sha1(f"sample:{self.item_ids[i]}".encode()).digest())
+        keep = sorted(by_hash[:n])
+        return CatalogView(
+            item_ids=[self.item_ids[i] for i in keep],
+            texts=[self.texts[i] for i in keep],
+            image_paths=[self.image_paths[i] for i in keep],
+            splits=[self.splits[i] for i in keep],
+            items=self.items.iloc[keep].reset_index(drop=True),
+        )
+
 
 def catalog_view(data: DataDir, items: pd.DataFrame) -> CatalogView:
     """Texts, image paths and splits of `items`, sorted by item_id so that every pass is in the same order."""

@@ -56,6 +56,9 @@ def train_encoder_command(
     ] = None,
     freeze_vision: Annotated[bool, typer.Option("--freeze-vision/--train-vision", help="Freeze the vision tower.")] = False,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow and register vitrine-encoder.")] = True,
+    max_items: Annotated[
+        Optional[int], typer.Option("--max-items", min=1, help="Train on a fixed sample of at most N items (large catalogs); default all.")
+    ] = None,
     data_dir_option: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -64,7 +67,7 @@ def train_encoder_command(
 
     from embeddings.train_encoder import TrainEncoderConfig, train_encoder
 
-    config = TrainEncoderConfig(base=base, freeze_text=freeze_text, freeze_vision=freeze_vision, track=track)
+    config = TrainEncoderConfig(base=base, freeze_text=freeze_text, freeze_vision=freeze_vision, track=track, max_items=max_items)
     if epochs is not None:
         config = replace(config, epochs=epochs)
     result = train_encoder(data_dir(data_dir_option), config, progress=True)

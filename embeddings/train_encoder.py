@@ -89,6 +89,9 @@ class TrainEncoderConfig:
     spec: DualEncoderSpec = field(default_factory=DualEncoderSpec)
     # Log to MLflow and register the model.
     track: bool = True
+    # Train and evaluate on at most this many items (a fixed sample by id hash, `CatalogView.sample`);
+    # None = every item. `vitrine embed` still encodes the whole catalog.
+    max_items: int | None = None
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
@@ -370,6 +373,8 @@ def train_encoder(data: DataDir, config: TrainEncoderConfig, progress: bool = Fa
     torch.manual_seed(config.seed)
     encoder, new_modules = starting_encoder(data, config)
     view = load_view(data)
+    if config.max_items is not None:
+        view = view.sample(config.max_items)
     report = ImageReport()
     train = build_pairs(encoder, view, "train", report)
     validation = build_pairs(encoder, view, "validation", report)
