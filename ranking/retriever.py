@@ -10,9 +10,9 @@ A retriever is a directory (also logged as the MLflow artifacts of registered mo
     item_ids.json      the item id of each row
     index.faiss        FAISS index over item_vectors (exact or HNSW, see ranking.ann)
 
-At serving the user tower runs as plain PyTorch modules on CPU (no DistributedModelParallel,
-which is only the training wrapper); the features frame goes through the same
-`ranking.retriever_inputs.encode_users` that training used.
+At serving the user tower runs as plain tensor ops on CPU (`ranking.user_tower`: no
+DistributedModelParallel, which is only the training wrapper, and no TorchRec objects per request);
+the features go through the same `ranking.retriever_inputs.encode_users` that training used.
 
 Example:
     retriever = Retriever.from_registry(data)                 # alias vitrine-retriever@champion
@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from safetensors.torch import load_file, save_file
 
 from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
 from ranking.retriever_inputs import FeatureRows, InputSpec, encode_users
+from ranking.user_tower import UserTower
 from training.two_tower import TwoTower, TwoTowerConfig
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
@@ -137,6 +137,7 @@ class Retriever:
         self, model: TwoTower, spec: InputSpec, item_ids: list[str], index: Any, config: dict[str, Any], version: str
     ) -> None:
         self.model = model
+        self.user_tower = UserTower(model)
         self.spec = spec
         self.item_ids = item_ids
         self.index = index
@@ -183,10 +184,7 @@ class Retriever:
 
     def user_vectors(self, frame: FeatureRows) -> np.ndarray:
         """[N, d] unit-norm vectors of the users in `frame` (user_id + retriever user features; a frame or dicts)."""
-        encoded = encode_users(frame, self.spec)
-        with torch.inference_mode():
-            vectors = self.model.user_vectors(encoded.batch(np.arange(len(encoded))))
-        return vectors.numpy()
+        return self.user_tower(encode_users(frame, self.spec))
 
     def retrieve(
         self,

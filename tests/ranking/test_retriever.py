@@ -186,3 +186,24 @@ def test_dict_rows_encode_exactly_like_the_frame_of_the_same_rows(saved) -> None
     items = [{"item_id": "I001", "trend_7d_30d": -0.4, "item_stats__views_30d": 7, "price": None},
              {"item_id": "new", "trend_7d_30d": None, "price": 12.0}]  # fmt: skip
     assert np.array_equal(encode_items(items, spec).dense, encode_items(pd.DataFrame(items), spec).dense)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TwoTowerConfig(embedding_dim=8, hidden_dim=16, output_dim=8), TwoTowerConfig(embedding_dim=8, hidden_dim=16, output_dim=8, use_content=False, use_features=False)],
+    ids=["multimodal", "id-only"],
+)
+def test_serving_user_tower_equals_the_torchrec_towers(saved, config: TwoTowerConfig) -> None:
+    from ranking.user_tower import UserTower
+
+    _, _, spec = saved
+    torch.manual_seed(1)
+    model = TwoTower(config, spec.table_sizes, DIM).eval()
+    with torch.no_grad():  # non-zero tables everywhere, so that a wrong row or pooling would show
+        for parameter in model.parameters():
+            parameter.normal_()
+    users = pd.concat([_users(), pd.DataFrame({"user_id": ["U9"], "recent_item_ids": [["I003", "I001", "nope"]], "top_category": ["x"]})])
+    encoded = encode_users(users, spec)
+    with torch.inference_mode():
+        expected = model.user_vectors(encoded.batch(np.arange(len(encoded)))).numpy()
+    np.testing.assert_allclose(UserTower(model)(encoded), expected, rtol=1e-5, atol=1e-6)
