@@ -168,13 +168,22 @@ class ModelBundle:
         }
 
 
-def serving_threads() -> None:
-    """One thread each for torch and FAISS: a request's work is tiny, and workers already use every core."""
+def serving_threads(threads: int = 1) -> None:
+    """Thread pools of torch, FAISS, numpy's BLAS and OpenMP, for this process.
+
+    Serving uses one each: a request's work is tiny and workers already use every core. numpy's
+    OpenBLAS otherwise starts a thread per core for the ranker features' small matmuls and its
+    threads spin while they wait: under a loaded 2-worker server they took the CPU the other
+    worker needed (measured over HTTP on the demo shop: see the README's serving figures).
+    Batch scoring (`vitrine recommend --users`) passes the core count.
+    """
     import faiss
     import torch
+    from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    threadpool_limits(threads)
 
 
 def check_id(value: str, field_name: str = "user_id") -> str:
@@ -347,7 +356,8 @@ class Recommender:
             # Plain dicts, not a DataFrame: building one costs more than the user tower (see `encode_users`).
             frame = [{**rows[n], "user_id": ids[n]} for n in known]  # type: ignore[dict-item]
             slack = min(max(len(bought[n]) for n in known), MAX_PURCHASE_SLACK)
-            candidates = dict(zip(known, retrieve(bundle, frame, self.candidates, slack)))
+            found = retrieve(bundle, frame, self.candidates, slack)
+            candidates = {n: shortlist(*found[i], bought[n], self.candidates) for i, n in enumerate(known)}
         timer.lap("retrieve")
 
         matrices = {
@@ -393,8 +403,6 @@ class Recommender:
             keep = positions >= 0  # items that left the catalog since the index was built
             if allowed is not None:
                 keep &= allowed[np.where(keep, positions, 0)]
-            if bought:
-                keep &= np.fromiter((i not in bought for i in ids), dtype=bool, count=len(ids))
             order = [o for o in np.argsort(-scores, kind="stable") if keep[o]][:k]
             reasons = explain_rows(bundle.reranker, matrix[order]) if explain and order else [()] * len(order)
             for o, why in zip(order, reasons):
@@ -443,6 +451,21 @@ def retrieve(
         live = table_rows >= 0
         out.append((bundle.index_ids[rows[live]], scores[live].astype(np.float32), table_rows[live]))
     return out
+
+
+def shortlist(
+    ids: np.ndarray, scores: np.ndarray, rows: np.ndarray, bought: frozenset[str], n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first `n` retrieved items the user did not buy: exactly the list the ranker was trained on.
+
+    The search is widened by the purchase slack so that `n` survive the filter; what is left over
+    must not reach the ranker, whose `retriever_rank` feature never exceeded n - 1 inside a real
+    list in training (only injected positives and random outside items sat past it, half of them
+    positives), so an item at rank n or beyond would be scored as if it came from there.
+    """
+    keep = np.fromiter((i not in bought for i in ids), dtype=bool, count=len(ids)) if bought else np.ones(len(ids), dtype=bool)
+    chosen = np.flatnonzero(keep)[:n]
+    return ids[chosen], scores[chosen], rows[chosen]
 
 
 def check_category(category: str) -> str:

@@ -98,6 +98,32 @@ def test_purchased_items_are_excluded_only_when_asked(recommender: Recommender, 
     assert bought <= {r.item_id for r in with_bought}  # k covers the whole catalog
 
 
+def test_the_ranker_sees_exactly_the_shortlist_it_was_trained_on(
+    recommender: Recommender, events: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search widens by the purchase count; the leftovers must not reach the ranker at rank >= n."""
+    import ranking.recommender as module
+    from ranking.ranker_features import FEATURE_NAMES
+
+    seen: list[np.ndarray] = []
+    original = module.build_features
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        matrix = original(*args, **kwargs)
+        seen.append(matrix[:, FEATURE_NAMES.index("retriever_rank")])
+        return matrix
+
+    monkeypatch.setattr(module, "build_features", spy)
+    buys = events[events["event_type"] == "purchase"]
+    buyer = buys["user_id"].value_counts().index[0]
+    assert recommender.purchases.of(buyer)
+    # Fewer candidates than the test catalog has items, so that the purchase slack is real.
+    narrow = Recommender(recommender.bundle, recommender.users, recommender.purchases, candidates=30)
+    for exclude in (True, False):
+        narrow.recommend(buyer, k=10, exclude_purchased=exclude)
+        assert np.array_equal(np.sort(seen.pop()), np.arange(30))
+
+
 def test_never_fewer_than_k_when_the_catalog_has_them(data: DataDir, recommender: Recommender, known_users: list[str]) -> None:
     few = Recommender(recommender.bundle, recommender.users, recommender.purchases, candidates=3)
     result = few.recommend(known_users[0], k=40)

@@ -1,0 +1,140 @@
+"""Prepare the benchmark-scale shop (1M users, 100k items) through the real CLI, timing every stage. Prints JSON.
+
+    python benchmarks/scale_shop.py --data-dir /work/scale/data --json
+    python benchmarks/scale_shop.py --data-dir /work/scale/data --from retriever --json   # resume
+
+Stages, each a `vitrine` command (or torchrun) run as a subprocess, in order:
+
+    generate     vitrine generate --scale --start <today - 60 days>   (events end yesterday, so online
+                 features are fresh with respect to the views' 30-day ttl at serving time)
+    encoder      vitrine train encoder --max-items 5000 --epochs 10   (a fixed sample; see below)
+    embed        vitrine embed                                        (every one of the 100k items)
+    features     vitrine features build
+    feast        vitrine features apply + materialize --online redis
+    retriever    torchrun --nproc_per_node 2 -m training.train_retriever --epochs 1 (or one process)
+    ranker       vitrine train ranker --max-requests N
+    promote      @champion on the new retriever and ranker versions (what the pipeline's promote step
+                 does when there is no champion yet)
+
+The encoder trains on a 5,000-item sample because its cost grows with the catalog while the
+contrastive objective needs only enough pairs (on the demo shop 2,000 items suffice); `vitrine embed`
+still encodes every item. Each stage's `--json` answer is kept in `<data-dir>/../scale-run/`. The
+serving benchmarks then run on the prepared dir:
+
+    python benchmarks/recommend_latency.py --data-dir DIR --online redis --json
+    python benchmarks/http_load.py --data-dir DIR --online redis --rate 200 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("generate", "encoder", "embed", "features", "feast", "retriever", "ranker", "promote")
+# Redis db of the benchmark shop: apart from db 0 and from the tests' private db.
+DEFAULT_REDIS = "127.0.0.1:6379,db=3"
+HISTORY_DAYS = 60
+
+
+def vitrine(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vitrine.cli", *args]
+
+
+def commands(args: argparse.Namespace) -> dict[str, list[list[str]]]:
+    start = (datetime.now(timezone.utc).date() - timedelta(days=HISTORY_DAYS)).isoformat()
+    if args.processes > 1:
+        retriever = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.processes),
+                     "-m", "training.train_retriever", "--epochs", str(args.epochs)]  # fmt: skip
+    else:
+        retriever = [sys.executable, "-m", "training.train_retriever", "--epochs", str(args.epochs)]
+    return {
+        "generate": [vitrine("generate", "--scale", "--start", start, "--json")],
+        "encoder": [vitrine("train", "encoder", "--max-items", str(args.encoder_items), "--epochs", "10", "--json")],
+        "embed": [vitrine("embed", "--json")],
+        "features": [vitrine("features", "build", "--json")],
+        "feast": [vitrine("features", "apply", "--online", "redis"), vitrine("features", "materialize", "--online", "redis", "--json")],
+        "retriever": [retriever],
+        "ranker": [vitrine("train", "ranker", "--max-requests", str(args.ranker_requests), "--json")],
+    }
+
+
+def promote(data_dir: Path) -> dict[str, Any]:
+    """@champion on the newest version of both models (the first promotion of a new shop)."""
+    import mlflow
+
+    from vitrine.paths import DataDir
+    from vitrine.tracking import configure
+
+    configure(DataDir.resolve(data_dir))
+    client = mlflow.MlflowClient()
+    out = {}
+    for name in ("vitrine-retriever", "vitrine-ranker"):
+        newest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+        client.set_registered_model_alias(name, "champion", newest.version)
+        out[name] = newest.version
+    return out
+
+
+def last_json(text: str) -> Any:
+    """The JSON document a `--json` command printed (torchrun prints it as the last line)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        for line in reversed(text.strip().splitlines()):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0], help="resume from this stage")
+    parser.add_argument("--to", dest="last", choices=STAGES, default=STAGES[-1], help="stop after this stage")
+    parser.add_argument("--processes", type=int, default=2, help="retriever training processes (torchrun)")
+    parser.add_argument("--epochs", type=int, default=1, help="retriever epochs")
+    parser.add_argument("--encoder-items", type=int, default=5000)
+    parser.add_argument("--ranker-requests", type=int, default=20000)
+    parser.add_argument("--redis", default=os.environ.get("VITRINE_REDIS", DEFAULT_REDIS))
+    parser.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
+    args = parser.parse_args()
+
+    data_dir = args.data_dir.resolve()
+    reports = data_dir.parent / "scale-run"
+    reports.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "VITRINE_DATA_DIR": str(data_dir), "VITRINE_REDIS": args.redis, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    plan = commands(args)
+    chosen = STAGES[STAGES.index(args.first) : STAGES.index(args.last) + 1]
+    summary: dict[str, Any] = {"data_dir": str(data_dir), "redis": args.redis, "stages": {}}
+    for stage in chosen:
+        started = time.perf_counter()
+        print(f"[scale_shop] {stage} ...", file=sys.stderr, flush=True)
+        if stage == "promote":
+            answer: Any = promote(data_dir)
+        else:
+            answer = None
+            for command in plan[stage]:
+                done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"[scale_shop] {stage}: {' '.join(command)} exited {done.returncode}")
+                answer = last_json(done.stdout) if done.stdout.strip() else answer
+        seconds = round(time.perf_counter() - started, 1)
+        (reports / f"{stage}.json").write_text(json.dumps(answer, indent=2, default=str))
+        summary["stages"][stage] = {"seconds": seconds, "report": str(reports / f"{stage}.json")}
+        print(f"[scale_shop] {stage} done in {seconds} s", file=sys.stderr, flush=True)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
