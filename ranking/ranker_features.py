@@ -281,6 +281,7 @@ def build_features(
     user: UserContext,
     candidate_ids: Sequence[str] | np.ndarray,
     retriever_scores: Sequence[float] | np.ndarray,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ranker feature matrix for one request, columns in `FEATURE_NAMES` order.
 
@@ -289,6 +290,8 @@ def build_features(
         user: the requesting user's features as of the request.
         candidate_ids: (n,) candidate item ids, any order.
         retriever_scores: (n,) the retriever's scores for them (higher = more relevant).
+        rows: (n,) the candidates' rows in `items` (-1 for unknown) when the caller already has them
+            (serving maps index rows to table rows once per model); None looks the ids up.
 
     Returns:
         float32 (n, len(FEATURE_NAMES)).
@@ -306,7 +309,9 @@ def build_features(
     out = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
     if n == 0:
         return out
-    rows = items.positions(ids)
+    rows = items.positions(ids) if rows is None else np.asarray(rows, dtype=np.int64)
+    if rows.shape != ids.shape:
+        raise InvalidInput(f"candidates: {ids.shape} ids but {rows.shape} table rows")
     known = rows >= 0
     safe = np.where(known, rows, 0)
 

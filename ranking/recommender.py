@@ -361,7 +361,7 @@ class Recommender:
         timer.lap("retrieve")
 
         matrices = {
-            n: build_features(bundle.items.table, UserContext.from_features(rows[n] or {}), *candidates[n][:2]) for n in candidates
+            n: build_features(bundle.items.table, UserContext.from_features(rows[n] or {}), *candidates[n]) for n in candidates
         }
         timer.lap("rank_features")
         scores = score_requests(bundle.reranker, matrices)
@@ -403,7 +403,8 @@ class Recommender:
             keep = positions >= 0  # items that left the catalog since the index was built
             if allowed is not None:
                 keep &= allowed[np.where(keep, positions, 0)]
-            order = [o for o in np.argsort(-scores, kind="stable") if keep[o]][:k]
+            ranked = np.argsort(-scores, kind="stable")
+            order = ranked[keep[ranked]][:k].tolist()
             reasons = explain_rows(bundle.reranker, matrix[order]) if explain and order else [()] * len(order)
             for o, why in zip(order, reasons):
                 taken.add(ids[o])

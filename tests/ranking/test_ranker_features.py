@@ -97,6 +97,16 @@ def test_new_user_and_unknown_items_are_nan_not_zero():
     assert np.isnan(X[1, F["item_price"]]) and X[0, F["item_price"]] == 10.0  # unknown id -> NaN item features
 
 
+def test_given_table_rows_give_the_same_matrix_as_looking_ids_up():
+    items = ItemTable.from_frame(item_frame())
+    ids, scores = ["C", "ZZZ", "A", "B"], [0.2, 0.3, 0.9, 0.5]
+    np.testing.assert_array_equal(
+        build_features(items, regular_user(), ids, scores, rows=items.positions(ids)), build_features(items, regular_user(), ids, scores)
+    )
+    with pytest.raises(InvalidInput, match="table rows"):
+        build_features(items, regular_user(), ids, scores, rows=np.array([0, 1]))
+
+
 def test_prefixed_item_stats_names_and_missing_columns():
     frame = item_frame().rename(columns={"cvr_30d": "cvr_30d"}).assign(item_stats__views_30d=[5, 6, 7, 8])
     items = ItemTable.from_frame(frame.drop(columns=["embedding", "category"]))
