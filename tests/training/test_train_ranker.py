@@ -204,7 +204,7 @@ def test_train_ranker_saves_logs_and_registers(tiny_shop):
 
     data, retriever = tiny_shop
     config = RankerTrainConfig(train_days=12, valid_days=3, max_rounds=30, min_data_in_leaf=5, num_leaves=7,
-                               dataset=DatasetConfig(candidates=50))  # fmt: skip
+                               dataset=DatasetConfig(candidates=50, inject_positives=True))  # fmt: skip
     result = train_ranker(data, config, retriever=RetrieverCandidates(retriever), progress=False)
     assert result.registered_version == "1" and result.train_summary["injected_rows"] > 0
     assert result.valid_summary["injected_rows"] == 0  # validation looks like serving: no injected positives
