@@ -344,7 +344,7 @@ def test_check_id_accepts_real_ids() -> None:
 
 
 def test_users_file_rows_without_an_id_are_refused_not_skipped(tmp_path: Path) -> None:
-    from ranking.commands import read_user_file
+    from ranking.batch import read_user_file
 
     good = tmp_path / "users.csv"
     good.write_text("user_id\nU1\nU2\n")
@@ -356,10 +356,43 @@ def test_users_file_rows_without_an_id_are_refused_not_skipped(tmp_path: Path) -
 
 
 def test_batch_file_has_k_rows_per_user_and_a_strict_json_summary(recommender: Recommender, known_users: list[str], tmp_path: Path) -> None:
-    from ranking.commands import recommend_to_file
+    from ranking.batch import recommend_to_file
 
     users = [*known_users[:2], "U-never-seen"]
     summary = recommend_to_file(recommender, users, 4, tmp_path / "recs.parquet")
     json.dumps(summary, allow_nan=False)  # `--json` output must be valid JSON (no Infinity)
     rows = pd.read_parquet(tmp_path / "recs.parquet")
     assert summary["rows"] == len(rows) == 12 and rows.groupby("user_id")["rank"].max().tolist() == [4, 4, 4]
+
+
+def test_batch_in_two_processes_writes_what_one_process_writes(data: DataDir, known_users: list[str], tmp_path: Path) -> None:
+    from ranking.batch import recommend_users_to_file
+
+    users = [*known_users[:7], "U-never-seen"]
+    one = recommend_users_to_file(data, users, 5, tmp_path / "one.parquet", processes=1)
+    two = recommend_users_to_file(data, users, 5, tmp_path / "two.parquet", processes=2)
+    assert two["processes"] == 2 and one["versions"] == two["versions"]
+    expected, got = pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "two.parquet")
+    assert got["user_id"].drop_duplicates().tolist() == users  # input order kept across shards
+    pd.testing.assert_frame_equal(got, expected)
+    assert not list(tmp_path.glob("vitrine-batch-*"))  # shard parts cleaned up
+
+
+def test_recommend_users_command_writes_the_file_and_prints_json(
+    data: DataDir, known_users: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from vitrine import cli
+
+    users = tmp_path / "users.txt"
+    users.write_text("\n".join(known_users[:3]) + "\n")
+    out = tmp_path / "recs.parquet"
+    argv = ["vitrine", "recommend", "--users", str(users), "--out", str(out), "--k", "3", "--processes", "1", "--json", "--data-dir", str(data.root)]
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        cli.main()
+    except SystemExit as exc:  # main() maps errors to exit codes; success returns or exits 0
+        assert not exc.code
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["users"] == 3 and summary["rows"] == 9 == len(pd.read_parquet(out))
