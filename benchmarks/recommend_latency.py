@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -138,12 +139,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["degraded"] = degraded
     report["short_lists"] = short
 
+    # Batch as `vitrine recommend --users --out --processes N` runs it: shards in N processes, one file.
+    from ranking.batch import recommend_users_to_file
+
+    del recommender  # the batch processes load their own models; free this one's memory first
     batch_users = request_users(data, args.batch_users, args.seed + 1)
-    began = time.perf_counter()
-    for start in range(0, len(batch_users), 2000):
-        recommender.recommend_batch(batch_users[start : start + 2000], args.k)
-    seconds = time.perf_counter() - began
-    report["batch"] = {"users": len(batch_users), "seconds": round(seconds, 2), "users_per_second": round(len(batch_users) / seconds, 1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        batch = recommend_users_to_file(data, batch_users, args.k, Path(tmp) / "recs.parquet", processes=args.batch_processes, online=args.online)
+    report["batch"] = {key: batch[key] for key in ("users", "rows", "processes", "seconds", "users_per_second", "load_seconds", "wall_seconds")}
     report["load_average_1m"] = os.getloadavg()[0]
     report["cpu_count"] = os.cpu_count()
     return report
@@ -160,7 +163,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="timed requests after the warm-up")
     parser.add_argument("--candidates", type=int, default=200)
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--batch-users", type=int, default=10_000, help="users for the batch throughput figure")
+    parser.add_argument("--batch-users", type=int, default=20_000, help="users for the batch throughput figure")
+    parser.add_argument("--batch-processes", type=int, default=os.cpu_count() or 1, help="batch worker processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--explain", action=argparse.BooleanOptionalAction, default=True,
