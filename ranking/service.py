@@ -354,8 +354,12 @@ def create_app(
 
     responses: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
 
+    # `async def` on purpose: the work is a few ms of CPU, so it runs on the event loop, requests in
+    # arrival order. As a sync endpoint each request would hop to a pool thread, and the threads of
+    # concurrent requests would share the GIL, so every one of them finished late. Its only I/O is
+    # the online-store read, bounded by the store's timeouts and circuit breaker.
     @app.get("/recommend/{user_id}", response_model=RecommendOut, responses=responses, summary="Top-k items for a user")
-    def recommend_endpoint(
+    async def recommend_endpoint(
         user_id: str = PathParam(..., min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN.pattern, description="The user's id"),
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="How many items"),
         category: str | None = Query(None, min_length=1, max_length=MAX_CATEGORY_LENGTH, description="Only items of this category"),
