@@ -11,11 +11,14 @@ Stages, each a `vitrine` command (or torchrun) run as a subprocess, in order:
     embed        vitrine embed                                        (every one of the 100k items)
     features     vitrine features build
     feast        vitrine features apply + materialize --online redis
-    retriever    torchrun --nproc_per_node 2 -m training.train_retriever --epochs 1 (or one process)
+    retriever    python -m training.train_retriever --epochs 1 --history-days 20 (torchrun with --processes N)
     ranker       vitrine train ranker --max-requests N
     promote      @champion on the new retriever and ranker versions (what the pipeline's promote step
                  does when there is no champion yet)
 
+The retriever learns from the last 20 of the 60 days: its loader holds every example's features in
+pandas objects, and all 60 days (18M interactions) went past 21 GB in one process and were killed
+by the kernel on this 24 GB machine (two torchrun ranks, each loading everything, died sooner).
 The encoder trains on a 5,000-item sample because its cost grows with the catalog while the
 contrastive objective needs only enough pairs (on the demo shop 2,000 items suffice); `vitrine embed`
 still encodes every item. Each stage's `--json` answer is kept in `<data-dir>/../scale-run/`. The
@@ -50,11 +53,11 @@ def vitrine(*args: str) -> list[str]:
 
 def commands(args: argparse.Namespace) -> dict[str, list[list[str]]]:
     start = (datetime.now(timezone.utc).date() - timedelta(days=HISTORY_DAYS)).isoformat()
+    train = ["-m", "training.train_retriever", "--epochs", str(args.epochs), "--history-days", str(args.history_days)]
     if args.processes > 1:
-        retriever = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.processes),
-                     "-m", "training.train_retriever", "--epochs", str(args.epochs)]  # fmt: skip
+        retriever = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.processes), *train]
     else:
-        retriever = [sys.executable, "-m", "training.train_retriever", "--epochs", str(args.epochs)]
+        retriever = [sys.executable, *train]
     return {
         "generate": [vitrine("generate", "--scale", "--start", start, "--json")],
         "encoder": [vitrine("train", "encoder", "--max-items", str(args.encoder_items), "--epochs", "10", "--json")],
@@ -101,7 +104,8 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0], help="resume from this stage")
     parser.add_argument("--to", dest="last", choices=STAGES, default=STAGES[-1], help="stop after this stage")
-    parser.add_argument("--processes", type=int, default=2, help="retriever training processes (torchrun)")
+    parser.add_argument("--processes", type=int, default=1, help="retriever training processes (>1: torchrun)")
+    parser.add_argument("--history-days", type=int, default=20, help="retriever training window (see the module docstring)")
     parser.add_argument("--epochs", type=int, default=1, help="retriever epochs")
     parser.add_argument("--encoder-items", type=int, default=5000)
     parser.add_argument("--ranker-requests", type=int, default=20000)

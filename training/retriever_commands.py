@@ -31,6 +31,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the examples (default: TrainConfig).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per batch (default: TrainConfig).")] = None,
     validation_days: Annotated[Optional[int], typer.Option(help="Last days held out for per-epoch validation.")] = None,
+    history_days: Annotated[Optional[int], typer.Option(min=1, help="Learn from the last N event days only (default: the whole log).")] = None,
     id_only: Annotated[bool, typer.Option(help="Train the ID-only baseline (no CLIP vectors, no features).")] = False,
     register: Annotated[bool, typer.Option(help="Register the model as vitrine-retriever.")] = True,
     data_dir_option: DataDirOption = None,
@@ -41,7 +42,7 @@ def train(
     from training.two_tower import TwoTowerConfig
 
     config = TrainConfig()
-    overrides = {"epochs": epochs, "batch_size": batch_size, "validation_days": validation_days}
+    overrides = {"epochs": epochs, "batch_size": batch_size, "validation_days": validation_days, "history_days": history_days}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     model = TwoTowerConfig(use_content=False, use_features=False) if id_only else TwoTowerConfig()
     run = train_retriever(data_dir(data_dir_option), config, model, register=register, show_progress=not as_json)

@@ -131,3 +131,21 @@ def test_two_process_torchrun_trains_one_sharded_model(shop: DataDir, tmp_path: 
     found = retriever.retrieve("U-any", 10, user_features={"recent_item_ids": retriever.item_ids[:2]})
     assert len(found) == 10 and len({c.item_id for c in found}) == 10
     assert np.isfinite([c.score for c in found]).all()
+
+
+def test_history_window_starts_n_event_days_back_from_the_last(shop: DataDir, tmp_path: Path) -> None:
+    from training.train_retriever import history_start
+    from vitrine.errors import InvalidInput
+    from vitrine.shop.store import event_days
+
+    last = pd.Timestamp(event_days(shop)[-1], tz="UTC")
+    assert history_start(shop, None) is None
+    assert history_start(shop, 1) == last
+    start = history_start(shop, 5)
+    assert start == last - pd.Timedelta(days=4)
+    window = read_events(shop, start=start)
+    assert window["timestamp"].min().floor("D") == start and window["timestamp"].max().floor("D") == last
+    assert len(window) < len(read_events(shop))
+    with pytest.raises(InvalidInput, match="history_days"):
+        history_start(shop, 0)
+    assert history_start(DataDir.resolve(tmp_path / "empty"), 5) is None
