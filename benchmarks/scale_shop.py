@@ -53,7 +53,8 @@ def vitrine(*args: str) -> list[str]:
 
 def commands(args: argparse.Namespace) -> dict[str, list[list[str]]]:
     start = (datetime.now(timezone.utc).date() - timedelta(days=HISTORY_DAYS)).isoformat()
-    train = ["-m", "training.train_retriever", "--epochs", str(args.epochs), "--history-days", str(args.history_days)]
+    train = ["-m", "training.train_retriever", "--epochs", str(args.epochs), "--history-days", str(args.history_days),
+             "--validation-days", str(args.validation_days)]  # fmt: skip
     if args.processes > 1:
         retriever = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.processes), *train]
     else:
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--to", dest="last", choices=STAGES, default=STAGES[-1], help="stop after this stage")
     parser.add_argument("--processes", type=int, default=1, help="retriever training processes (>1: torchrun)")
     parser.add_argument("--history-days", type=int, default=20, help="retriever training window (see the module docstring)")
+    parser.add_argument("--validation-days", type=int, default=0, help="retriever per-epoch validation days (0: none)")
     parser.add_argument("--epochs", type=int, default=1, help="retriever epochs")
     parser.add_argument("--encoder-items", type=int, default=5000)
     parser.add_argument("--ranker-requests", type=int, default=20000)

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -227,6 +227,22 @@ class Split:
     history: list[np.ndarray]  # per test user, catalog rows to exclude
     cold_items: np.ndarray  # catalog rows with no training interaction
     cutoff: pd.Timestamp  # time split: T; leave-last-out: the latest test moment
+
+    def sample_users(self, n: int, seed: int = 0) -> "Split":
+        """The same split with at most `n` test users (seeded, in their original order).
+
+        Per-epoch validation at scale: a million test users would be a million ranked lists of 500
+        in memory for the metrics, while 20,000 already pin Recall@100 to about +-0.005.
+        """
+        if len(self.test_users) <= n:
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.test_users), n, replace=False))
+        return replace(
+            self,
+            test_users=self.test_users.iloc[keep].reset_index(drop=True),
+            targets=[self.targets[i] for i in keep],
+            history=[self.history[i] for i in keep],
+        )
 
     def cold_targets(self) -> list[np.ndarray]:
         """`targets` restricted to cold-start items."""

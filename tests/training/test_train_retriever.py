@@ -149,3 +149,16 @@ def test_history_window_starts_n_event_days_back_from_the_last(shop: DataDir, tm
     with pytest.raises(InvalidInput, match="history_days"):
         history_start(shop, 0)
     assert history_start(DataDir.resolve(tmp_path / "empty"), 5) is None
+
+
+def test_validation_sample_keeps_each_users_targets_and_history(week_split: Split) -> None:
+    n = len(week_split.test_users)
+    assert n > 4
+    sample = week_split.sample_users(4, seed=1)
+    assert len(sample.test_users) == len(sample.targets) == len(sample.history) == 4
+    position = {user: i for i, user in enumerate(week_split.test_users["user_id"])}
+    picked = [position[user] for user in sample.test_users["user_id"]]
+    assert picked == sorted(picked)  # original order kept
+    for row, i in enumerate(picked):
+        assert np.array_equal(sample.targets[row], week_split.targets[i]) and np.array_equal(sample.history[row], week_split.history[i])
+    assert sample.train is week_split.train and week_split.sample_users(n) is week_split
