@@ -13,8 +13,9 @@ Stages, each a `vitrine` command (or torchrun) run as a subprocess, in order:
     feast        vitrine features apply + materialize --online redis
     retriever    python -m training.train_retriever --epochs 1 --history-days 20 (torchrun with --processes N)
     ranker       vitrine train ranker --max-requests N
-    promote      @champion on the new retriever and ranker versions (what the pipeline's promote step
-                 does when there is no champion yet)
+    promote      @champion on the new ranker (the retriever gets it right after training, since the
+                 ranker learns from the champion's candidates); what the pipeline's promote step does
+                 when there is no champion yet
 
 The retriever learns from the last 20 of the 60 days: its loader holds every example's features in
 pandas objects, and all 60 days (18M interactions) went past 21 GB in one process and were killed
@@ -70,8 +71,8 @@ def commands(args: argparse.Namespace) -> dict[str, list[list[str]]]:
     }
 
 
-def promote(data_dir: Path) -> dict[str, Any]:
-    """@champion on the newest version of both models (the first promotion of a new shop)."""
+def promote(data_dir: Path, names: tuple[str, ...] = ("vitrine-retriever", "vitrine-ranker")) -> dict[str, Any]:
+    """@champion on the newest version of each model (the first promotion of a new shop)."""
     import mlflow
 
     from vitrine.paths import DataDir
@@ -80,7 +81,7 @@ def promote(data_dir: Path) -> dict[str, Any]:
     configure(DataDir.resolve(data_dir))
     client = mlflow.MlflowClient()
     out = {}
-    for name in ("vitrine-retriever", "vitrine-ranker"):
+    for name in names:
         newest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
         client.set_registered_model_alias(name, "champion", newest.version)
         out[name] = newest.version
@@ -135,6 +136,8 @@ def main() -> None:
                 if done.returncode != 0:
                     raise SystemExit(f"[scale_shop] {stage}: {' '.join(command)} exited {done.returncode}")
                 answer = last_json(done.stdout) if done.stdout.strip() else answer
+            if stage == "retriever":  # the ranker trains on the candidates of vitrine-retriever@champion
+                promote(data_dir, ("vitrine-retriever",))
         seconds = round(time.perf_counter() - started, 1)
         (reports / f"{stage}.json").write_text(json.dumps(answer, indent=2, default=str))
         summary["stages"][stage] = {"seconds": seconds, "report": str(reports / f"{stage}.json")}
