@@ -168,22 +168,21 @@ class ModelBundle:
         }
 
 
-def serving_threads(threads: int = 1) -> None:
-    """Thread pools of torch, FAISS, numpy's BLAS and OpenMP, for this process.
+def serving_threads() -> None:
+    """One thread each for torch, FAISS, OpenMP and numpy's BLAS, in this process.
 
-    Serving uses one each: a request's work is tiny and workers already use every core. numpy's
-    OpenBLAS otherwise starts a thread per core for the ranker features' small matmuls and its
+    A request's work is tiny and serving (and batch) workers already use every core. numpy's
+    OpenBLAS otherwise starts a thread per core for the ranker features' small matmuls, and its
     threads spin while they wait: under a loaded 2-worker server they took the CPU the other
-    worker needed (measured over HTTP on the demo shop: see the README's serving figures).
-    Batch scoring (`vitrine recommend --users`) passes the core count.
+    worker needed (sequential HTTP p50 16 -> 6 ms on the demo shop).
     """
     import faiss
     import torch
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-    threadpool_limits(threads)
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(1)
 
 
 def check_id(value: str, field_name: str = "user_id") -> str:
@@ -460,9 +459,8 @@ def shortlist(
     """The first `n` retrieved items the user did not buy: exactly the list the ranker was trained on.
 
     The search is widened by the purchase slack so that `n` survive the filter; what is left over
-    must not reach the ranker, whose `retriever_rank` feature never exceeded n - 1 inside a real
-    list in training (only injected positives and random outside items sat past it, half of them
-    positives), so an item at rank n or beyond would be scored as if it came from there.
+    must not reach the ranker: its `retriever_rank` never exceeded n - 1 in training, and a ranker
+    trained with `inject_positives` learned that ranks past the list are half positives.
     """
     keep = np.fromiter((i not in bought for i in ids), dtype=bool, count=len(ids)) if bought else np.ones(len(ids), dtype=bool)
     chosen = np.flatnonzero(keep)[:n]
