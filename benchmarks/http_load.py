@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from recommend_latency import request_users  # benchmarks/ is sys.path[0]; it puts the repo root on the path
+
 # Requests in flight at most: 200 req/s x 25 ms = 5 in flight when healthy; 64 leaves room for
 # stalls without letting the load generator open thousands of sockets.
 DEFAULT_CONCURRENCY = 64
@@ -34,8 +36,6 @@ DEFAULT_CONCURRENCY = 64
 REQUEST_TIMEOUT_S = 5.0
 # Waiting for a freshly started server to load its models (imports torch, Feast, MLflow).
 SERVER_START_TIMEOUT_S = 300.0
-# Share of requests for users the shop has never seen (cold start is part of real traffic).
-UNKNOWN_SHARE = 0.05
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -43,17 +43,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def user_ids(data_dir: str, n: int, seed: int) -> list[str]:
-    import pandas as pd
-
-    users = pd.read_parquet(Path(data_dir) / "shop" / "users.parquet", columns=["user_id"])["user_id"].astype(str).to_numpy()
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(users, size=n, replace=True).tolist()
-    for position in rng.choice(n, size=int(n * UNKNOWN_SHARE), replace=False):
-        picked[position] = f"U-unknown-{position}"
-    return picked
 
 
 def start_server(data_dir: str, port: int, workers: int, online: str) -> subprocess.Popen[bytes]:
@@ -206,7 +195,10 @@ def main() -> None:
     try:
         startup = wait_ready(base, server, args.workers)
         n = int(args.rate * args.duration)
-        ids = user_ids(source, n + int(args.rate * args.warmup), args.seed)
+        from vitrine.paths import DataDir
+
+        # The same traffic as the in-process benchmark: shop users plus a share of unknown ids.
+        ids = request_users(DataDir.resolve(source), n + int(args.rate * args.warmup), args.seed)
         if args.warmup > 0:
             run_loop(load(base, ids[n:], args.rate, args.concurrency, args.k, args.explain))
         report = run_loop(load(base, ids[:n], args.rate, args.concurrency, args.k, args.explain))
