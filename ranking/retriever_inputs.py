@@ -95,15 +95,21 @@ class InputSpec:
         }
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, content_dim: int, *, min_item_count: int = 1) -> "InputSpec":
+    def fit(
+        cls, frame: pd.DataFrame, content_dim: int, *, min_item_count: int = 1, ids: pd.DataFrame | None = None
+    ) -> "InputSpec":
         """Fit vocabularies and dense statistics on a training frame (one row per example).
 
         Args:
             frame: training examples with `user_id`, `item_id` and the retriever features.
             content_dim: width of the CLIP vectors.
             min_item_count: items with fewer examples get no id row (they are treated as cold).
+            ids: `user_id` and `item_id` of every training example, when `frame` is a sample of them
+                (a log too large to hold with features): the id vocabularies then cover all examples,
+                the categories and dense statistics come from the sample.
         """
-        counts = frame["item_id"].value_counts()
+        ids = frame if ids is None else ids
+        counts = ids["item_id"].value_counts()
         items = sorted(counts[counts >= min_item_count].index.astype(str))
         categories = _values(frame, "category") | _values(frame, "top_category")
         stats: dict[str, tuple[float, float]] = {}
@@ -114,7 +120,7 @@ class InputSpec:
                 std = float(np.std(values)) if len(values) else 1.0
                 stats[f"{view}.{name}"] = (mean, std if std > 1e-6 else 1.0)
         return cls(
-            users=_index(sorted(frame["user_id"].astype(str).unique())),
+            users=_index(sorted(ids["user_id"].astype(str).unique())),
             items=_index(items),
             categories=_index(sorted(categories)),
             brands=_index(sorted(_values(frame, "brand"))),
@@ -203,13 +209,8 @@ class EncodedUsers:
         user = self.user_idx[rows]
         if drop_user_ids is not None:
             user = np.where(drop_user_ids, UNKNOWN, user)
-        starts, ends = self.recent_offsets[rows], self.recent_offsets[rows + 1]
-        lengths = ends - starts
-        recent = (
-            np.concatenate([self.recent_values[s:e] for s, e in zip(starts, ends)])
-            if lengths.sum()
-            else np.zeros(0, dtype=np.int64)
-        )
+        recent, offsets = _ragged_take(self.recent_values, self.recent_offsets, rows)
+        lengths = np.diff(offsets)
         top = self.top_category[rows]
         has_top = (top != UNKNOWN).astype(np.int64)
         values = np.concatenate([user, recent, top[has_top == 1]])
@@ -218,6 +219,24 @@ class EncodedUsers:
             keys=list(USER_SPARSE), values=torch.from_numpy(values.astype(np.int64)), lengths=torch.from_numpy(lens)
         )
         return UserInputs(sparse=sparse, dense=torch.from_numpy(self.dense[rows]))
+
+    def take(self, rows: np.ndarray) -> "EncodedUsers":
+        """The encoded rows `rows`, in that order."""
+        recent, offsets = _ragged_take(self.recent_values, self.recent_offsets, rows)
+        return EncodedUsers(self.user_idx[rows], recent, offsets, self.top_category[rows], self.dense[rows])
+
+    @classmethod
+    def concat(cls, parts: Sequence["EncodedUsers"]) -> "EncodedUsers":
+        """The rows of `parts` one after the other (e.g. a training set encoded chunk by chunk)."""
+        shifts = np.cumsum([0] + [len(p.recent_values) for p in parts[:-1]])
+        offsets = [parts[0].recent_offsets[:1], *(p.recent_offsets[1:] + shift for p, shift in zip(parts, shifts))]
+        return cls(
+            user_idx=np.concatenate([p.user_idx for p in parts]),
+            recent_values=np.concatenate([p.recent_values for p in parts]),
+            recent_offsets=np.concatenate(offsets),
+            top_category=np.concatenate([p.top_category for p in parts]),
+            dense=np.concatenate([p.dense for p in parts]),
+        )
 
 
 @dataclass(frozen=True)
@@ -250,6 +269,27 @@ class EncodedItems:
             sparse=sparse,
             dense=torch.from_numpy(self.dense[rows]),
             content=torch.from_numpy(self.content[self.content_row[rows]]),
+        )
+
+    def take(self, rows: np.ndarray) -> "EncodedItems":
+        """The encoded rows `rows`, in that order (CLIP vectors stay shared)."""
+        return EncodedItems(
+            self.item_idx[rows], self.category[rows], self.brand[rows], self.price_band[rows], self.dense[rows],
+            self.content_row[rows], self.content,
+        )  # fmt: skip
+
+    @classmethod
+    def concat(cls, parts: Sequence["EncodedItems"]) -> "EncodedItems":
+        """The rows of `parts` one after the other; each part's CLIP vectors are kept once."""
+        shifts = np.cumsum([0] + [len(p.content) for p in parts[:-1]])
+        return cls(
+            item_idx=np.concatenate([p.item_idx for p in parts]),
+            category=np.concatenate([p.category for p in parts]),
+            brand=np.concatenate([p.brand for p in parts]),
+            price_band=np.concatenate([p.price_band for p in parts]),
+            dense=np.concatenate([p.dense for p in parts]),
+            content_row=np.concatenate([p.content_row + shift for p, shift in zip(parts, shifts)]),
+            content=np.concatenate([p.content for p in parts]),
         )
 
 
@@ -329,6 +369,16 @@ def encode_items(rows: FeatureRows, spec: InputSpec) -> EncodedItems:
         content_row=codes.astype(np.int64),
         content=content,
     )
+
+
+def _ragged_take(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows `rows` of a ragged array (row i is values[offsets[i]:offsets[i + 1]]): their values and offsets."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    out = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    picked = np.repeat(starts - out[:-1], lengths) + np.arange(out[-1])
+    return values[picked], out
 
 
 def _column(rows: FeatureRows, name: str) -> np.ndarray | None:

@@ -18,10 +18,15 @@ Example:
     split = time_split(features, frame, items, test_days=7)
     spec = InputSpec.fit(split.train, content_dim(split.catalog))
     train = TrainingSet.of(split.train, split.catalog, spec)
+
+A log too large to hold with its features (the 1M-user benchmark shop) takes the same steps without
+joining first: `time_split(data, positives, ...)`, `fit_spec` on a sample and `TrainingSet.read`,
+which reads and encodes the features chunk by chunk (and per torchrun rank, only that rank's share).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -36,6 +41,12 @@ from vitrine.shop.contract import EVENT_TYPES
 EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 4.0}
 # The Feast feature service the retriever reads (declared by the feature repo).
 FEATURE_SERVICE = "retriever"
+# Examples `TrainingSet.read` reads and encodes at once. Its memory is then one chunk's pandas objects
+# (lists of recent items, CLIP vectors) plus compact arrays, where the whole log's frame of the
+# benchmark shop (60 days, 18M interactions) went past 21 GB.
+CHUNK_EXAMPLES = 1_000_000
+# Examples `fit_spec` reads features for: categories and dense statistics need no more.
+SPEC_SAMPLE = 500_000
 
 assert set(EVENT_WEIGHTS) == set(EVENT_TYPES), "every event type needs a weight"
 
@@ -77,10 +88,13 @@ class PointInTime:
 
     @classmethod
     def read(cls, data: DataDir, user_days: pd.DataFrame, item_days: pd.DataFrame, items: pd.DataFrame) -> "PointInTime":
-        """Read the features of each distinct (user_id, day) and (item_id, day) (`day`: UTC midnight)."""
+        """Read the features of each distinct (user_id, day) and (item_id, day) (`day`: UTC midnight).
+
+        `user_days` may be empty (only items wanted): no user is read then.
+        """
         users = user_days[["user_id", "day"]].drop_duplicates().reset_index(drop=True)
         wanted = item_days[["item_id", "day"]].drop_duplicates().reset_index(drop=True)
-        user_frame = _historical(data, users.rename(columns={"day": "event_timestamp"}))
+        user_frame = _historical(data, users.rename(columns={"day": "event_timestamp"})) if len(users) else users
         item_frame = _historical(data, wanted.rename(columns={"day": "event_timestamp"}))
         return cls(
             users=user_frame.rename(columns={"event_timestamp": "day"}),
@@ -113,6 +127,12 @@ class PointInTime:
         """One row per item of `items` (in its order): the item features as of `at` (a day read before)."""
         frame = pd.DataFrame({"item_id": items["item_id"].astype(str).to_numpy(), "timestamp": at})
         return self.join(frame).drop(columns="timestamp")
+
+
+def catalog_features(data: DataDir, items: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:
+    """`PointInTime.catalog` of every item as of `at`, read from Feast without any user."""
+    days = pd.DataFrame({"item_id": items["item_id"].astype(str).unique(), "day": at})
+    return PointInTime.read(data, pd.DataFrame(columns=["user_id", "day"]), days, items).catalog(items, at)
 
 
 def with_features(data: DataDir, interactions: pd.DataFrame) -> pd.DataFrame:
@@ -182,6 +202,10 @@ class TrainingSet:
     # training data never shows (e.g. listed after the cut-off) must not be taught as a negative:
     # that would push exactly the cold-start items down.
     negative_pool: np.ndarray
+    # (rank, world): the set holds examples rank, rank + world, ... of all `total` (one torchrun rank's
+    # share); shares, pool and catalog always count every example.
+    shard: tuple[int, int]
+    total: int
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -189,25 +213,118 @@ class TrainingSet:
     @classmethod
     def of(cls, frame: pd.DataFrame, catalog: pd.DataFrame, spec: InputSpec) -> "TrainingSet":
         """Encode a features frame of examples and the catalog frame with `spec`."""
-        keys = {item: row for row, item in enumerate(catalog["item_id"].astype(str))}
-        item_key = frame["item_id"].map(keys)
-        if item_key.isna().any():
-            unknown = frame.loc[item_key.isna(), "item_id"].iloc[0]
-            raise InvalidInput(f"examples: item_id {unknown!r} is not in the catalog")
-        key = item_key.to_numpy(np.int64)
-        counts = np.bincount(key, minlength=len(catalog)).astype(np.float64)
+        key = _item_keys(frame, catalog)
+        weights = frame["weight"].to_numpy(np.float32)
+        return cls._assemble(encode_users(frame, spec), encode_items(frame, spec), weights, key, key, catalog, spec, (0, 1))
+
+    @classmethod
+    def read(
+        cls,
+        data: DataDir,
+        examples: pd.DataFrame,
+        catalog: pd.DataFrame,
+        spec: InputSpec,
+        items: pd.DataFrame,
+        *,
+        shard: tuple[int, int] = (0, 1),
+        on_chunk: Callable[[int, int], None] | None = None,
+    ) -> "TrainingSet":
+        """`of(PointInTime.for_interactions(data, examples, items).join(examples), ...)`, in a fraction of the memory.
+
+        The examples' features are read from Feast, joined and encoded chunk by chunk (whole days of
+        about CHUNK_EXAMPLES examples, so a user's day is read once); only the arrays are kept.
+
+        Args:
+            examples: positive interactions (user_id, item_id, timestamp, weight), no features.
+            catalog: catalog features frame (`PointInTime.catalog`).
+            items: the shop's items (static content of items new to the snapshots).
+            shard: (rank, world) to load examples rank, rank + world, ... only: each torchrun rank its share.
+            on_chunk: called with (examples done, examples to do) after each chunk, for progress.
+        """
+        rank, world = shard
+        key = _item_keys(examples, catalog)
+        local = np.arange(rank, len(examples), world)
+        mine = examples.iloc[local]
+        users, positives = [], []
+        for chunk in _day_chunks(mine, CHUNK_EXAMPLES):
+            frame = PointInTime.for_interactions(data, chunk, items).join(chunk)
+            users.append(encode_users(frame, spec))
+            positives.append(encode_items(frame, spec))
+            if on_chunk is not None:
+                on_chunk(sum(len(u) for u in users), len(mine))
+        weights = mine["weight"].to_numpy(np.float32)
+        encoded_users, encoded_items = EncodedUsers.concat(users), EncodedItems.concat(positives)
+        return cls._assemble(encoded_users, encoded_items, weights, key[local], key, catalog, spec, shard)
+
+    @classmethod
+    def _assemble(
+        cls,
+        users: EncodedUsers,
+        items: EncodedItems,
+        weights: np.ndarray,
+        key: np.ndarray,
+        all_keys: np.ndarray,
+        catalog: pd.DataFrame,
+        spec: InputSpec,
+        shard: tuple[int, int],
+    ) -> "TrainingSet":
+        counts = np.bincount(all_keys, minlength=len(catalog)).astype(np.float64)
         share = counts / counts.sum()
         pool = np.flatnonzero(counts > 0)
-        return cls(
-            users=encode_users(frame, spec),
-            items=encode_items(frame, spec),
-            weights=frame["weight"].to_numpy(np.float32),
-            item_key=key,
-            item_prob=share[key],
-            catalog=encode_items(catalog, spec),
-            catalog_prob=share,
-            negative_pool=pool,
+        return cls(users, items, weights, key, share[key], encode_items(catalog, spec), share, pool, shard, len(all_keys))
+
+    def share(self, rank: int, world: int) -> "TrainingSet":
+        """Examples rank, rank + world, ... of this set (itself when it already is that share)."""
+        if self.shard == (rank, world):
+            return self
+        if self.shard != (0, 1):
+            raise InvalidInput(f"training set: holds share {self.shard} (rank, world), asked for {(rank, world)}")
+        rows = np.arange(rank, len(self), world)
+        return replace(
+            self,
+            users=self.users.take(rows),
+            items=self.items.take(rows),
+            weights=self.weights[rows],
+            item_key=self.item_key[rows],
+            item_prob=self.item_prob[rows],
+            shard=(rank, world),
         )
+
+
+def fit_spec(
+    data: DataDir, examples: pd.DataFrame, items: pd.DataFrame, content_dim: int, *, sample: int = SPEC_SAMPLE, seed: int = 0
+) -> InputSpec:
+    """`InputSpec.fit` for examples without features: ids from all, categories and dense statistics from a sample.
+
+    Reads the features of at most `sample` examples (seeded); with fewer examples, exactly
+    `InputSpec.fit(PointInTime.for_interactions(...).join(examples), content_dim)`.
+    """
+    rows = examples
+    if len(examples) > sample:
+        rows = examples.iloc[np.sort(np.random.default_rng(seed).choice(len(examples), sample, replace=False))]
+    frame = PointInTime.for_interactions(data, rows, items).join(rows)
+    return InputSpec.fit(frame, content_dim, ids=examples)
+
+
+def _item_keys(frame: pd.DataFrame, catalog: pd.DataFrame) -> np.ndarray:
+    """Catalog row of each example's item."""
+    item_key = frame["item_id"].map(_catalog_rows(catalog))
+    if item_key.isna().any():
+        unknown = frame.loc[item_key.isna(), "item_id"].iloc[0]
+        raise InvalidInput(f"examples: item_id {unknown!r} is not in the catalog")
+    return item_key.to_numpy(np.int64)
+
+
+def _day_chunks(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
+    """Consecutive slices of `frame` (sorted by timestamp) of whole UTC days, each at least `size` rows but the last."""
+    if frame.empty:
+        return
+    day = frame["timestamp"].dt.floor("D").to_numpy()
+    begin = 0
+    for end in [*np.flatnonzero(day[1:] != day[:-1]) + 1, len(frame)]:
+        if end - begin >= size or end == len(frame):
+            yield frame.iloc[begin:end]
+            begin = end
 
 
 @dataclass(frozen=True)

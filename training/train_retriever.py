@@ -74,8 +74,7 @@ class TrainConfig:
     validation_days: int = 3
     # Days of interactions to learn from, counted back from the last event day and including the
     # validation days; None reads the whole log. A recency window: the oldest behaviour says least
-    # about tomorrow, and the loader's memory grows with the window (the 60 days of the 1M-user
-    # benchmark shop, 18M interactions, did not fit in 24 GB; 20 days did: see the README).
+    # about tomorrow.
     history_days: int | None = None
     # Test users scored by the per-epoch validation, at most (a seeded sample; see Split.sample_users).
     validation_users: int = 20_000
@@ -164,7 +163,8 @@ def fit(
     """Train the towers on `train` under DMP; collective: every rank of the group must call it.
 
     Args:
-        train: encoded examples and catalog (the same on every rank).
+        train: encoded examples and catalog: all of them (each rank then takes its share) or this
+            rank's share (`TrainingSet.read(..., shard=(rank, world))`).
         spec: the InputSpec used to encode them.
         model_config / config / loss: model shape, training schedule, loss.
         validate: called on rank 0 after each epoch with the gathered model (eval mode).
@@ -231,7 +231,8 @@ def _fit(
         name for name, tensor in dmp.state_dict().items() if _is_sharded(tensor) and tensor.local_shards()  # type: ignore[attr-defined]
     )
 
-    n = len(train)
+    train = train.share(rank, world)
+    n = train.total
     batches_per_rank = max(1, (n // config.batch_size) // world) if n >= config.batch_size * world else 1
     batch = min(config.batch_size, n // world) if n < config.batch_size * world else config.batch_size
     result = FitResult(model=None, plan=str(plan), rank=rank, world_size=world, local_tables=local_tables)
@@ -239,14 +240,14 @@ def _fit(
     with progress:
         for epoch in range(config.epochs):
             dmp.train()
-            order = np.random.default_rng(config.seed + epoch).permutation(n)
-            # Own generator per rank for dropout and negatives; shuffles are shared so shares are disjoint.
+            # Each rank shuffles its own share (every rank takes the same number of batches from it),
+            # and has its own generator for dropout and negatives.
+            order = np.random.default_rng(config.seed + epoch).permutation(len(train))
             rng = np.random.default_rng([config.seed, epoch, rank])
             task_id = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=batches_per_rank)
             began, total_loss, seen = time.perf_counter(), 0.0, 0
             for step in range(batches_per_rank):
-                start = (step * world + rank) * batch
-                rows = order[start : start + batch]
+                rows = order[step * batch : (step + 1) * batch]
                 loss_value = _step(dmp, dense, train, rows, rng, config, device)
                 total_loss += loss_value * len(rows)
                 seen += len(rows)
@@ -415,35 +416,36 @@ def train_retriever(
     from training.retrieval_metrics import ranking_metrics, top_k_by_vectors
     from training.retriever_data import (
         FEATURE_SERVICE,
-        PointInTime,
+        catalog_features,
         content_dim,
         end_of_log,
+        fit_spec,
         positive_interactions,
-        time_cutoff,
         time_split,
     )
-    from ranking.retriever_inputs import encode_users
+    from ranking.retriever_inputs import encode_items, encode_users
     from vitrine.shop.store import read_events, read_items
     from vitrine.tracking import configure, lineage
 
     device = device_for_training()
     ensure_process_group(device)
-    rank = dist.get_rank()
+    rank, world = dist.get_rank(), dist.get_world_size()
     items = read_items(data)
     positives = positive_interactions(read_events(data, start=history_start(data, config.history_days)))
-    end = end_of_log(positives)
-    days = (end, time_cutoff(positives, config.validation_days)) if config.validation_days > 0 else (end,)
-    features = PointInTime.for_interactions(data, positives, items, extra_days=days)
-    examples = features.join(positives)
-    catalog = features.catalog(items, end)
+    catalog = catalog_features(data, items, end_of_log(positives))
     validate = None
-    train_frame, train_catalog = examples, catalog
+    train_examples, train_catalog = positives, catalog
     if config.validation_days > 0:
-        split = time_split(features, examples, items, config.validation_days)
-        train_frame, train_catalog = split.train, split.catalog
+        split = time_split(data, positives, items, config.validation_days)
+        train_examples, train_catalog = split.train, split.catalog
 
-    spec = InputSpec.fit(train_frame, content_dim(catalog))
-    train = TrainingSet.of(train_frame, train_catalog, spec)
+    spec = fit_spec(data, train_examples, items, content_dim(catalog), seed=config.seed)
+    with Progress(disable=not show_progress or rank != 0, transient=True) as progress:
+        task = progress.add_task("reading features", total=len(train_examples) // world)
+        train = TrainingSet.read(
+            data, train_examples, train_catalog, spec, items, shard=(rank, world),
+            on_chunk=lambda done, total: progress.update(task, completed=done, total=total),
+        )  # fmt: skip
     if config.validation_days > 0:
         split = split.sample_users(config.validation_users, config.seed)
         test_users = encode_users(split.test_users, spec)
@@ -474,7 +476,7 @@ def train_retriever(
         mlflow.log_params({f"train.{k}": v for k, v in asdict(config).items()})
         mlflow.log_params({f"model.{k}": v for k, v in asdict(model_config).items()})
         mlflow.log_params({f"loss.{k}": v for k, v in asdict(loss).items()})
-        mlflow.log_params({"examples": len(train), "catalog_items": len(catalog), "users_vocab": len(spec.users)})
+        mlflow.log_params({"examples": train.total, "catalog_items": len(catalog), "users_vocab": len(spec.users)})
 
     def log_epoch(epoch: int, figures: dict[str, float]) -> None:
         mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in figures.items()}, step=epoch)
@@ -484,8 +486,7 @@ def train_retriever(
         return result
     try:
         model = result.fit.model
-        final_catalog = TrainingSet.of(train_frame, catalog, spec).catalog
-        vectors = item_vectors(model, final_catalog)
+        vectors = item_vectors(model, encode_items(catalog, spec))
         model_dir = data.models / MODEL_SUBDIR
         tags["run_id"] = run_id or ""
         save_retriever(model_dir, model, spec, catalog["item_id"].astype(str).tolist(), vectors, lineage=tags)

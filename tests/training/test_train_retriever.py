@@ -13,11 +13,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ranking.retriever import Retriever
 from ranking.retriever_inputs import InputSpec
 from training.retriever_data import PointInTime, Split, TrainingSet, content_dim, positive_interactions, time_split, with_features
 from training.train_retriever import TrainConfig, train_retriever
+from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 from vitrine.shop.store import read_events, read_items
 
@@ -135,7 +137,6 @@ def test_two_process_torchrun_trains_one_sharded_model(shop: DataDir, tmp_path: 
 
 def test_history_window_starts_n_event_days_back_from_the_last(shop: DataDir, tmp_path: Path) -> None:
     from training.train_retriever import history_start
-    from vitrine.errors import InvalidInput
     from vitrine.shop.store import event_days
 
     last = pd.Timestamp(event_days(shop)[-1], tz="UTC")
@@ -162,3 +163,52 @@ def test_validation_sample_keeps_each_users_targets_and_history(week_split: Spli
     for row, i in enumerate(picked):
         assert np.array_equal(sample.targets[row], week_split.targets[i]) and np.array_equal(sample.history[row], week_split.history[i])
     assert sample.train is week_split.train and week_split.sample_users(n) is week_split
+
+
+def _assert_same_set(got: TrainingSet, want: TrainingSet) -> None:
+    rows = np.arange(len(want))
+    for name in ("weights", "item_key", "item_prob", "catalog_prob", "negative_pool"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    assert got.total == want.total and got.shard == want.shard
+    for a, b in ((got.users.batch(rows), want.users.batch(rows)), (got.items.batch(rows), want.items.batch(rows))):
+        assert torch.equal(a.sparse.values(), b.sparse.values()) and torch.equal(a.sparse.lengths(), b.sparse.lengths())
+        assert torch.equal(a.dense, b.dense)
+    assert torch.equal(got.items.batch(rows).content, want.items.batch(rows).content)
+
+
+def test_chunked_loader_equals_the_joined_frame_and_shards_by_rank(shop: DataDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TrainingSet.read (chunk by chunk, per rank) encodes exactly what joining the whole log would."""
+    import training.retriever_data as retriever_data
+    from training.retriever_data import catalog_features, end_of_log, fit_spec
+
+    items = read_items(shop)
+    positives = positive_interactions(read_events(shop))
+    catalog = catalog_features(shop, items, end_of_log(positives))
+    frame = PointInTime.for_interactions(shop, positives, items).join(positives)
+    spec = fit_spec(shop, positives, items, content_dim(catalog))
+    assert spec == InputSpec.fit(frame, content_dim(catalog))  # no sampling below SPEC_SAMPLE examples
+    whole = TrainingSet.of(frame, catalog, spec)
+
+    monkeypatch.setattr(retriever_data, "CHUNK_EXAMPLES", len(positives) // 5)  # several chunks of whole days
+    chunks: list[int] = []
+    read = TrainingSet.read(shop, positives, catalog, spec, items, on_chunk=lambda done, total: chunks.append(done))
+    assert len(chunks) >= 4 and chunks[-1] == len(positives)
+    _assert_same_set(read, whole)
+    second = TrainingSet.read(shop, positives, catalog, spec, items, shard=(1, 2))
+    assert len(second) == len(positives) // 2 and second.total == len(positives)
+    _assert_same_set(second, whole.share(1, 2))
+    with pytest.raises(InvalidInput, match="share"):
+        second.share(0, 2)
+
+
+def test_spec_fitted_on_a_sample_keeps_every_id(shop: DataDir) -> None:
+    from training.retriever_data import fit_spec
+
+    items = read_items(shop)
+    positives = positive_interactions(read_events(shop))
+    spec = fit_spec(shop, positives, items, 16, sample=500, seed=3)
+    assert set(spec.users) == set(positives["user_id"]) and set(spec.items) == set(positives["item_id"])
+    full = fit_spec(shop, positives, items, 16)
+    assert spec.dense_stats != full.dense_stats  # the statistics did come from the sample
+    for name, (mean, std) in full.dense_stats.items():
+        assert spec.dense_stats[name][0] == pytest.approx(mean, abs=0.25 * std + 1e-6), name
