@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--explain", action=argparse.BooleanOptionalAction, default=True,
-        help="attach TreeSHAP reasons, as recommend() does by default (--no-explain: what a client skipping them pays)",
+        help="attach reasons (path contributions), as recommend() does by default (--no-explain: what a client skipping them pays)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     args = parser.parse_args()

@@ -492,10 +492,10 @@ def score_requests(reranker: "Reranker", matrices: Mapping[int, np.ndarray]) -> 
 
 
 def explain_rows(reranker: "Reranker", matrix: np.ndarray) -> list[tuple[Reason, ...]]:
-    """The `REASONS_PER_ITEM` largest LightGBM contributions (TreeSHAP) of each row."""
+    """The `REASONS_PER_ITEM` largest contributions of each row to its relevance (`Reranker.contributions`)."""
     if len(matrix) == 0:
         return []
-    contributions = reranker.booster.predict(matrix, pred_contrib=True, num_threads=1)[:, :-1]  # last = bias
+    contributions = reranker.contributions(matrix)
     names = reranker.feature_names
     out = []
     for row, contrib in zip(matrix, contributions):

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ranking.path_contributions import PathContributions
 from ranking.ranker_features import FEATURE_NAMES
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
@@ -171,6 +172,7 @@ class Reranker:
         self.blend = blend or BlendConfig()
         self._cvr = FEATURE_NAMES.index("item_cvr_30d")
         self._price = FEATURE_NAMES.index("item_price")
+        self._paths = PathContributions(booster)  # tabulated at load, so no request pays for it
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -252,6 +254,13 @@ class Reranker:
         if len(features) == 0:
             return np.empty(0, dtype=np.float64)
         return np.asarray(self.booster.predict(features, num_threads=SERVING_THREADS), dtype=np.float64)
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """[n, features] contribution of each feature to each row's relevance (see `ranking.path_contributions`)."""
+        features = self._check(features)
+        if len(features) == 0:
+            return np.zeros((0, len(self.feature_names)))
+        return self._paths(self.booster, features)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """The final score of each candidate of ONE request (rows from `build_features`), higher first.

@@ -364,7 +364,7 @@ def create_app(
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="How many items"),
         category: str | None = Query(None, min_length=1, max_length=MAX_CATEGORY_LENGTH, description="Only items of this category"),
         exclude_purchased: bool = Query(True, description="Drop items the user already bought"),
-        explain: bool = Query(True, description="Attach the top feature contributions (TreeSHAP: about 0.13 ms per item)"),
+        explain: bool = Query(True, description="Attach the top feature contributions (path attributions of the ranker's trees)"),
     ) -> dict[str, Any]:
         result = recommender().recommend(
             check_id(user_id), k, exclude_purchased=exclude_purchased, category=category, explain=explain

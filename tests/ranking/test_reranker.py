@@ -124,3 +124,22 @@ def test_loads_the_champion_from_the_registry(model_dir: Path, tmp_path: Path, m
     assert ranker.version == f"{REGISTERED_MODEL}/{version.version}"
     X, _, _ = tiny_training_set(seed=2, requests=1)
     np.testing.assert_array_equal(ranker.score(X), Reranker.load(model_dir).score(X))
+
+
+def test_reason_contributions_add_up_to_the_score_and_name_the_signal(model_dir: Path):
+    from ranking.path_contributions import PathContributions
+
+    ranker = Reranker.load(model_dir)
+    X, _, _ = tiny_training_set(seed=2, requests=10)
+    X[::7, F["item_price"]] = np.nan  # missing values follow the trees' default branches
+    contributions = ranker.contributions(X)
+    assert contributions.shape == (len(X), len(FEATURE_NAMES))
+    paths = PathContributions(ranker.booster)
+    assert paths.bias(ranker.booster.num_trees()) != 0.0
+    np.testing.assert_allclose(contributions.sum(axis=1) + paths.bias(ranker.booster.num_trees()), ranker.relevance(X), atol=1e-9)
+    # The planted signal is the top reason wherever it moved the score, as TreeSHAP says too.
+    top = np.argmax(np.abs(contributions), axis=1)
+    shap = ranker.booster.predict(X, pred_contrib=True)[:, :-1]
+    assert np.mean(top == F["clip_sim_recent_max"]) > 0.9
+    assert np.mean(top == np.argmax(np.abs(shap), axis=1)) > 0.9
+    assert ranker.contributions(X[:0]).shape == (0, len(FEATURE_NAMES))
