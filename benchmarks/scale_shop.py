@@ -11,16 +11,13 @@ Stages, each a `vitrine` command (or torchrun) run as a subprocess, in order:
     embed        vitrine embed                                        (every one of the 100k items)
     features     vitrine features build
     feast        vitrine features apply + materialize --online redis
-    retriever    python -m training.train_retriever --epochs 1 --history-days 20 (torchrun with --processes N)
+    retriever    python -m training.train_retriever --epochs 1 --validation-days 0 (torchrun with --processes N)
     ranker       vitrine train ranker --max-requests N
     promote      @champion on the new ranker (the retriever gets it right after training, since the
                  ranker learns from the champion's candidates); what the pipeline's promote step does
                  when there is no champion yet
 
-The retriever learns from the last 20 of the 60 days: its loader holds every example's features in
-pandas objects, and all 60 days (18M interactions) went past 21 GB in one process and were killed
-by the kernel on this 24 GB machine (two torchrun ranks, each loading everything, died sooner).
-The encoder trains on a 5,000-item sample because its cost grows with the catalog while the
+The retriever learns from all 60 days (`--history-days N` narrows the window). The encoder trains on a 5,000-item sample because its cost grows with the catalog while the
 contrastive objective needs only enough pairs (on the demo shop 2,000 items suffice); `vitrine embed`
 still encodes every item. Each stage's `--json` answer is kept in `<data-dir>/../scale-run/`. The
 serving benchmarks then run on the prepared dir:
@@ -54,8 +51,9 @@ def vitrine(*args: str) -> list[str]:
 
 def commands(args: argparse.Namespace) -> dict[str, list[list[str]]]:
     start = (datetime.now(timezone.utc).date() - timedelta(days=HISTORY_DAYS)).isoformat()
-    train = ["-m", "training.train_retriever", "--epochs", str(args.epochs), "--history-days", str(args.history_days),
-             "--validation-days", str(args.validation_days)]  # fmt: skip
+    train = ["-m", "training.train_retriever", "--epochs", str(args.epochs), "--validation-days", str(args.validation_days)]
+    if args.history_days is not None:
+        train += ["--history-days", str(args.history_days)]
     if args.processes > 1:
         retriever = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.processes), *train]
     else:
@@ -107,7 +105,7 @@ def main() -> None:
     parser.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0], help="resume from this stage")
     parser.add_argument("--to", dest="last", choices=STAGES, default=STAGES[-1], help="stop after this stage")
     parser.add_argument("--processes", type=int, default=1, help="retriever training processes (>1: torchrun)")
-    parser.add_argument("--history-days", type=int, default=20, help="retriever training window (see the module docstring)")
+    parser.add_argument("--history-days", type=int, default=None, help="retriever training window in days (default: the whole log)")
     parser.add_argument("--validation-days", type=int, default=0, help="retriever per-epoch validation days (0: none)")
     parser.add_argument("--epochs", type=int, default=1, help="retriever epochs")
     parser.add_argument("--encoder-items", type=int, default=5000)
