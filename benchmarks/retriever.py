@@ -92,6 +92,8 @@ def synthetic_training_set(examples: int, users: int, items: int, seed: int = 0)
         catalog=synthetic_items(rng, np.arange(items), items, content),
         catalog_prob=share,
         negative_pool=np.arange(items),
+        shard=(0, 1),
+        total=examples,
     )
 
 

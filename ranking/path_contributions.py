@@ -9,8 +9,8 @@ nothing but the leaf the row lands in, so each (tree, leaf) has one fixed contri
 tabulated once when the model loads. Explaining a request is then LightGBM's `pred_leaf` (the cost of
 one prediction), a gather and a sum.
 
-Like SHAP, a row's contributions add up to its raw score minus the model's expected value
-(`bias`); tests check it. Unlike SHAP they are not consistent: a split's credit depends on its depth
+Like SHAP, a row's contributions add up to its raw score minus a constant (`bias`, the sum of
+the trees' root values); tests check it. Unlike SHAP they are not consistent: a split's credit depends on its depth
 in the tree. To name the few features that lifted an item that matters little:
 `benchmarks/reason_agreement.py` measures how often the top reasons are TreeSHAP's.
 
@@ -32,8 +32,8 @@ class PathContributions:
     def __init__(self, booster: Any):
         trees = booster.dump_model()["tree_info"]
         n_features = booster.num_feature()
-        self.table = np.zeros((len(trees), max(t["num_leaves"] for t in trees), n_features))
-        # Expected value (root) of each tree: a row's score is their sum plus its contributions.
+        self.table = np.zeros((len(trees), max((t["num_leaves"] for t in trees), default=1), n_features))
+        # Root value of each tree: a row's score is their sum plus its contributions.
         self.roots = np.zeros(len(trees))
         for t, tree in enumerate(trees):
             root = tree["tree_structure"]
@@ -60,5 +60,5 @@ class PathContributions:
         return np.asarray(self.table[trees, leaves].sum(axis=1))
 
     def bias(self, n_trees: int) -> float:
-        """The expected value of the first `n_trees` trees: the score of a row before any contribution."""
+        """The summed root values of the first `n_trees` trees: a row's score before any contribution."""
         return float(self.roots[:n_trees].sum())

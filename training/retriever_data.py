@@ -42,8 +42,9 @@ EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0
 # The Feast feature service the retriever reads (declared by the feature repo).
 FEATURE_SERVICE = "retriever"
 # Examples `TrainingSet.read` reads and encodes at once. Its memory is then one chunk's pandas objects
-# (lists of recent items, CLIP vectors) plus compact arrays, where the whole log's frame of the
-# benchmark shop (60 days, 18M interactions) went past 21 GB.
+# (lists of recent items, CLIP vectors) plus arrays (about 300 bytes an example, and each chunk's
+# CLIP vectors of its distinct items), where the whole log's frame of the benchmark shop (60 days,
+# 18M interactions) went past 21 GB.
 CHUNK_EXAMPLES = 1_000_000
 # Examples `fit_spec` reads features for: categories and dense statistics need no more.
 SPEC_SAMPLE = 500_000
@@ -232,7 +233,9 @@ class TrainingSet:
         """`of(PointInTime.for_interactions(data, examples, items).join(examples), ...)`, in a fraction of the memory.
 
         The examples' features are read from Feast, joined and encoded chunk by chunk (whole days of
-        about CHUNK_EXAMPLES examples, so a user's day is read once); only the arrays are kept.
+        about CHUNK_EXAMPLES examples, so a rank reads a user's day once); only the arrays are kept.
+        An item's CLIP vector is the first one its chunk shows (`of`: the first in the whole log);
+        the two differ only if an item is re-embedded within the training window.
 
         Args:
             examples: positive interactions (user_id, item_id, timestamp, weight), no features.
@@ -242,6 +245,8 @@ class TrainingSet:
             on_chunk: called with (examples done, examples to do) after each chunk, for progress.
         """
         rank, world = shard
+        if len(examples) < world:  # every rank sees the same count, so all of them stop here
+            raise InvalidInput(f"training set: {len(examples)} examples for {world} ranks")
         key = _item_keys(examples, catalog)
         local = np.arange(rank, len(examples), world)
         mine = examples.iloc[local]
@@ -337,7 +342,7 @@ class Split:
     """
 
     name: str  # "time" or "leave-last-out"
-    train: pd.DataFrame  # training examples with features (rows of `PointInTime.join`)
+    train: pd.DataFrame  # training examples, with features when `examples` had them (rows of `PointInTime.join`)
     catalog: pd.DataFrame  # catalog features frame (rows of `PointInTime.catalog`)
     test_users: pd.DataFrame  # user_id + user features as of each user's test moment
     targets: list[np.ndarray]  # per test user, catalog rows to find
@@ -372,7 +377,8 @@ def time_split(features: PointInTime | DataDir, examples: pd.DataFrame, items: p
 
     Args:
         features: holding every user and item on day T (`time_cutoff`), or the data dir to read them from.
-        examples: `features.join(positive_interactions(events))` over all days.
+        examples: `features.join(positive_interactions(events))` over all days, or the positive
+            interactions alone (features then read per chunk by `TrainingSet.read`).
         items: the catalog (items.parquet).
         test_days: days at the end to test on.
     """

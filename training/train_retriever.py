@@ -175,7 +175,7 @@ def fit(
         result = fit(train, spec, TwoTowerConfig(), TrainConfig(epochs=2))
         item_vectors = result.model.item_vectors(train.catalog.batch(np.arange(len(train.catalog))))
     """
-    if len(train) == 0:
+    if train.total == 0:  # the count of all ranks' examples: every rank stops, none waits in a collective
         raise InvalidInput("training set: no examples")
     device = device_for_training()
     ensure_process_group(device)
