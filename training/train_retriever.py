@@ -431,7 +431,10 @@ def train_retriever(
     ensure_process_group(device)
     rank, world = dist.get_rank(), dist.get_world_size()
     items = read_items(data)
-    positives = positive_interactions(read_events(data, start=history_start(data, config.history_days)))
+    columns = ["user_id", "item_id", "event_type", "session_id"]
+    events = read_events(data, start=history_start(data, config.history_days), columns=columns)
+    positives = positive_interactions(events)
+    del events  # gigabytes at scale; the examples are all that training needs from the log
     catalog = catalog_features(data, items, end_of_log(positives))
     validate = None
     train_examples, train_catalog = positives, catalog
