@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,7 +56,8 @@ assert set(EVENT_WEIGHTS) == set(EVENT_TYPES), "every event type needs a weight"
 def positive_interactions(events: pd.DataFrame) -> pd.DataFrame:
     """One row per (user, item, session): the first moment and the strongest event's weight.
 
-    Without `session_id` the UTC day stands in for the session.
+    Without `session_id` the UTC day stands in for the session. Id columns may be strings or
+    categoricals (`read_events(..., categorical=True)`, how training reads a large log).
 
     Returns:
         user_id, item_id, timestamp (first event), weight, sorted by timestamp.
@@ -66,7 +68,8 @@ def positive_interactions(events: pd.DataFrame) -> pd.DataFrame:
     users, user_ids = pd.factorize(events["user_id"])
     items, item_ids = pd.factorize(events["item_id"])
     has_session = "session_id" in events and events["session_id"].notna().any()
-    sessions, _ = pd.factorize(events["session_id"].fillna("") if has_session else events["timestamp"].dt.floor("D"))
+    # Missing sessions share one code (-1), as one "" session.
+    sessions, _ = pd.factorize(events["session_id"] if has_session else events["timestamp"].dt.floor("D"))
     frame = pd.DataFrame(
         {"user": users, "item": items, "session": sessions, "timestamp": events["timestamp"].array,
          "weight": events["event_type"].map(EVENT_WEIGHTS).to_numpy(np.float32)}
@@ -76,12 +79,17 @@ def positive_interactions(events: pd.DataFrame) -> pd.DataFrame:
     out = out.sort_values("timestamp", kind="stable").reset_index(drop=True)
     return pd.DataFrame(
         {
-            "user_id": user_ids.astype(str)[out["user"].to_numpy()],
-            "item_id": item_ids.astype(str)[out["item"].to_numpy()],
+            "user_id": _strings(user_ids)[out["user"].to_numpy()],
+            "item_id": _strings(item_ids)[out["item"].to_numpy()],
             "timestamp": out["timestamp"],
             "weight": out["weight"].to_numpy(np.float32),
         }
     )
+
+
+def _strings(values: Any) -> np.ndarray:
+    """Distinct ids as an object array of `str`: indexing it shares one string object per id."""
+    return pd.Index(values).astype(str).to_numpy(dtype=object)
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> DataDir:
 
 def test_examples_carry_features_as_of_their_day_only(shop: DataDir) -> None:
     positives = positive_interactions(read_events(shop))
-    narrow = read_events(shop, columns=["user_id", "item_id", "event_type", "session_id"])
+    narrow = read_events(shop, columns=["user_id", "item_id", "event_type", "session_id"], categorical=True)
     assert list(narrow.columns) == ["user_id", "item_id", "event_type", "session_id", "timestamp"]
+    assert isinstance(narrow["user_id"].dtype, pd.CategoricalDtype)
     pd.testing.assert_frame_equal(positive_interactions(narrow), positives)  # what training reads
     assert positives.groupby(["user_id", "item_id"]).size().max() >= 1
     assert set(positives["weight"]) <= {1.0, 2.0, 3.0, 4.0}

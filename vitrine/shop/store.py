@@ -148,12 +148,19 @@ def read_users(data: DataDir) -> pd.DataFrame:
 
 
 def read_events(
-    data: DataDir, start: datetime | None = None, end: datetime | None = None, columns: list[str] | None = None
+    data: DataDir,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    columns: list[str] | None = None,
+    *,
+    categorical: bool = False,
 ) -> pd.DataFrame:
     """Events with `start <= timestamp < end`, sorted by time; partitions outside are not read.
 
     `start` and `end` may carry any time zone; naive values are taken to be UTC (see `utc`).
-    `columns` (default: all) reads only those, plus `timestamp` (25M events are gigabytes in pandas).
+    `columns` (default: all) reads only those, plus `timestamp`; `categorical` turns string columns
+    into pandas categoricals. Both for large logs: 25M events as Python strings peak near 9 GB,
+    four categorical columns under 5 GB.
     """
     if not data.events.exists():
         raise InvalidInput(f"{data.events}: no events; run `vitrine generate` or `vitrine import` first")
@@ -166,7 +173,7 @@ def read_events(
         upper = ds.field(PARTITION) <= utc(end).strftime("%Y-%m-%d")
         filt = upper if filt is None else filt & upper
     wanted = None if columns is None else list(dict.fromkeys([*columns, "timestamp"]))
-    frame = dataset.to_table(columns=wanted, filter=filt).to_pandas()
+    frame = dataset.to_table(columns=wanted, filter=filt).to_pandas(strings_to_categorical=categorical)
     frame = frame.drop(columns=[PARTITION], errors="ignore")
     if start is not None:
         frame = frame[frame["timestamp"] >= utc(start)]
