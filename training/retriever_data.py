@@ -20,13 +20,13 @@ Example:
     train = TrainingSet.of(split.train, split.catalog, spec)
 
 A log too large to hold with its features (the 1M-user benchmark shop) takes the same steps without
-joining first: `time_split(data, positives, ...)`, `fit_spec` on a sample and `TrainingSet.read`,
+joining first: `time_split` on the positives, `fit_spec` on a sample and `TrainingSet.read`,
 which reads and encodes the features chunk by chunk (and per torchrun rank, only that rank's share).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -126,12 +126,13 @@ class PointInTime:
     ) -> "PointInTime":
         """Features for every interaction's day, plus every user and item on each of `extra_days`."""
         days = interactions["timestamp"].dt.floor("D")
-        user_days = [pd.DataFrame({"user_id": interactions["user_id"], "day": days})]
-        item_days = [pd.DataFrame({"item_id": interactions["item_id"], "day": days})]
-        for day in extra_days:
-            user_days.append(pd.DataFrame({"user_id": interactions["user_id"].unique(), "day": day}))
-            item_days.append(pd.DataFrame({"item_id": items["item_id"].astype(str).unique(), "day": day}))
-        return cls.read(data, pd.concat(user_days), pd.concat(item_days), items)
+        user_days = pd.concat(
+            [pd.DataFrame({"user_id": interactions["user_id"], "day": days}), on_days(interactions["user_id"], "user_id", extra_days)]
+        )
+        item_days = pd.concat(
+            [pd.DataFrame({"item_id": interactions["item_id"], "day": days}), on_days(items["item_id"], "item_id", extra_days)]
+        )
+        return cls.read(data, user_days, item_days, items)
 
     def join(self, frame: pd.DataFrame) -> pd.DataFrame:
         """`frame` (user_id and/or item_id, timestamp) with the features as of each row's moment, row order kept."""
@@ -148,10 +149,10 @@ class PointInTime:
         return self.join(frame).drop(columns="timestamp")
 
 
-def catalog_features(data: DataDir, items: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:
-    """`PointInTime.catalog` of every item as of `at`, read from Feast without any user."""
-    days = pd.DataFrame({"item_id": items["item_id"].astype(str).unique(), "day": at})
-    return PointInTime.read(data, pd.DataFrame(columns=["user_id", "day"]), days, items).catalog(items, at)
+def on_days(ids: Iterable[Any], column: str, days: Sequence[pd.Timestamp]) -> pd.DataFrame:
+    """Each distinct id of `ids` on each of `days`: the `column`, `day` rows `PointInTime.read` takes."""
+    unique = pd.Index(pd.Series(ids, dtype=object).unique()).astype(str).to_numpy(dtype=object)
+    return pd.DataFrame({column: np.tile(unique, len(days)), "day": pd.DatetimeIndex(list(days), tz="UTC").repeat(len(unique))})
 
 
 def with_features(data: DataDir, interactions: pd.DataFrame) -> pd.DataFrame:
@@ -402,8 +403,7 @@ def time_split(features: PointInTime | DataDir, examples: pd.DataFrame, items: p
     """
     cutoff = time_cutoff(examples, test_days)
     if isinstance(features, DataDir):
-        users = pd.DataFrame({"user_id": examples["user_id"].unique(), "day": cutoff})
-        catalog_days = pd.DataFrame({"item_id": items["item_id"].astype(str).unique(), "day": cutoff})
+        users, catalog_days = on_days(examples["user_id"], "user_id", [cutoff]), on_days(items["item_id"], "item_id", [cutoff])
         features = PointInTime.read(features, users, catalog_days, items)
     train = examples[examples["timestamp"] < cutoff].reset_index(drop=True)
     test = examples[examples["timestamp"] >= cutoff]

@@ -416,10 +416,12 @@ def train_retriever(
     from training.retrieval_metrics import ranking_metrics, top_k_by_vectors
     from training.retriever_data import (
         FEATURE_SERVICE,
-        catalog_features,
+        PointInTime,
         content_dim,
         end_of_log,
         fit_spec,
+        on_days,
+        time_cutoff,
         time_split,
     )
     from ranking.retriever_inputs import encode_items, encode_users
@@ -431,11 +433,18 @@ def train_retriever(
     rank, world = dist.get_rank(), dist.get_world_size()
     items = read_items(data)
     positives = _read_positives(data, config.history_days, rank, world)
-    catalog = catalog_features(data, items, end_of_log(positives))
+    # One Feast read: every item at the end of the log (the served catalog) and, with validation,
+    # every item and user at the validation cut-off.
+    end = end_of_log(positives)
+    cutoffs = [time_cutoff(positives, config.validation_days)] if config.validation_days > 0 else []
+    features = PointInTime.read(
+        data, on_days(positives["user_id"], "user_id", cutoffs), on_days(items["item_id"], "item_id", [end, *cutoffs]), items
+    )
+    catalog = features.catalog(items, end)
     validate = None
     train_examples, train_catalog = positives, catalog
     if config.validation_days > 0:
-        split = time_split(data, positives, items, config.validation_days)
+        split = time_split(features, positives, items, config.validation_days)
         train_examples, train_catalog = split.train, split.catalog
 
     spec = fit_spec(data, train_examples, items, content_dim(catalog), seed=config.seed)

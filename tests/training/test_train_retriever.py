@@ -183,11 +183,12 @@ def _assert_same_set(got: TrainingSet, want: TrainingSet) -> None:
 def test_chunked_loader_equals_the_joined_frame_and_shards_by_rank(shop: DataDir, monkeypatch: pytest.MonkeyPatch) -> None:
     """TrainingSet.read (chunk by chunk, per rank) encodes exactly what joining the whole log would."""
     import training.retriever_data as retriever_data
-    from training.retriever_data import catalog_features, end_of_log, fit_spec
+    from training.retriever_data import end_of_log, fit_spec, on_days
 
     items = read_items(shop)
     positives = positive_interactions(read_events(shop))
-    catalog = catalog_features(shop, items, end_of_log(positives))
+    end = end_of_log(positives)
+    catalog = PointInTime.read(shop, on_days([], "user_id", []), on_days(items["item_id"], "item_id", [end]), items).catalog(items, end)
     frame = PointInTime.for_interactions(shop, positives, items).join(positives)
     spec = fit_spec(shop, positives, items, content_dim(catalog))
     assert spec == InputSpec.fit(frame, content_dim(catalog))  # no sampling below SPEC_SAMPLE examples
