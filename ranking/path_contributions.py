@@ -16,7 +16,7 @@ in the tree. To name the few features that lifted an item that matters little:
 
 Example:
     >>> paths = PathContributions(booster)
-    >>> contributions = paths(booster, X)   # [rows, features]; .sum(1) + paths.bias(...) == raw score
+    >>> contributions = paths(X)   # [rows, features]; .sum(1) + paths.bias(...) == raw score
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class PathContributions:
     """The Saabas contribution table of a booster: `table[tree, leaf]` is a [features] vector."""
 
     def __init__(self, booster: Any):
+        self.booster = booster
         trees = booster.dump_model()["tree_info"]
         n_features = booster.num_feature()
         self.table = np.zeros((len(trees), max((t["num_leaves"] for t in trees), default=1), n_features))
@@ -53,9 +54,9 @@ class PathContributions:
                     else:
                         stack.append((child, step))
 
-    def __call__(self, booster: Any, matrix: np.ndarray) -> np.ndarray:
-        """[rows, features] contributions of each row of `matrix` to `booster`'s raw score."""
-        leaves = np.asarray(booster.predict(matrix, pred_leaf=True, num_threads=1), dtype=np.int64).reshape(len(matrix), -1)
+    def __call__(self, matrix: np.ndarray) -> np.ndarray:
+        """[rows, features] contributions of each row of `matrix` to the booster's raw score."""
+        leaves = np.asarray(self.booster.predict(matrix, pred_leaf=True, num_threads=1), dtype=np.int64).reshape(len(matrix), -1)
         trees = np.arange(leaves.shape[1])  # the trees `predict` uses (best_iteration when set)
         return np.asarray(self.table[trees, leaves].sum(axis=1))
 

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -245,8 +246,10 @@ class Reranker:
         return cls.load(local, blend=blend, version=f"{name}/{model_version.version}")
 
     def with_blend(self, blend: BlendConfig) -> "Reranker":
-        """The same model with another blend (no reload)."""
-        return Reranker(self.booster, self.metadata, self.version, blend)
+        """The same model with another blend (no reload, and the contribution table is shared)."""
+        other = copy.copy(self)
+        other.blend = blend
+        return other
 
     def relevance(self, features: np.ndarray) -> np.ndarray:
         """The LambdaRank score of each row (higher = more relevant), float64 (n,)."""
@@ -260,7 +263,7 @@ class Reranker:
         features = self._check(features)
         if len(features) == 0:
             return np.zeros((0, len(self.feature_names)))
-        return self._paths(self.booster, features)
+        return self._paths(features)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """The final score of each candidate of ONE request (rows from `build_features`), higher first.
