@@ -1,0 +1,166 @@
+"""The sequence retriever: a SASRec-style causal self-attention user tower over the ordered recent items.
+
+The model shared by training (`training.train_sequence`) and serving. It keeps the two-tower shape,
+so the ANN index and the serving path treat it like any retriever: a user vector, one vector per
+item, ranked by inner product.
+
+    recent items, oldest first (ids) ─ EmbeddingCollection ─┐
+    their CLIP vectors (optional) ─ linear projection ──────┼─ + position ─ causal self-attention x L ─ h_t
+    item tower: the same item representation (tied) ────────┘                                      [B, T, D]
+
+    user vector = h at the user's last item;  score(user, item) = h · item_vector(item)
+
+Trained with the next-item objective at every position at once (a causal mask, one pass per
+sequence), against all items (full softmax) or, past `FULL_SOFTMAX_MAX_ITEMS`, a shared sample of
+negatives with the log-Q correction. The input and output item representations are tied, as in
+SASRec: what the tower learns about an item as context also places it as a target.
+
+Row 0 of the id table is padding, row 1 the unknown item (an item first seen after training, or a
+cold catalog row): it has only its content to stand on, which id dropout trains for.
+
+Example:
+    config = SequenceTowerConfig()
+    model = SequenceTower(config, n_items=12_000, content=clip_vectors)
+    user = model.user_vectors(padded_rows, lengths)      # [B, D]
+    scores = user @ model.item_vectors().T               # [B, items]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchrec import EmbeddingCollection, EmbeddingConfig
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+# Id rows before the catalog's: padding and the unknown item.
+PADDING_ROW = 0
+UNKNOWN_ROW = 1
+ID_OFFSET = 2
+# Above this many items the full softmax's [positions, items] logits cost more than the model
+# (100k items x 4k positions of a batch is 1.6 GB of floats): sample negatives instead.
+FULL_SOFTMAX_MAX_ITEMS = 100_000
+FEATURE = "recent_items"
+
+
+@dataclass(frozen=True)
+class SequenceTowerConfig:
+    """Shape of the model. Saved in `config.json`; with the item count it rebuilds the model."""
+
+    # Width of item embeddings, attention and the output vectors (the ANN dimension).
+    embedding_dim: int = 64
+    # Causal self-attention blocks (SASRec's default depth).
+    layers: int = 2
+    # Attention heads per block.
+    heads: int = 2
+    # Most recent items the tower reads; older ones are cut.
+    max_length: int = 50
+    # Dropout on embeddings, attention and the feed-forward layers.
+    dropout: float = 0.2
+    # Add a projection of the item's CLIP vector to its id embedding (False: ids alone).
+    use_content: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SequenceTower(nn.Module):
+    """Causal self-attention over item sequences; items scored against the tied item representation.
+
+    Args:
+        config: the shape.
+        n_items: catalog rows; row r of the catalog is id row r + ID_OFFSET.
+        content: [n_items, C] float32 item content vectors (CLIP), or None (ids only).
+    """
+
+    def __init__(self, config: SequenceTowerConfig, n_items: int, content: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.n_items = n_items
+        dim = config.embedding_dim
+        self.ids = EmbeddingCollection(
+            tables=[EmbeddingConfig(name="item", embedding_dim=dim, num_embeddings=n_items + ID_OFFSET,
+                                    feature_names=[FEATURE])],
+            device=torch.device("cpu"),
+        )
+        nn.init.normal_(self.ids.embeddings["item"].weight, std=dim**-0.5)
+        use_content = config.use_content and content is not None
+        # Content vectors are data, not parameters: a buffer travels with the model and is saved with it.
+        self.register_buffer("content", torch.as_tensor(content, dtype=torch.float32) if use_content else torch.zeros(0, 0))
+        self.content_projection = nn.Linear(self.content.shape[1], dim, bias=False) if use_content else None
+        self.positions = nn.Embedding(config.max_length, dim)
+        block = nn.TransformerEncoderLayer(dim, config.heads, dim_feedforward=dim, dropout=config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    @property
+    def id_weight(self) -> torch.Tensor:
+        return self.ids.embeddings["item"].weight
+
+    def item_vectors(self, rows: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, D] representation of catalog rows (default: all), the tower's input and its output.
+
+        Args:
+            rows: catalog rows (int64).
+            known: [n] bool, False for items the ids never trained on: they get the unknown id row.
+        """
+        if rows is None:
+            rows = torch.arange(self.n_items)
+        id_rows = rows + ID_OFFSET
+        if known is not None:
+            id_rows = torch.where(known, id_rows, torch.full_like(id_rows, UNKNOWN_ROW))
+        vectors = self._id_embeddings(id_rows)
+        if self.content_projection is not None:
+            vectors = vectors + self.content_projection(self.content[rows])
+        return vectors
+
+    def _id_embeddings(self, id_rows: torch.Tensor) -> torch.Tensor:
+        """Id embeddings through the TorchRec collection (one jagged feature of len(id_rows) values)."""
+        flat = id_rows.reshape(-1)
+        features = KeyedJaggedTensor.from_lengths_sync(
+            keys=[FEATURE], values=flat, lengths=torch.tensor([len(flat)], dtype=torch.int32)
+        )
+        return self.ids(features)[FEATURE].values().reshape(*id_rows.shape, -1)
+
+    def hidden(self, rows: torch.Tensor, lengths: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, D] causal states: position t has read items 0..t of each left-aligned sequence.
+
+        Args:
+            rows: [B, T] catalog rows, oldest first, padded after each sequence's end (any value).
+            lengths: [B] items per sequence, 1..T.
+            known: [B, T] bool, False where the id must be treated as unknown (dropout, unseen items).
+        """
+        batch, steps = rows.shape
+        valid = torch.arange(steps).unsqueeze(0) < lengths.unsqueeze(1)
+        safe = torch.where(valid, rows, torch.zeros_like(rows))
+        vectors = self.item_vectors(safe.reshape(-1), None if known is None else known.reshape(-1)).reshape(batch, steps, -1)
+        x = vectors * self.config.embedding_dim**0.5 + self.positions(torch.arange(steps)).unsqueeze(0)
+        x = self.dropout(x) * valid.unsqueeze(-1)
+        # True = may not attend: the future (and, below, padding), the same mask type for both.
+        causal = torch.triu(torch.ones(steps, steps, dtype=torch.bool), diagonal=1)
+        return self.norm(self.blocks(x, mask=causal, src_key_padding_mask=~valid, is_causal=True))
+
+    def user_vectors(self, rows: torch.Tensor, lengths: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, D] the state after each user's last item: what they would do next."""
+        states = self.hidden(rows, lengths, known)
+        return states[torch.arange(len(rows)), lengths - 1]
+
+
+def recent_window(history: np.ndarray, max_length: int) -> np.ndarray:
+    """The last `max_length` items of one history (oldest first), the tower's input."""
+    return np.asarray(history[-max_length:], dtype=np.int64)
+
+
+def pad_histories(histories: list[np.ndarray], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] left-aligned rows and [B] lengths of each history's last `max_length` items (empty -> length 0)."""
+    windows = [recent_window(h, max_length) for h in histories]
+    steps = max(1, max((len(w) for w in windows), default=1))
+    rows = np.zeros((len(windows), steps), dtype=np.int64)
+    for n, window in enumerate(windows):
+        rows[n, : len(window)] = window
+    return torch.from_numpy(rows), torch.tensor([len(w) for w in windows], dtype=torch.int64)
