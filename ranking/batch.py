@@ -5,7 +5,9 @@ building, filtering) hold the GIL, so using more than one core means more than o
 `processes=N` splits the users into N contiguous shards, each scored by its own process with its
 own models (loaded by the same registry alias), and concatenates their parts in input order. The
 parts must come from one model version; if the champion moved while the shards loaded, the batch
-fails rather than mix two versions in one file.
+fails rather than mix two versions in one file. `as_of` (a past moment to replay) reaches every
+process, so all shards judge feature age at the same moment; the summary names the views that are
+older than their ttl at it (`stale_features`), and each row carries its answer's `degraded`/`reason`.
 
 Example:
     summary = recommend_users_to_file(DataDir.resolve(), read_user_file(Path("users.txt")), 20, Path("recs.parquet"), processes=2)
@@ -18,6 +20,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,10 @@ from vitrine.paths import DataDir
 # Users scored per `recommend_batch` call: big enough to amortise the tower pass and the LightGBM
 # call, small enough that one chunk's features (users x candidates x 31 floats) stay ~100 MB.
 BATCH_CHUNK = 2_000
-COLUMNS = ("user_id", "rank", "item_id", "score", "retriever_score", "source", "cold_start", "degraded")
+COLUMNS = ("user_id", "rank", "item_id", "score", "retriever_score", "source", "cold_start", "degraded", "reason")
+# Arrow type of each column, by name. Explicit, because a shard whose answers are all cold start (or
+# none degraded) would otherwise infer a null column and not concatenate with the other shards'.
+COLUMN_TYPES = ("string", "int64", "string", "float64", "float64", "string", "bool", "bool", "string")
 
 
 def read_user_file(path: Path) -> list[str]:
@@ -79,7 +85,8 @@ def recommend_to_file(
 ) -> dict[str, Any]:
     """Score `user_ids` in chunks through `recommend_batch` and write one row per (user, rank) to Parquet.
 
-    Columns: COLUMNS (rank 1 = best). Returns counts, throughput and the model versions.
+    Columns: COLUMNS (rank 1 = best). Returns counts, throughput, the model versions, the moment
+    feature age was judged at (`as_of`, null for the wall clock) and the views stale at it.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -98,9 +105,11 @@ def recommend_to_file(
                 columns["source"].append(rec.source)
                 columns["cold_start"].append(result.cold_start)
                 columns["degraded"].append(result.degraded)
+                columns["reason"].append(result.reason)
     seconds = time.perf_counter() - started
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), path)
+    schema = pa.schema([(name, pa.type_for_alias(kind)) for name, kind in zip(COLUMNS, COLUMN_TYPES)])
+    pq.write_table(pa.table(columns, schema=schema), path)
     return {
         "users": len(user_ids),
         "rows": len(columns["user_id"]),
@@ -109,16 +118,20 @@ def recommend_to_file(
         # Rounded, and 0.0 for an unmeasurably short run: Infinity is not valid JSON.
         "users_per_second": round(len(user_ids) / seconds, 1) if seconds > 0 else 0.0,
         "versions": recommender.bundle.versions,
+        "as_of": recommender.as_of.isoformat() if recommender.as_of else None,
+        "stale_features": [view.to_dict() for view in recommender.stale_views()],
     }
 
 
-def _score_shard(root: str, online: OnlineKind, user_ids: list[str], k: int, path: str, exclude_purchased: bool, category: str | None) -> dict[str, Any]:
+def _score_shard(
+    root: str, online: OnlineKind, user_ids: list[str], k: int, path: str, exclude_purchased: bool, category: str | None, as_of: datetime | None
+) -> dict[str, Any]:
     """One shard in a worker process: load the models as serving does, score, write the part."""
     from ranking.recommender import Recommender, serving_threads
 
     serving_threads()
     started = time.perf_counter()
-    recommender = Recommender.from_data(DataDir.resolve(root), online=online)
+    recommender = Recommender.from_data(DataDir.resolve(root), online=online, as_of=as_of)
     loaded = time.perf_counter() - started
     summary = recommend_to_file(recommender, user_ids, k, Path(path), exclude_purchased=exclude_purchased, category=category)
     return {**summary, "load_seconds": round(loaded, 3)}
@@ -134,8 +147,11 @@ def recommend_users_to_file(
     online: OnlineKind = "sqlite",
     exclude_purchased: bool = True,
     category: str | None = None,
+    as_of: datetime | None = None,
 ) -> dict[str, Any]:
     """`recommend_to_file` over `processes` worker processes (see the module docstring).
+
+    `as_of` is the moment feature age is judged at in every process (None: each one's wall clock).
 
     `users_per_second` counts scoring only (the slowest shard's time; shards run side by side);
     `load_seconds` is the slowest model load, `wall_seconds` everything.
@@ -158,7 +174,7 @@ def recommend_users_to_file(
         # spawn, not fork: the parent may hold torch/OpenMP threads, which fork does not copy safely.
         with ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [
-                pool.submit(_score_shard, str(data.root), online, shard, k, str(part), exclude_purchased, category)
+                pool.submit(_score_shard, str(data.root), online, shard, k, str(part), exclude_purchased, category, as_of)
                 for shard, part in zip(shards, parts)
             ]
             summaries = [future.result() for future in futures]
@@ -171,6 +187,11 @@ def recommend_users_to_file(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     scoring = max(s["seconds"] for s in summaries)
+    # Shards read the same registry at slightly different moments: a view stale in any of them is named.
+    stale: dict[str, Any] = {}
+    for summary in summaries:
+        for view in summary["stale_features"]:
+            stale.setdefault(view["view"], view)
     return {
         "users": len(user_ids),
         "rows": table.num_rows,
@@ -181,4 +202,6 @@ def recommend_users_to_file(
         "load_seconds": max(s["load_seconds"] for s in summaries),
         "wall_seconds": round(time.perf_counter() - began, 3),
         "versions": versions[0],
+        "as_of": summaries[0]["as_of"],
+        "stale_features": list(stale.values()),
     }

@@ -1,15 +1,20 @@
 """CLI commands of this stage, registered into `vitrine` by `vitrine.cli`.
 
-    vitrine serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--online sqlite|redis]
-    vitrine recommend USER_ID... [--k 20] [--category C] [--json]
+    vitrine serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--online sqlite|redis] [--as-of TIME]
+    vitrine recommend USER_ID... [--k 20] [--category C] [--as-of TIME] [--json]
     vitrine recommend --users users.txt --k 20 --out recs.parquet      (batch, same code path)
+
+`--as-of TIME` (or `VITRINE_AS_OF`) judges feature freshness at TIME instead of now, to replay a past
+day. Without it, served views materialized longer than their ttl ago are named in a warning on
+stderr (every answer is then flagged degraded, with the reason).
 """
 
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -17,9 +22,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitrine.errors import InvalidInput
-from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
+from vitrine.options import AsOfOption, DataDirOption, JsonOption, as_of, data_dir, print_json
 
 if TYPE_CHECKING:
+    from ranking.online_features import StaleView
     from vitrine.cli import Groups
 
 out = Console()
@@ -39,19 +45,46 @@ def _online(value: str) -> Literal["sqlite", "redis"]:
     return value  # type: ignore[return-value]
 
 
+def warn_if_stale(stale: Sequence["StaleView"], moment: datetime | None, ahead: Sequence[str] = ()) -> None:
+    """On stderr: the served views older than their ttl at the judging moment, and what to do about it.
+
+    Args:
+        stale: the stale views (`Recommender.stale_views()`, or a batch summary's, via `StaleView.from_dict`).
+        moment: the `--as-of` moment, None for now.
+        ahead: views materialized past `moment` (a replay then sees values from after it).
+    """
+    from ranking.online_features import stale_reason
+
+    reason = stale_reason(stale)
+    if reason:
+        when = f" (judged at --as-of {moment.isoformat()})" if moment else ""
+        err.print(f"[bold yellow]warning:[/] every answer is degraded{when}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if ahead and moment is not None:
+        err.print(
+            f"[bold yellow]warning:[/] {', '.join(ahead)} materialized past --as-of {moment.isoformat()}: the online "
+            "store holds their latest values, which may include events after it",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the service to the network.")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = DEFAULT_PORT,
     workers: Annotated[int, typer.Option(help="Worker processes (about one per core; each loads the models).", min=1, max=64)] = 1,
     online: OnlineOption = "sqlite",
     alias: Annotated[str, typer.Option(help="Registry alias of the models to serve.")] = "champion",
+    as_of_option: AsOfOption = None,
     data_dir_option: DataDirOption = None,
 ) -> None:
     """Serve recommendations, search and similar items over HTTP (FastAPI + uvicorn)."""
     from ranking.service import ServiceConfig, serve
 
-    config = ServiceConfig(data_dir=data_dir(data_dir_option).root, online=_online(online), alias=alias)
+    moment = as_of(as_of_option)
+    config = ServiceConfig(data_dir=data_dir(data_dir_option).root, online=_online(online), alias=alias, as_of=moment)
     err.print(f"serving on http://{host}:{port} (docs at /docs, metrics at /metrics)")
+    if moment is not None:
+        err.print(f"judging feature freshness as of {moment.isoformat()}, not now")
     serve(host, port, workers, config)
 
 
@@ -67,6 +100,7 @@ def recommend_command(
         Optional[int], typer.Option("--processes", min=1, max=64, help="Batch mode: worker processes (default: one per core).")
     ] = None,
     online: OnlineOption = "sqlite",
+    as_of_option: AsOfOption = None,
     data_dir_option: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -79,20 +113,25 @@ def recommend_command(
     if users is not None and out_path is None:
         raise InvalidInput("--users needs --out recs.parquet")
     data = data_dir(data_dir_option)
+    moment = as_of(as_of_option)
     if users is not None:
         assert out_path is not None
         from ranking.batch import read_user_file, recommend_users_to_file
 
         summary = recommend_users_to_file(
             data, read_user_file(users), k, out_path, processes=processes or os.cpu_count() or 1, online=_online(online),
-            exclude_purchased=not include_purchased, category=category,
+            exclude_purchased=not include_purchased, category=category, as_of=moment,
         )  # fmt: skip
+        from ranking.online_features import StaleView
+
+        warn_if_stale([StaleView.from_dict(view) for view in summary["stale_features"]], moment)
         if as_json:
             print_json(summary)
         else:
             err.print(f"{summary['users']} users, {summary['rows']} rows -> {out_path} ({summary['users_per_second']:.0f} users/s)")
         return
-    recommender = Recommender.from_data(data, online=_online(online))
+    recommender = Recommender.from_data(data, online=_online(online), as_of=moment)
+    warn_if_stale(recommender.stale_views(), moment, recommender.freshness.ahead_of(moment) if moment else ())
     results = recommender.recommend_batch(user_ids or [], k, exclude_purchased=not include_purchased, category=category, explain=True)
     if as_json:
         print_json([recommend_payload(r, k) for r in results])
@@ -108,6 +147,8 @@ def recommend_command(
             # Titles are catalog data ("[Gift Card] ..."): escaped so brackets are not read as rich markup.
             table.add_row(str(n), escape(rec.item_id), escape(rec.title), f"{rec.score:.3f}", retriever, reason)
         out.print(table)
+        if result.reason:
+            out.print(f"degraded: {result.reason}", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(cli: "Groups") -> None:

@@ -11,6 +11,11 @@ A candidate that fails to load (truncated file, wrong dimension, feature list mi
 artifact) is refused: the old bundle keeps serving and `status()` (shown by `/readyz`) names the
 version and the reason. The same broken version is not retried until the registry moves again.
 
+Each poll also reads every served view's watermark (`ranking.recommender.read_freshness`) into
+`ServingState.freshness` and the live recommender, which is how requests, `/readyz` and `/metrics`
+know, without a store read, that a view is older than its ttl at the state's `as_of` (or now).
+A change in what is stale is logged as a warning.
+
 Example:
     >>> watcher = ModelWatcher(data, store, state)
     >>> watcher.poll_once()      # what the thread does every POLL_INTERVAL_S
@@ -25,9 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ranking.item_table import load_serving_items, materialization_version
-from ranking.online_features import OnlineKind, open_reader
-from ranking.recommender import USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle
+from ranking.item_table import materialization_version
+from ranking.online_features import Freshness, OnlineKind, StaleView, open_reader, stale_reason
+from ranking.recommender import USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle, load_items, read_freshness
 from vitrine.errors import VitrineError
 from vitrine.paths import DataDir
 
@@ -61,6 +66,8 @@ class ServingState:
         last_error: why the latest candidate was refused (None when the latest load worked).
         refused: the probe that failed, so that it is not retried until the registry moves.
         checked_at: when the registries were last polled.
+        as_of: the moment feature age is judged at (`--as-of`); None: the wall clock.
+        freshness: the served views' materialization watermarks, as of the last poll.
     """
 
     recommender: Recommender | None = None
@@ -68,7 +75,17 @@ class ServingState:
     last_error: str | None = None
     refused: Probe | None = None
     checked_at: datetime | None = None
+    as_of: datetime | None = None
+    freshness: Freshness = field(default_factory=Freshness)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def moment(self) -> datetime:
+        """The moment feature age is judged at now: `as_of`, else the wall clock."""
+        return self.as_of or datetime.now(timezone.utc)
+
+    def stale_views(self) -> tuple[StaleView, ...]:
+        """Served views older than their ttl at `moment()`, by the last poll's watermarks."""
+        return self.freshness.stale(self.moment())
 
 
 def registry_version(name: str, alias: str) -> str:
@@ -88,7 +105,7 @@ class ModelWatcher:
     Args:
         data: the data dir (MLflow store, shop for the catalog and purchases).
         store: the opened Feast store.
-        state: the serving state to update.
+        state: the serving state to update; its `as_of` is the moment features are judged at.
         online: which online store the readers use.
         alias: registry alias to follow.
         interval_s: seconds between polls.
@@ -129,10 +146,12 @@ class ModelWatcher:
         """Check the registries once; load and swap when something changed. True when a swap happened."""
         try:
             probe = self.probe()
+            freshness = read_freshness(self.store)
         except Exception as exc:  # the tracking DB itself is unreachable: keep serving, say why
             self._refuse(None, f"cannot read the model registry: {exc}")
             return False
         self.state.checked_at = datetime.now(timezone.utc)
+        self._observe(freshness)
         if probe == self.state.loaded or probe == self.state.refused:
             return False
         try:
@@ -150,7 +169,6 @@ class ModelWatcher:
         """The bundle for `probe`, reusing the live parts whose versions did not change."""
         from ranking.reranker import Reranker
         from ranking.retriever import Retriever
-        from vitrine.shop.store import read_items
 
         if not probe.retriever or not probe.ranker:
             missing = [name for name, v in ((RETRIEVER_MODEL, probe.retriever), (RANKER_MODEL, probe.ranker)) if not v]
@@ -160,15 +178,31 @@ class ModelWatcher:
         same = live is not None and loaded is not None
         retriever = live.retriever if same and loaded.retriever == probe.retriever else Retriever.from_registry(self.data, alias=self.alias)  # type: ignore[union-attr]
         reranker = live.reranker if same and loaded.ranker == probe.ranker else Reranker.from_registry(self.data, alias=self.alias)  # type: ignore[union-attr]
-        items = live.items if same and loaded.items == probe.items else load_serving_items(self.store, read_items(self.data), online=self.online)  # type: ignore[union-attr]
+        items = live.items if same and loaded.items == probe.items else load_items(self.data, self.store, online=self.online, as_of=self.state.as_of)  # type: ignore[union-attr]
         return check_bundle(ModelBundle(retriever, reranker, items))
+
+    def _observe(self, freshness: Freshness) -> None:
+        """Take the poll's watermarks; warn when the set of stale views changes."""
+        state = self.state
+        before = {view.view for view in state.stale_views()}
+        state.freshness = freshness
+        if state.recommender is not None:
+            state.recommender.freshness = freshness
+        stale = state.stale_views()
+        if {view.view for view in stale} != before:
+            if stale:
+                log.warning("every answer is degraded: %s", stale_reason(stale))
+            else:
+                log.info("served features are fresh again")
 
     def _install(self, bundle: ModelBundle, probe: Probe) -> None:
         with self.state.lock:
             recommender = self.state.recommender
             if recommender is None:
                 users = open_reader(self.store, "user_id", USER_VIEWS, online=self.online)
-                self.state.recommender = Recommender(bundle, users, Purchases.from_shop(self.data))
+                self.state.recommender = Recommender(
+                    bundle, users, Purchases.from_shop(self.data), as_of=self.state.as_of, freshness=self.state.freshness
+                )
             else:
                 if self.state.loaded is not None and self.state.loaded.items != probe.items:
                     recommender.purchases = Purchases.from_shop(self.data)  # new events came with the materialization

@@ -16,6 +16,12 @@ Both apply each view's `ttl` as a maximum age: Feast writes it into the view but
 online reads, so a user whose features stopped being materialized would otherwise be scored on stale
 values. A stale view reads as missing; an entity with no fresh view at all reads as `None` (unknown).
 
+Age is measured at a moment: the wall clock by default, or an explicit `as_of` (`--as-of`,
+`VITRINE_AS_OF`) that replays a past day: `read(ids, now=as_of)`, or, for code that opens and reads
+its own reader (the item table's bulk load), `judged_at(as_of)` around the call. `Freshness` holds
+each served view's materialization watermark, so that serving can say, without reading the store,
+that a whole view is older than its ttl (everyone would silently get the cold-start list).
+
 Example:
     >>> reader = open_reader(store, "user_id", ("user_stats", "user_recent_items"), online="redis")
     >>> reader.read(["U000001"])[0]["events_30d"]
@@ -24,14 +30,18 @@ Example:
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
-from vitrine.errors import FeatureUnavailable
+from vitrine.errors import FeatureUnavailable, InvalidInput
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -53,6 +63,166 @@ REDIS_RETRY_AFTER_S = 1.0
 BULK_CHUNK = 2_000
 # A bulk read may legitimately take longer per command than a single user read (big replies).
 REDIS_BULK_SOCKET_TIMEOUT_S = 2.0
+# The environment variable that sets the moment freshness is judged at (as `--as-of` does).
+AS_OF_ENV = "VITRINE_AS_OF"
+# What a person can do about stale features; ends every staleness message.
+STALE_HINT = f"run `vitrine features materialize`, or pass --as-of ({AS_OF_ENV}) to replay the day the features are from"
+DAY_S = 86_400.0
+
+
+def parse_as_of(text: str, source: str = "--as-of") -> datetime:
+    """An ISO 8601 date or time as an aware UTC datetime; a time without a zone is UTC.
+
+    Raises:
+        InvalidInput: `text` is not ISO 8601 (the message names `source`).
+
+    Example:
+        >>> parse_as_of("2026-03-02")
+        datetime.datetime(2026, 3, 2, 0, 0, tzinfo=datetime.timezone.utc)
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise InvalidInput(f"{source}: {text!r} is not an ISO 8601 time, e.g. 2026-03-02 or 2026-03-02T12:00:00+01:00") from exc
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def as_of_from_environment() -> datetime | None:
+    """`$VITRINE_AS_OF` parsed (see `parse_as_of`), None when it is unset or empty."""
+    text = os.environ.get(AS_OF_ENV, "").strip()
+    return parse_as_of(text, AS_OF_ENV) if text else None
+
+
+# The moment set by `judged_at` for the code running inside it (per thread and per task).
+_judged_at: ContextVar[datetime | None] = ContextVar("vitrine_feature_moment", default=None)
+
+
+@contextmanager
+def judged_at(moment: datetime | None) -> Iterator[None]:
+    """Reads inside this block that name no `now` judge freshness at `moment` (None: the wall clock).
+
+    For callers that cannot hand a moment down to the reader they cause to be opened, such as
+    `ranking.item_table.load_serving_items`.
+    """
+    token = _judged_at.set(moment)
+    try:
+        yield
+    finally:
+        _judged_at.reset(token)
+
+
+def judging_moment(now: datetime | None = None) -> datetime:
+    """`now` if given, else the moment of the enclosing `judged_at`, else the wall clock (UTC)."""
+    return now or _judged_at.get() or datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class StaleView:
+    """A served view whose newest materialized values are older than its ttl at the judging moment."""
+
+    view: str
+    materialized_to: datetime | None  # end of its latest materialization; None: never materialized
+    age_s: float | None  # judging moment minus `materialized_to`; None: never materialized
+    ttl_s: float  # the view's maximum age
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "view": self.view,
+            "materialized_to": self.materialized_to.isoformat() if self.materialized_to else None,
+            "age_s": None if self.age_s is None else round(self.age_s, 3),
+            "ttl_s": self.ttl_s,
+        }
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> "StaleView":
+        """The inverse of `to_dict` (batch shards report their stale views as dicts)."""
+        end = body["materialized_to"]
+        return cls(body["view"], None if end is None else datetime.fromisoformat(end), body["age_s"], float(body["ttl_s"]))
+
+
+@dataclass(frozen=True)
+class ViewWatermark:
+    """How far one served view has been materialized, and how old its values may get."""
+
+    view: str
+    materialized_to: datetime | None  # end of the latest materialization (aware); None: never materialized
+    ttl_s: float  # the view's maximum age in seconds; 0: its values never go stale
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """The served views' materialization watermarks: whether a moment finds any view entirely stale.
+
+    A view's values are at most as new as its watermark, so once the judging moment is more than a
+    ttl past it, every entity reads as missing in that view. Judging costs a comparison per view
+    and no store read; the watermarks themselves are read from the registry by whoever polls it
+    (`ranking.model_watcher`), or once at load.
+
+    Example:
+        >>> freshness.stale(datetime.now(timezone.utc))
+        (StaleView(view='user_stats', materialized_to=..., age_s=23328000.0, ttl_s=2592000.0),)
+    """
+
+    watermarks: tuple[ViewWatermark, ...] = ()
+    # Epoch seconds up to which no view is stale: the fast path of `stale`.
+    _fresh_until_s: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        limits = [
+            -math.inf if w.materialized_to is None else w.materialized_to.timestamp() + w.ttl_s
+            for w in self.watermarks
+            if w.materialized_to is None or w.ttl_s > 0
+        ]
+        object.__setattr__(self, "_fresh_until_s", min(limits, default=math.inf))
+
+    def ages(self, now: datetime) -> dict[str, float]:
+        """Seconds from each view's watermark to `now` (inf for a view never materialized)."""
+        now_s = now.timestamp()
+        return {w.view: math.inf if w.materialized_to is None else now_s - w.materialized_to.timestamp() for w in self.watermarks}
+
+    def stale(self, now: datetime) -> tuple[StaleView, ...]:
+        """The views that are never materialized or whose watermark is more than their ttl before `now`."""
+        now_s = now.timestamp()
+        if now_s <= self._fresh_until_s:
+            return ()
+        out = []
+        for w in self.watermarks:
+            if w.materialized_to is None:
+                out.append(StaleView(w.view, None, None, w.ttl_s))
+                continue
+            age = now_s - w.materialized_to.timestamp()
+            if w.ttl_s > 0 and age > w.ttl_s:
+                out.append(StaleView(w.view, w.materialized_to, age, w.ttl_s))
+        return tuple(out)
+
+    def ahead_of(self, now: datetime) -> tuple[str, ...]:
+        """Views that age (ttl > 0) materialized past `now`: replaying `now`, their values may hold later events."""
+        return tuple(w.view for w in self.watermarks if w.ttl_s > 0 and w.materialized_to is not None and w.materialized_to > now)
+
+
+def stale_reason(stale: Sequence[StaleView]) -> str | None:
+    """The one sentence that names stale views and says what to do; None when there are none.
+
+    Views with the same watermark and ttl (usually all of them: one materialization) share a clause.
+    """
+    if not stale:
+        return None
+    groups: dict[tuple[datetime | None, float | None, float], list[StaleView]] = {}
+    for view in stale:
+        groups.setdefault((view.materialized_to, view.age_s, view.ttl_s), []).append(view)
+    clauses = [_describe([view.view for view in group], group[0]) for group in groups.values()]
+    return "stale features: " + "; ".join(clauses) + f"; {STALE_HINT}"
+
+
+def _describe(names: Sequence[str], view: StaleView) -> str:
+    """`names` (views sharing `view`'s watermark and ttl) in words: how old, against which ttl."""
+    subject = ", ".join(names) + (" is" if len(names) == 1 else " are")
+    if view.materialized_to is None or view.age_s is None:
+        return f"{subject} never materialized"
+    return (
+        f"{subject} materialized to {view.materialized_to.isoformat()}, "
+        f"{view.age_s / DAY_S:.1f} days before the serving time (ttl {view.ttl_s / DAY_S:g} days)"
+    )
 
 
 @dataclass(frozen=True)
@@ -98,9 +268,10 @@ class OnlineFeatureReader(ABC):
     """Reads the latest features of entities of one kind (users or items) from the online store.
 
     Contract:
-        - `read(ids)` returns one entry per id, in order: a dict feature name -> python value (None where
-          the value is null or its view is missing or older than the view's ttl), or None when the entity
-          has no fresh row in any of the views (an unknown or long-inactive entity).
+        - `read(ids, now)` returns one entry per id, in order: a dict feature name -> python value (None
+          where the value is null or its view is missing or older than the view's ttl at `now`), or None
+          when the entity has no fresh row in any of the views (an unknown or long-inactive entity).
+          `now` defaults to `judging_moment()`: the enclosing `judged_at`, else the wall clock.
         - Values are what Feast's `get_online_features(...).to_dict()` returns for the same features.
         - Failure of the store raises `FeatureUnavailable` within a bounded time; it never hangs.
     """
@@ -151,7 +322,7 @@ class SdkOnlineReader(OnlineFeatureReader):
     def read(self, ids: Sequence[str], now: datetime | None = None) -> list[dict[str, Any] | None]:
         if not ids:
             return []
-        now_s = (now or datetime.now(timezone.utc)).timestamp()
+        now_s = judging_moment(now).timestamp()
         try:
             with self._lock:
                 response = self.store.get_online_features(
@@ -212,7 +383,7 @@ class RedisOnlineReader(OnlineFeatureReader):
             return []
         if time.monotonic() < self._down_until:
             raise FeatureUnavailable("Redis online store is unreachable (retrying shortly)")
-        now_s = (now or datetime.now(timezone.utc)).timestamp()
+        now_s = judging_moment(now).timestamp()
         replies: list[list[bytes | None]] = []
         try:
             for start in range(0, len(ids), BULK_CHUNK):

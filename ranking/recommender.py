@@ -14,6 +14,13 @@ A user the feature store does not know (new, or whose features are older than th
 the cold-start list (popular and trending items) flagged `cold_start`. When the online store is down
 or slow the answer is the same cold-start list flagged `degraded`: never an error, never a hang.
 
+Feature age is judged at the recommender's `as_of` (a past moment, to replay a day) or the wall
+clock. When a served view's newest materialization is older than its ttl at that moment (the shop's
+data is late, or it is a replay served without `as_of`), every answer is flagged `degraded` with a
+`reason` that names the views and says what to do: no user would be personalised otherwise, and
+nothing else would say why. This check compares the materialization watermarks (`Freshness`, read
+at load and refreshed by the model watcher) with the moment: no store read per request.
+
 `recommend_batch` runs the same stages for many users at once (one online read, one tower pass,
 one FAISS search, one LightGBM call), for e-mail campaigns and offline evaluation.
 
@@ -34,13 +41,25 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ranking.item_table import ServingItems, load_serving_items
-from ranking.online_features import OnlineFeatureReader, OnlineKind, open_reader
+from ranking.item_table import ABSENT, ITEM_VIEWS, ServingItems, load_serving_items, materialization_ends
+from ranking.online_features import (
+    Freshness,
+    OnlineFeatureReader,
+    OnlineKind,
+    StaleView,
+    ViewWatermark,
+    as_of_from_environment,
+    judged_at,
+    open_reader,
+    stale_reason,
+    view_specs,
+)
 from ranking.ranker_features import UserContext, build_features
 from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
@@ -70,6 +89,8 @@ MAX_CATEGORY_LENGTH = 200
 MAX_PURCHASE_SLACK = CANDIDATES
 # Feature views keyed by user that the retriever and the ranker read.
 USER_VIEWS: tuple[str, ...] = ("user_stats", "user_recent_items")
+# Every view an answer depends on: whose staleness degrades answers.
+SERVED_VIEWS: tuple[str, ...] = USER_VIEWS + ITEM_VIEWS
 STAGES: tuple[str, ...] = ("features", "retrieve", "rank_features", "score", "filter")
 
 
@@ -110,7 +131,9 @@ class RecommendationList(list[Recommendation]):
     Attributes:
         user_id: who it is for.
         cold_start: True when the user has no usable features (new, unknown or stale): popular items.
-        degraded: True when the feature store failed and a non-personalised list was served instead.
+        degraded: True when the answer is worse than the models can give: the feature store failed
+            (a non-personalised list was served instead), or a served view is older than its ttl.
+        reason: why it is degraded, in words (None when it is not).
         versions: retriever, ranker and item-table versions that produced it.
         timings_ms: milliseconds per stage (see STAGES), for this call.
     """
@@ -122,6 +145,7 @@ class RecommendationList(list[Recommendation]):
         user_id: str = "",
         cold_start: bool = False,
         degraded: bool = False,
+        reason: str | None = None,
         versions: Mapping[str, str] | None = None,
         timings_ms: Mapping[str, float] | None = None,
     ) -> None:
@@ -129,6 +153,7 @@ class RecommendationList(list[Recommendation]):
         self.user_id = user_id
         self.cold_start = cold_start
         self.degraded = degraded
+        self.reason = reason
         self.versions = dict(versions or {})
         self.timings_ms = dict(timings_ms or {})
 
@@ -260,10 +285,14 @@ class Recommender:
         users: the online reader of user features; None serves everyone the cold-start list.
         purchases: what each user bought (for `exclude_purchased`).
         candidates: how many candidates the retriever hands to the ranker.
+        as_of: the moment feature age is judged at (aware); None: the wall clock at each request.
+        freshness: the served views' materialization watermarks (`read_freshness`); the model watcher
+            replaces it as it polls. Empty: nothing is known, nothing is flagged.
 
     Example:
         >>> recommender = Recommender.from_data(DataDir.resolve(), online="redis")
         >>> recommender.recommend("U000042", k=10, category="toys")
+        >>> Recommender.from_data(DataDir.resolve(), as_of=parse_as_of("2026-03-02")).recommend("U000042")
     """
 
     def __init__(
@@ -272,11 +301,24 @@ class Recommender:
         users: OnlineFeatureReader | None,
         purchases: Purchases | None = None,
         candidates: int = CANDIDATES,
+        *,
+        as_of: datetime | None = None,
+        freshness: Freshness = Freshness(),
     ) -> None:
         self._bundle = bundle
         self.users = users
         self.purchases = purchases or Purchases({})
         self.candidates = candidates
+        self.as_of = as_of
+        self.freshness = freshness
+
+    def moment(self) -> datetime:
+        """The moment feature age is judged at now: `as_of`, else the wall clock."""
+        return self.as_of or datetime.now(timezone.utc)
+
+    def stale_views(self) -> tuple[StaleView, ...]:
+        """The served views older than their ttl at `moment()` (see `Freshness.stale`)."""
+        return self.freshness.stale(self.moment())
 
     @property
     def bundle(self) -> ModelBundle:
@@ -291,18 +333,27 @@ class Recommender:
 
     @classmethod
     def from_data(
-        cls, data: DataDir, *, online: OnlineKind = "sqlite", alias: str = "champion", candidates: int = CANDIDATES
+        cls,
+        data: DataDir,
+        *,
+        online: OnlineKind = "sqlite",
+        alias: str = "champion",
+        candidates: int = CANDIDATES,
+        as_of: datetime | None = None,
     ) -> "Recommender":
         """Load `vitrine-retriever@alias`, `vitrine-ranker@alias`, the item table and the readers.
+
+        `as_of` judges feature age at that moment instead of the wall clock, for the item table read
+        here and for every request (see `ranking.online_features.parse_as_of`).
 
         Raises:
             ModelUnavailable: a model is not registered or does not load.
             FeatureUnavailable: the feature store is not set up (`vitrine features apply/materialize`).
         """
         store = open_feature_store(data, online)
-        bundle = load_bundle(data, store, alias=alias, online=online)
+        bundle = load_bundle(data, store, alias=alias, online=online, as_of=as_of)
         users = open_reader(store, "user_id", USER_VIEWS, online=online)
-        return cls(bundle, users, Purchases.from_shop(data), candidates=candidates)
+        return cls(bundle, users, Purchases.from_shop(data), candidates=candidates, as_of=as_of, freshness=read_freshness(store))
 
     def recommend(
         self, user_id: str, k: int = 20, *, exclude_purchased: bool = True, category: str | None = None, explain: bool = True
@@ -337,15 +388,18 @@ class Recommender:
             check_category(category)
         bundle = self._bundle  # one read: the whole batch uses one version of everything
         timer = _Timer()
-        degraded = False
+        now = self.moment()
+        problems = [stale_reason(self.freshness.stale(now))]
         rows: list[dict[str, Any] | None]
         if self.users is None:
             rows = [None] * len(ids)
         else:
             try:
-                rows = self.users.read(ids)
-            except FeatureUnavailable:
-                rows, degraded = [None] * len(ids), True
+                rows = self.users.read(ids, now=now)
+            except FeatureUnavailable as exc:
+                rows = [None] * len(ids)
+                problems.append(f"feature store unavailable, non-personalised list served: {exc}")
+        reason = "; ".join(p for p in problems if p) or None
         timer.lap("features")
 
         known = [n for n, row in enumerate(rows) if row is not None]
@@ -373,7 +427,7 @@ class Recommender:
             cold = rows[n] is None
             results.append(
                 RecommendationList(
-                    picked, user_id=user_id, cold_start=cold, degraded=degraded, versions=bundle.versions
+                    picked, user_id=user_id, cold_start=cold, degraded=reason is not None, reason=reason, versions=bundle.versions
                 )
             )
         timer.lap("filter")
@@ -524,16 +578,46 @@ def open_feature_store(data: DataDir, online: OnlineKind = "sqlite") -> Any:
         raise FeatureUnavailable(f"{data.feast}: cannot open the Feast store ({exc})") from exc
 
 
-def load_bundle(data: DataDir, store: Any, *, alias: str = "champion", online: OnlineKind | None = None) -> ModelBundle:
-    """Retriever and ranker `@alias` from the registry, plus the item table at the current materialization."""
+def load_bundle(
+    data: DataDir, store: Any, *, alias: str = "champion", online: OnlineKind | None = None, as_of: datetime | None = None
+) -> ModelBundle:
+    """Retriever and ranker `@alias` from the registry, plus the item table at the current materialization.
+
+    The item table's features are judged fresh or stale at `as_of` (None: the wall clock).
+    """
     from ranking.reranker import Reranker
     from ranking.retriever import Retriever
-    from vitrine.shop.store import read_items
 
     retriever = Retriever.from_registry(data, alias=alias)
     reranker = Reranker.from_registry(data, alias=alias)
-    items = load_serving_items(store, read_items(data), online=online)
-    return check_bundle(ModelBundle(retriever, reranker, items))
+    return check_bundle(ModelBundle(retriever, reranker, load_items(data, store, online=online, as_of=as_of)))
+
+
+def load_items(data: DataDir, store: Any, *, online: OnlineKind | None = None, as_of: datetime | None = None) -> ServingItems:
+    """The shop's catalog with its item features from the online store, judged fresh at `as_of`."""
+    from vitrine.shop.store import read_items
+
+    # load_serving_items opens and reads its own reader; judged_at hands it the moment.
+    with judged_at(as_of):
+        return load_serving_items(store, read_items(data), online=online)
+
+
+def read_freshness(store: Any, views: Sequence[str] = SERVED_VIEWS) -> Freshness:
+    """The materialization watermark and ttl of each view in `views` that the registry holds.
+
+    One uncached registry read per view (`ranking.item_table.materialization_ends`): for load time
+    and the model watcher's poll, never for a request.
+    """
+    ends = materialization_ends(store, views)
+    present = [name for name in views if ends[name] != ABSENT]
+    ttls = {spec.name: spec.ttl_s for spec in view_specs(store, present)}
+    watermarks = []
+    for name in present:
+        end = None if ends[name] == "never" else datetime.fromisoformat(ends[name])
+        if end is not None and end.tzinfo is None:  # Feast stores UTC; an old registry may hold naive stamps
+            end = end.replace(tzinfo=timezone.utc)
+        watermarks.append(ViewWatermark(name, end, ttls[name]))
+    return Freshness(tuple(watermarks))
 
 
 def check_bundle(bundle: ModelBundle) -> ModelBundle:
@@ -568,11 +652,14 @@ _default_lock = threading.Lock()
 
 
 def default_recommender() -> Recommender:
-    """The process-wide `Recommender` over `$VITRINE_DATA_DIR` (SQLite online store), created on first use."""
+    """The process-wide `Recommender` over `$VITRINE_DATA_DIR` (SQLite online store), created on first use.
+
+    Feature age is judged at `$VITRINE_AS_OF` when it is set (see `ranking.online_features.parse_as_of`).
+    """
     global _default
     with _default_lock:
         if _default is None:
-            _default = Recommender.from_data(DataDir.resolve())
+            _default = Recommender.from_data(DataDir.resolve(), as_of=as_of_from_environment())
         return _default
 
 

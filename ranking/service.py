@@ -3,7 +3,7 @@
     GET /recommend/{user_id}?k=20&category=...&exclude_purchased=true   ranked items for a user
     GET /search?q=...&k=20                                             items matching a text query
     GET /similar/{item_id}?k=20                                        items like an item
-    GET /healthz                                                       the process is alive
+    GET /healthz                                                       the process is alive (and which features are stale)
     GET /readyz                                                        models loaded? (503 until then; says why)
     GET /metrics                                                       Prometheus text format
     GET /openapi.json, /docs                                           the published API
@@ -16,6 +16,12 @@ caller-controlled bytes reach a Redis key or a file path.
 
 A feature store that is down or slow does NOT make a request fail: the recommender answers with a
 non-personalised list flagged `degraded` (and /metrics counts it).
+
+Feature age is judged at `ServiceConfig.as_of` (`vitrine serve --as-of`, `VITRINE_AS_OF`) or the
+wall clock. A served view materialized longer than its ttl before that moment is named, with its
+age, by /readyz and /healthz (both stay 200: the models serve, and a restart would not help), is
+exported as `vitrine_feature_age_seconds{view}` beside `vitrine_feature_ttl_seconds{view}`, and
+makes every answer `degraded` with a `reason`.
 
 Example:
     >>> app = create_app(ServiceConfig(data_dir=Path("data")))
@@ -30,6 +36,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Literal
 
@@ -40,7 +47,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
 from ranking.model_watcher import POLL_INTERVAL_S, ModelWatcher, ServingState
-from ranking.online_features import OnlineKind
+from ranking.online_features import AS_OF_ENV, OnlineKind, as_of_from_environment
 from ranking.recommender import ID_PATTERN, MAX_CATEGORY_LENGTH, MAX_ID_LENGTH, MAX_K, STAGES, RecommendationList, check_id
 from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable, VitrineError
 from vitrine.paths import DataDir
@@ -69,6 +76,7 @@ class ServiceConfig:
     alias: str = "champion"  # registry alias of vitrine-retriever / vitrine-ranker to serve
     poll_interval_s: float = POLL_INTERVAL_S  # how often to look for a new champion or materialization
     watch: bool = True  # poll in the background; False = load once at start-up (tests, batch)
+    as_of: datetime | None = None  # the moment feature age is judged at (aware; replays a past day); None = the wall clock
 
 
 class ReasonOut(BaseModel):
@@ -94,6 +102,7 @@ class RecommendOut(BaseModel):
     k: int
     cold_start: bool
     degraded: bool
+    reason: str | None = None  # why the answer is degraded (stale features, feature store down); null when it is not
     versions: dict[str, str]
     items: list[ItemOut]
 
@@ -123,6 +132,7 @@ def recommend_payload(result: RecommendationList, k: int) -> dict[str, Any]:
         "k": k,
         "cold_start": result.cold_start,
         "degraded": result.degraded,
+        "reason": result.reason,
         "versions": result.versions,
         "items": [
             {
@@ -158,6 +168,13 @@ class Metrics:
         self.model = Gauge("vitrine_model_info", "the serving model versions (value 1)", ["retriever", "ranker", "items"], registry=self.registry)
         self.ready = Gauge("vitrine_ready", "1 when models are loaded and serving", registry=self.registry)
         self.load_failures = Counter("vitrine_model_load_failures_total", "candidate bundles refused by the model watcher", registry=self.registry)
+        self.feature_age = Gauge(
+            "vitrine_feature_age_seconds",
+            "seconds from a served view's materialization watermark to the serving time (as-of or now); +Inf: never materialized",
+            ["view"],
+            registry=self.registry,
+        )
+        self.feature_ttl = Gauge("vitrine_feature_ttl_seconds", "a served view's ttl (0: never stale); age above it means stale", ["view"], registry=self.registry)
         for reason in ("cold_start", "degraded", "padded"):
             self.fallbacks.labels(reason)
         for stage in STAGES:
@@ -181,6 +198,23 @@ class Metrics:
         self.ready.set(1 if state.recommender is not None else 0)
         if state.last_error is not None:
             self.load_failures.inc()
+
+    def observe_freshness(self, state: ServingState) -> None:
+        """Feature age per served view at this moment (called at each scrape: age grows between polls)."""
+        ages = state.freshness.ages(state.moment())
+        self.feature_age.clear()  # a view no longer served must not keep its last age
+        self.feature_ttl.clear()
+        for watermark in state.freshness.watermarks:
+            self.feature_age.labels(watermark.view).set(ages[watermark.view])
+            self.feature_ttl.labels(watermark.view).set(watermark.ttl_s)
+
+
+def freshness_body(state: ServingState) -> dict[str, Any]:
+    """What /readyz and /healthz say about feature age: the judging moment and the stale views."""
+    return {
+        "as_of": state.as_of.isoformat() if state.as_of else None,
+        "stale_features": [view.to_dict() for view in state.stale_views()],
+    }
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -287,7 +321,8 @@ def create_app(
 
     Args:
         config: where the data is, which online store, which alias, how often to poll.
-        state: an already loaded serving state (tests, `vitrine recommend`); None loads from `config`.
+        state: an already loaded serving state (tests, `vitrine recommend`); None loads from `config`
+            (a given state keeps its own `as_of`).
         watcher_factory: builds the model watcher (default `ModelWatcher`).
         search_engine: an object with `search(text, k)` / `similar(item_id, k)` (default: the embeddings
             stage's `ProductSearch`, loaded on first use).
@@ -297,7 +332,7 @@ def create_app(
     serving_threads()
     data = DataDir.resolve(config.data_dir)
     metrics = Metrics()
-    serving = state or ServingState()
+    serving = state or ServingState(as_of=config.as_of)
     search = Search(data, search_engine)
     holder: dict[str, ModelWatcher] = {}
 
@@ -394,9 +429,10 @@ def create_app(
         check_id(item_id, "item_id")
         return {"query": item_id, "items": _hits(search.engine().similar(item_id, k), serving)}
 
-    @app.get("/healthz", summary="The process is alive")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", summary="The process is alive; names served feature views older than their ttl")
+    def healthz() -> dict[str, Any]:
+        body = freshness_body(serving)
+        return {"status": "degraded" if body["stale_features"] else "ok", **body}
 
     @app.get("/readyz", summary="Models are loaded and serving (503 until then)")
     def readyz() -> JSONResponse:
@@ -406,13 +442,17 @@ def create_app(
             "versions": live.bundle.versions if live is not None else {},
             "last_error": serving.last_error,
             "checked_at": serving.checked_at.isoformat() if serving.checked_at else None,
+            **freshness_body(serving),
         }
+        # Stale features do not make the service unready: its answers are flagged, and every replica
+        # sees the same store, so taking them out of rotation would only turn degraded into down.
         return JSONResponse(body, status_code=200 if live is not None else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics_endpoint() -> PlainTextResponse:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        metrics.observe_freshness(serving)
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -430,6 +470,10 @@ def serve(host: str, port: int, workers: int, config: ServiceConfig) -> None:
         os.environ["VITRINE_SERVE_ALIAS"] = config.alias
         os.environ["VITRINE_SERVE_POLL_S"] = repr(config.poll_interval_s)
         os.environ["VITRINE_SERVE_WATCH"] = "1" if config.watch else "0"
+        if config.as_of is not None:
+            os.environ[AS_OF_ENV] = config.as_of.isoformat()
+        else:
+            os.environ.pop(AS_OF_ENV, None)
         if config.data_dir is not None:
             os.environ["VITRINE_DATA_DIR"] = str(DataDir.resolve(config.data_dir).root)
         uvicorn.run(
@@ -448,11 +492,12 @@ def serve(host: str, port: int, workers: int, config: ServiceConfig) -> None:
 def app_from_environment() -> FastAPI:
     """The app configured from `VITRINE_*` variables (uvicorn `--factory`, multi-worker serving).
 
-    `serve` sets VITRINE_SERVE_ONLINE, VITRINE_SERVE_ALIAS, VITRINE_SERVE_POLL_S, VITRINE_SERVE_WATCH
-    and VITRINE_DATA_DIR from its `ServiceConfig`, so every worker serves what one worker would.
+    `serve` sets VITRINE_SERVE_ONLINE, VITRINE_SERVE_ALIAS, VITRINE_SERVE_POLL_S, VITRINE_SERVE_WATCH,
+    VITRINE_AS_OF and VITRINE_DATA_DIR from its `ServiceConfig`, so every worker serves what one worker would.
 
     Raises:
-        InvalidInput: an unknown online store or a poll interval that is not a positive number.
+        InvalidInput: an unknown online store, a poll interval that is not a positive number, or a
+            VITRINE_AS_OF that is not ISO 8601.
     """
     import os
 
@@ -471,6 +516,7 @@ def app_from_environment() -> FastAPI:
         alias=os.environ.get("VITRINE_SERVE_ALIAS", "champion"),
         poll_interval_s=poll_interval_s,
         watch=os.environ.get("VITRINE_SERVE_WATCH", "1") != "0",
+        as_of=as_of_from_environment(),
     )
     return create_app(config)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from ranking.online_features import AS_OF_ENV, parse_as_of
 from vitrine.paths import DATA_DIR_ENV, DataDir
 
 DataDirOption = Annotated[
@@ -16,10 +18,28 @@ DataDirOption = Annotated[
     typer.Option("--data-dir", envvar=DATA_DIR_ENV, help="Data dir (default ./data).", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+AsOfOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--as-of",
+        envvar=AS_OF_ENV,
+        help="Judge feature freshness at this moment instead of now, to replay a past day (ISO 8601; no zone = UTC).",
+        show_default=False,
+    ),
+]
 
 
 def data_dir(option: Path | None) -> DataDir:
     return DataDir.resolve(option)
+
+
+def as_of(option: str | None) -> datetime | None:
+    """`--as-of` (or `$VITRINE_AS_OF`) as an aware UTC datetime; None when not given.
+
+    Raises:
+        InvalidInput: not ISO 8601.
+    """
+    return parse_as_of(option) if option and option.strip() else None
 
 
 def print_json(payload: Any) -> None:

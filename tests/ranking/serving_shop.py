@@ -6,7 +6,9 @@ Built once per test session (`served_shop()` caches it) through the stages' publ
 are written directly (category direction + noise) instead of running an image encoder: serving only
 reads them from the feature store, and a real encoder would cost the test session a minute.
 
-Events end today, so the features are fresh with respect to the views' ttl.
+Events end today, so the features are fresh with respect to the views' ttl. `replayed_shop()` is the
+same shop and models with the events `REPLAY_SHIFT_DAYS` earlier, materialized to its last day as the
+pipeline does: a shop whose data ended longer ago than the views' ttl (replayed, or late).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ USERS, ITEMS, DAYS = 300, 120, 20
 EMBEDDING_DIM = 32
 # Set to a folder to keep the built shop between local test sessions.
 REUSE_ENV = "VITRINE_TEST_SERVING_SHOP"
+# How much earlier the replayed shop's events are: past the stats views' 30-day ttl, and whole weeks,
+# so that the generator's weekday seasonality, and with it every event, is the served shop's.
+REPLAY_SHIFT_DAYS = 63
 
 
 def build_shop(root: Path) -> DataDir:
@@ -52,8 +57,10 @@ def build_shop(root: Path) -> DataDir:
     return data
 
 
-def write_item_vectors(data: DataDir, items: pd.DataFrame, dim: int = EMBEDDING_DIM, version: str = "test-vectors-1") -> None:
-    """Unit vectors near a per-category direction, in the `item_embeddings.parquet` format."""
+def write_item_vectors(
+    data: DataDir, items: pd.DataFrame, dim: int = EMBEDDING_DIM, version: str = "test-vectors-1", at: datetime | None = None
+) -> None:
+    """Unit vectors near a per-category direction, in the `item_embeddings.parquet` format, stamped `at` (default: a day ago)."""
     rng = np.random.default_rng(0)
     directions = {c: rng.normal(size=dim) for c in items["category"].fillna("none").unique()}
     vectors = np.stack([directions[c] + 0.5 * rng.normal(size=dim) for c in items["category"].fillna("none")]).astype(np.float32)
@@ -65,7 +72,7 @@ def write_item_vectors(data: DataDir, items: pd.DataFrame, dim: int = EMBEDDING_
             "embedding": [v.tolist() for v in vectors],
             "has_image": True,
             "model_version": version,
-            "event_timestamp": pd.Timestamp(datetime.now(timezone.utc) - timedelta(days=1)),
+            "event_timestamp": pd.Timestamp(at or datetime.now(timezone.utc) - timedelta(days=1)),
         }
     ).to_parquet(data.item_embeddings)
 
@@ -137,6 +144,39 @@ def served_shop() -> DataDir:
     data = build_shop(root / "data")
     train_models(data)
     return data
+
+
+@functools.lru_cache(maxsize=1)
+def replayed_shop() -> tuple[DataDir, datetime]:
+    """The served shop's users, items and models with its events REPLAY_SHIFT_DAYS days earlier.
+
+    Features are built and materialized up to the day after the last snapshot, as the pipeline's
+    feast step does, so the watermark is the data's end, which is older than the stats views' ttl.
+    Returns the data dir and that watermark: the moment to replay.
+    """
+    import atexit
+
+    from training import feature_store
+    from training.build_features import build
+    from vitrine.shop.generate import DEMO, generate_shop
+    from vitrine.shop.ingest import ingest
+    from vitrine.shop.store import read_items
+
+    served = served_shop()
+    root = Path(tempfile.mkdtemp(prefix="vitrine-replayed-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    data = DataDir.resolve(root / "data")
+    # The models (MLflow registry and artifacts) come along; the shop and its features are rebuilt.
+    shutil.copytree(served.root, data.root, ignore=shutil.ignore_patterns("shop", "incoming", "truth", "rejects", "features", "feast", "embeddings"))
+    start = datetime.now(timezone.utc).date() - timedelta(days=DAYS + REPLAY_SHIFT_DAYS)
+    generate_shop(data, replace(DEMO, users=USERS, items=ITEMS, days=DAYS, start=start), progress=False)
+    ingest(data)
+    write_item_vectors(data, read_items(data), at=datetime.combine(start, datetime.min.time(), timezone.utc))
+    report = build(data)
+    feature_store.apply(data)
+    end = datetime.fromisoformat(report.last_day).replace(tzinfo=timezone.utc) + timedelta(days=1)
+    feature_store.materialize(data, datetime(1970, 1, 1, tzinfo=timezone.utc), end)
+    return data, end
 
 
 def free_port() -> int:

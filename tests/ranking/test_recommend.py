@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -396,3 +397,104 @@ def test_recommend_users_command_writes_the_file_and_prints_json(
         assert not exc.code
     summary = json.loads(capsys.readouterr().out)
     assert summary["users"] == 3 and summary["rows"] == 9 == len(pd.read_parquet(out))
+
+
+@pytest.fixture(scope="module")
+def replayed() -> tuple[DataDir, datetime]:
+    """A shop whose features end REPLAY_SHIFT_DAYS ago (older than the ttl), and the moment to replay."""
+    from serving_shop import replayed_shop
+
+    return replayed_shop()
+
+
+@pytest.fixture(scope="module")
+def active_replayed_users(replayed) -> list[str]:
+    from vitrine.shop.store import read_events
+
+    data, _ = replayed
+    return [str(u) for u in read_events(data)["user_id"].value_counts().index[:5]]
+
+
+def test_replaying_the_last_day_with_as_of_personalises_what_now_serves_stale_and_flagged(replayed, active_replayed_users: list[str]) -> None:
+    from ranking.ranker_features import ITEM_NUMERIC_COLUMNS
+
+    data, end = replayed
+    user = active_replayed_users[0]
+    now = Recommender.from_data(data)
+    stale = now.recommend(user, k=5)
+    assert stale.cold_start and stale.degraded and len(stale) == 5
+    assert stale.reason and "user_stats" in stale.reason and "vitrine features materialize" in stale.reason and "--as-of" in stale.reason
+    assert {view.view for view in now.stale_views()} == {"user_stats", "user_recent_items", "item_stats"}  # item vectors have no ttl
+    assert all(view.age_s is not None and view.age_s > view.ttl_s for view in now.stale_views())
+
+    replay = Recommender.from_data(data, as_of=end)
+    assert replay.stale_views() == ()
+    for user in active_replayed_users:
+        result = replay.recommend(user, k=5)
+        assert not result.cold_start and not result.degraded and result.reason is None
+        assert result[0].source == "ranked" and result[0].reasons
+    # The item table is judged at the same moment: its stats are there in the replay, gone now.
+    views = ITEM_NUMERIC_COLUMNS.index("views_30d")
+    assert np.isfinite(replay.bundle.items.table.numeric[:, views]).any()
+    assert not np.isfinite(now.bundle.items.table.numeric[:, views]).any()
+
+
+def test_batch_replays_as_of_in_every_process_and_flags_stale_rows_without_it(replayed, active_replayed_users: list[str], tmp_path: Path) -> None:
+    from ranking.batch import recommend_to_file, recommend_users_to_file
+
+    data, end = replayed
+    users = active_replayed_users[:4]
+    summary = recommend_users_to_file(data, users, 3, tmp_path / "replay.parquet", processes=2, as_of=end)
+    rows = pd.read_parquet(tmp_path / "replay.parquet")
+    assert summary["processes"] == 2 and summary["stale_features"] == [] and summary["as_of"] == end.isoformat()
+    assert not rows["cold_start"].any() and not rows["degraded"].any() and rows["reason"].isna().all()
+
+    stale = recommend_to_file(Recommender.from_data(data), users, 3, tmp_path / "stale.parquet")
+    rows = pd.read_parquet(tmp_path / "stale.parquet")
+    assert {view["view"] for view in stale["stale_features"]} >= {"user_stats", "user_recent_items"}
+    assert rows["cold_start"].all() and rows["degraded"].all() and rows["reason"].str.contains("user_stats").all()
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`vitrine <args>` in-process through `vitrine.cli.main` (which maps errors to exit codes)."""
+    import sys
+
+    from vitrine import cli
+
+    monkeypatch.setattr(sys, "argv", ["vitrine", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_recommend_command_warns_on_stale_features_and_replays_with_as_of(
+    replayed, active_replayed_users: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, end = replayed
+    user = active_replayed_users[0]
+    monkeypatch.delenv("VITRINE_AS_OF", raising=False)
+    code, out, err = run_cli(monkeypatch, capsys, "recommend", user, "--k", "3", "--json", "--data-dir", str(data.root))
+    assert code == 0, err
+    [body] = json.loads(out)
+    assert body["degraded"] and body["cold_start"] and "user_stats" in body["reason"]
+    assert "warning" in err and "user_stats" in err and "vitrine features materialize" in err and "--as-of" in err
+
+    code, out, err = run_cli(monkeypatch, capsys, "recommend", user, "--k", "3", "--data-dir", str(data.root))
+    assert code == 0 and "degraded" in out and "vitrine features materialize" in err  # the table says it too
+
+    # The replay: --as-of, or VITRINE_AS_OF, naive ISO read as UTC.
+    naive = end.replace(tzinfo=None).isoformat()
+    code, out, err = run_cli(monkeypatch, capsys, "recommend", user, "--k", "3", "--json", "--as-of", naive, "--data-dir", str(data.root))
+    assert code == 0 and "warning" not in err
+    [body] = json.loads(out)
+    assert not body["degraded"] and not body["cold_start"] and body["reason"] is None
+    monkeypatch.setenv("VITRINE_AS_OF", naive)
+    code, out, err = run_cli(monkeypatch, capsys, "recommend", user, "--k", "3", "--json", "--data-dir", str(data.root))
+    assert code == 0 and "warning" not in err and not json.loads(out)[0]["cold_start"]
+
+    code, _, err = run_cli(monkeypatch, capsys, "recommend", user, "--as-of", "last tuesday", "--data-dir", str(data.root))
+    assert code == 2 and "--as-of" in err and "ISO 8601" in err

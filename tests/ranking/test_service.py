@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,14 @@ SERVER_START_TIMEOUT_S = 180
 @pytest.fixture(scope="module")
 def data() -> DataDir:
     return served_shop()
+
+
+@pytest.fixture(scope="module")
+def replayed() -> tuple[DataDir, datetime]:
+    """A shop whose features end long before today (older than the ttl), and the moment to replay."""
+    from serving_shop import replayed_shop
+
+    return replayed_shop()
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +67,12 @@ def known_user(client: TestClient, data: DataDir) -> str:
 
 
 def test_health_readiness_and_openapi(client: TestClient) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "as_of": None, "stale_features": []}
     ready = client.get("/readyz")
     assert ready.status_code == 200
     body = ready.json()
     assert body["ready"] and body["last_error"] is None and set(body["versions"]) == {"retriever", "ranker", "items"}
+    assert body["stale_features"] == [] and body["as_of"] is None
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/recommend/{user_id}", "/search", "/similar/{item_id}", "/healthz", "/readyz", "/metrics"} <= set(paths)
 
@@ -72,6 +82,7 @@ def test_recommend_returns_ranked_items(client: TestClient, known_user: str) -> 
     assert response.status_code == 200
     body = response.json()
     assert body["user_id"] == known_user and body["k"] == 7 and not body["cold_start"] and not body["degraded"]
+    assert body["reason"] is None
     assert len(body["items"]) == 7 and len({i["item_id"] for i in body["items"]}) == 7
     first = body["items"][0]
     assert first["source"] == "ranked" and first["retriever_score"] is not None and first["reasons"]
@@ -203,6 +214,43 @@ def test_real_uvicorn_process_on_loopback(data: DataDir, known_user: str) -> Non
             server.wait(timeout=5)
 
 
+def metric(metrics_text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (labels matched as given, in any order, extra ones allowed)."""
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name}{labels} in /metrics")
+
+
+def test_stale_features_are_named_by_health_readiness_metrics_and_every_answer(replayed) -> None:
+    data, end = replayed
+    from vitrine.shop.store import read_events
+
+    user = str(read_events(data)["user_id"].value_counts().index[0])
+    with TestClient(create_app(ServiceConfig(data_dir=data.root, watch=False))) as stale:
+        ready = stale.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["ready"]  # it serves; the answers say what is wrong
+        named = {view["view"]: view for view in ready.json()["stale_features"]}
+        assert set(named) == {"user_stats", "user_recent_items", "item_stats"}
+        assert named["user_stats"]["age_s"] > named["user_stats"]["ttl_s"] == 30 * 86_400
+        assert named["user_stats"]["materialized_to"] == end.isoformat()
+        health = stale.get("/healthz").json()
+        assert health["status"] == "degraded" and {view["view"] for view in health["stale_features"]} == set(named)
+        body = stale.get(f"/recommend/{user}", params={"k": 4}).json()
+        assert body["degraded"] and body["cold_start"] and len(body["items"]) == 4
+        assert "user_stats" in body["reason"] and "vitrine features materialize" in body["reason"]
+        text = stale.get("/metrics").text
+        assert metric(text, "vitrine_feature_age_seconds", view="user_stats") > metric(text, "vitrine_feature_ttl_seconds", view="user_stats")
+        assert metric(text, "vitrine_feature_ttl_seconds", view="item_embedding") == 0
+
+    with TestClient(create_app(ServiceConfig(data_dir=data.root, watch=False, as_of=end))) as replay:
+        ready = replay.get("/readyz").json()
+        assert ready["stale_features"] == [] and ready["as_of"] == end.isoformat()
+        body = replay.get(f"/recommend/{user}", params={"k": 4}).json()
+        assert not body["degraded"] and not body["cold_start"] and body["reason"] is None
+        assert metric(replay.get("/metrics").text, "vitrine_feature_age_seconds", view="user_stats") == 0
+
+
 def test_worker_config_travels_through_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`vitrine serve --workers N` rebuilds the config from VITRINE_* in each worker; a bad value is refused."""
     from prometheus_client import generate_latest
@@ -217,6 +265,12 @@ def test_worker_config_travels_through_the_environment(tmp_path: Path, monkeypat
         with pytest.raises(InvalidInput, match="VITRINE_SERVE_POLL_S"):
             app_from_environment()
     monkeypatch.setenv("VITRINE_SERVE_POLL_S", "2.5")
+    monkeypatch.setenv("VITRINE_AS_OF", "yesterday")
+    with pytest.raises(InvalidInput, match="VITRINE_AS_OF"):
+        app_from_environment()
+    monkeypatch.setenv("VITRINE_AS_OF", "2026-03-02T06:00:00")  # no zone: UTC
+    assert app_from_environment().state.serving.as_of == datetime(2026, 3, 2, 6, tzinfo=timezone.utc)
+    monkeypatch.delenv("VITRINE_AS_OF")
     # Importing Feast switches prometheus_client into multiprocess mode, where counters of one name share
     # their value within a process: count from what earlier apps in this process left behind.
     before = load_failures(generate_latest(Metrics().registry).decode())

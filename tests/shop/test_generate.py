@@ -239,3 +239,30 @@ def test_a_spec_out_of_range_is_refused() -> None:
         ShopSpec(users=0)
     with pytest.raises(InvalidInput, match="taste_drift"):
         ShopSpec(taste_drift=1.5)
+
+
+def test_vitrine_generate_ends_the_shop_yesterday_unless_told_a_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A freshly generated default shop is a live shop's history: served today, its features are not stale."""
+    import sys
+    from datetime import date, datetime, timedelta, timezone
+
+    from vitrine import cli
+    from vitrine.shop.store import read_events
+
+    def generate(data: DataDir, *extra: str) -> pd.Series:
+        argv = ["vitrine", "generate", "--users", "80", "--items", "40", "--days", "5", "--json", "--data-dir", str(data.root), *extra]
+        monkeypatch.setattr(sys, "argv", argv)
+        try:
+            cli.main()
+        except SystemExit as exc:
+            assert not exc.code, capsys.readouterr().err
+        capsys.readouterr()
+        return read_events(data)["timestamp"].dt.date
+
+    today = datetime.now(timezone.utc).date()
+    days = generate(DataDir.resolve(tmp_path / "default"))
+    assert days.max() == today - timedelta(days=1) and days.min() >= today - timedelta(days=5)
+    days = generate(DataDir.resolve(tmp_path / "dated"), "--start", "2026-01-01")
+    assert days.min() >= date(2026, 1, 1) and days.max() <= date(2026, 1, 5)

@@ -1,6 +1,6 @@
 """CLI commands of the shop stage, registered into `vitrine` by `vitrine.cli`.
 
-    vitrine generate [--users N --items M --days D --seed S --start YYYY-MM-DD] [--scale]
+    vitrine generate [--users N --items M --days D --seed S --start YYYY-MM-DD] [--scale]   (default: ends yesterday)
     vitrine import amazon-reviews --reviews F --meta F [--images DIR]
     vitrine ingest [--source DIR] [--append]
 
@@ -51,7 +51,9 @@ def generate(
     items: Annotated[Optional[int], typer.Option(help="Items (default: the preset's).", min=1)] = None,
     days: Annotated[Optional[int], typer.Option(help="Days of events (default: the preset's).", min=1)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; a seed gives the same shop.")] = None,
-    start: Annotated[Optional[str], typer.Option(help="First day of events, YYYY-MM-DD (UTC).")] = None,
+    start: Annotated[
+        Optional[str], typer.Option(help="First day of events, YYYY-MM-DD (UTC); default: the period ends yesterday.", show_default=False)
+    ] = None,
     scale: Annotated[bool, typer.Option("--scale", help="Start from the benchmark preset (1M users, 100k items, 20M+ events).")] = False,
     data_dir_option: DataDirOption = None,
     as_json: JsonOption = False,
@@ -59,7 +61,7 @@ def generate(
     """Generate the synthetic multimodal shop, validate it and store it in the data dir."""
     # Imported here: the generator is heavy and only this command needs it.
     from vitrine.errors import InvalidInput
-    from vitrine.shop.generate import DEMO, SCALE, generate_shop
+    from vitrine.shop.generate import DEMO, SCALE, ending_yesterday, generate_shop
     from vitrine.shop.ingest import ingest
 
     base = SCALE if scale else DEMO
@@ -70,7 +72,9 @@ def generate(
         days=base.days if days is None else days,
         seed=base.seed if seed is None else seed,
     )
-    if start is not None:
+    if start is None:
+        spec = replace(spec, start=ending_yesterday(spec.days))
+    else:
         try:
             spec = replace(spec, start=date.fromisoformat(start))
         except ValueError as exc:

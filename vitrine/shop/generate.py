@@ -40,7 +40,7 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,7 @@ class ShopSpec:
     items: int = 2_000  # items in the catalogue, including those created during the period
     days: int = 60  # length of the event period in days
     seed: int = 0  # the one seed every random draw derives from
-    start: date = date(2026, 1, 1)  # first day of events (00:00 UTC)
+    start: date = date(2026, 1, 1)  # first day of events (00:00 UTC); fixed, so a spec means one shop on any day (the CLI uses `ending_yesterday`)
     sessions_per_user_day: float = 0.2  # mean sessions per active user per day
     views_per_session: float = 5.0  # mean product views per session (at least one)
     new_user_share: float = 0.25  # share of users who sign up during the period
@@ -94,6 +94,20 @@ class ShopSpec:
             raise InvalidInput(f"shop spec: sessions_per_user_day must be > 0, got {self.sessions_per_user_day}")
         if self.views_per_session < 1:
             raise InvalidInput(f"shop spec: views_per_session must be >= 1, got {self.views_per_session}")
+
+
+def ending_yesterday(days: int, today: date | None = None) -> date:
+    """The first day of a `days`-day period whose last day is yesterday (UTC), as a live shop's history is.
+
+    `vitrine generate` and `vitrine demo` start their shops here: serving judges features against
+    their views' ttl at the current time, so a shop that ended long ago would serve everyone the
+    cold-start list (flagged stale) unless replayed with `--as-of`.
+
+    Example:
+        >>> ending_yesterday(60, today=date(2026, 3, 2))
+        datetime.date(2026, 1, 1)
+    """
+    return (today or datetime.now(timezone.utc).date()) - timedelta(days=days)
 
 
 # The demo shop: about 5k users, 2k items, 60 days, ~300k events.
