@@ -89,8 +89,9 @@ class SequenceTower(nn.Module):
         nn.init.normal_(self.ids.embeddings["item"].weight, std=dim**-0.5)
         use_content = config.use_content and content is not None
         # Content vectors are data, not parameters: a buffer travels with the model and is saved with it.
+        self.content: torch.Tensor
         self.register_buffer("content", torch.as_tensor(content, dtype=torch.float32) if use_content else torch.zeros(0, 0))
-        self.content_projection = nn.Linear(self.content.shape[1], dim, bias=False) if use_content else None
+        self.content_projection = nn.Linear(int(self.content.shape[1]), dim, bias=False) if use_content else None
         self.positions = nn.Embedding(config.max_length, dim)
         block = nn.TransformerEncoderLayer(dim, config.heads, dim_feedforward=dim, dropout=config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
@@ -100,7 +101,9 @@ class SequenceTower(nn.Module):
 
     @property
     def id_weight(self) -> torch.Tensor:
-        return self.ids.embeddings["item"].weight
+        table = self.ids.embeddings["item"]
+        assert isinstance(table, nn.Embedding)
+        return table.weight
 
     def item_vectors(self, rows: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
         """[n, D] representation of catalog rows (default: all), the tower's input and its output.

@@ -88,9 +88,11 @@ class Sequences:
     def truncated(self, drop_last: int) -> "Sequences":
         """The same users with their last `drop_last` items removed (shorter users keep nothing)."""
         lengths = np.maximum(self.lengths - drop_last, 0)
-        keep = np.concatenate([np.arange(s, s + n) for s, n in zip(self.offsets[:-1], lengths)]) if len(lengths) else []
+        starts = self.offsets[:-1]
+        # Position of every kept item: its user's start plus its index among that user's kept items.
+        keep = np.repeat(starts, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
         offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        return Sequences(self.item_ids, self.user_ids, offsets, self.items[np.asarray(keep, dtype=np.int64)])
+        return Sequences(self.item_ids, self.user_ids, offsets, self.items[keep.astype(np.int64)])
 
     def interactions(self) -> pd.DataFrame:
         """user (row), item (row), position: the long form, for count-based models."""
