@@ -44,6 +44,8 @@ ID_OFFSET = 2
 # (100k items x 4k positions of a batch is 1.6 GB of floats): sample negatives instead.
 FULL_SOFTMAX_MAX_ITEMS = 100_000
 FEATURE = "recent_items"
+# Standard deviation of the initial embeddings.
+INIT_STD = 0.02
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,16 @@ class SequenceTower(nn.Module):
                                     feature_names=[FEATURE])],
             device=torch.device("cpu"),
         )
-        nn.init.normal_(self.ids.embeddings["item"].weight, std=dim**-0.5)
+        # Small initial vectors (BERT's and RecBole's 0.02): Adam's steps of ~1e-3 move them from the start.
+        nn.init.normal_(self.ids.embeddings["item"].weight, std=INIT_STD)
         use_content = config.use_content and content is not None
         # Content vectors are data, not parameters: a buffer travels with the model and is saved with it.
         self.content: torch.Tensor
         self.register_buffer("content", torch.as_tensor(content, dtype=torch.float32) if use_content else torch.zeros(0, 0))
         self.content_projection = nn.Linear(int(self.content.shape[1]), dim, bias=False) if use_content else None
         self.positions = nn.Embedding(config.max_length, dim)
+        nn.init.normal_(self.positions.weight, std=INIT_STD)
+        self.input_norm = nn.LayerNorm(dim)
         block = nn.TransformerEncoderLayer(dim, config.heads, dim_feedforward=dim, dropout=config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(block, config.layers, enable_nested_tensor=False)
@@ -142,7 +147,7 @@ class SequenceTower(nn.Module):
         valid = torch.arange(steps).unsqueeze(0) < lengths.unsqueeze(1)
         safe = torch.where(valid, rows, torch.zeros_like(rows))
         vectors = self.item_vectors(safe.reshape(-1), None if known is None else known.reshape(-1)).reshape(batch, steps, -1)
-        x = vectors * self.config.embedding_dim**0.5 + self.positions(torch.arange(steps)).unsqueeze(0)
+        x = self.input_norm(vectors + self.positions(torch.arange(steps)).unsqueeze(0))
         x = self.dropout(x) * valid.unsqueeze(-1)
         # True = may not attend: the future (and, below, padding), the same mask type for both.
         causal = torch.triu(torch.ones(steps, steps, dtype=torch.bool), diagonal=1)

@@ -375,7 +375,9 @@ def test_batch_in_two_processes_writes_what_one_process_writes(data: DataDir, kn
     assert two["processes"] == 2 and one["versions"] == two["versions"]
     expected, got = pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "two.parquet")
     assert got["user_id"].drop_duplicates().tolist() == users  # input order kept across shards
-    pd.testing.assert_frame_equal(got, expected)
+    # Scores are float32 products whose BLAS blocking depends on how many users a process scores at
+    # once: 0.0017454922 vs 0.0017455518 was seen on one machine. Equal to 1e-4 relative, lists exact.
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-4, atol=1e-6)
     assert not list(tmp_path.glob("vitrine-batch-*"))  # shard parts cleaned up
 
 
