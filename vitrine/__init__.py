@@ -7,5 +7,8 @@ The stages themselves live in `embeddings`, `training` and `ranking`.
 
 from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable, VitrineError
 from vitrine.paths import DataDir
+from vitrine.quiet import quiet_dependencies
+
+quiet_dependencies()
 
 __all__ = ["DataDir", "FeatureUnavailable", "InvalidInput", "ModelUnavailable", "VitrineError"]
