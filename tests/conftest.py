@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -13,12 +12,9 @@ from vitrine.paths import DataDir
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 # Tests use their own Redis database so that they never touch a developer's DB 0.
 REDIS_TEST_DB = 15
-# The small real shop every stage must run on (Amazon Reviews 2018, Gift Cards 5-core).
-# `$VITRINE_AMAZON_SAMPLE` points elsewhere when the checkout is not beside `shared/`.
-AMAZON_SAMPLE = Path(
-    os.environ.get("VITRINE_AMAZON_SAMPLE")
-    or Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-giftcards-2018"
-)
+# The small real shop every stage must run on: a committed slice of Amazon Reviews 2018, Gift Cards
+# 5-core (tests/data/make_giftcards_sample.py), so that a clone without ../shared passes.
+AMAZON_SAMPLE = Path(__file__).resolve().parent / "data" / "amazon-giftcards-sample"
 
 
 @pytest.fixture

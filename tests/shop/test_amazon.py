@@ -13,12 +13,12 @@ from vitrine.paths import DataDir
 from vitrine.shop import store
 from vitrine.shop.amazon import import_amazon_reviews, parse_price, pick_category
 
-# What the sample's files hold (counted from them, see the sample's README).
-SAMPLE_ITEMS = 148
-SAMPLE_REVIEWS = 2_972
-SAMPLE_USERS = 458
-SAMPLE_PHOTOS = 115
-SAMPLE_PRICED = 107  # 41 meta lines have an empty price
+# What the committed sample's files hold (tests/data/make_giftcards_sample.py; counted from them).
+SAMPLE_ITEMS = 40
+SAMPLE_REVIEWS = 825
+SAMPLE_USERS = 362
+SAMPLE_PHOTOS = 24
+SAMPLE_PRICED = 26  # 14 meta lines have an empty price
 
 
 def test_real_sample_imports_end_to_end(amazon_shop: DataDir, amazon_sample: Path) -> None:
@@ -94,6 +94,7 @@ def test_malformed_lines_unknown_asins_and_price_ranges(tmp_path: Path, data_dir
         {"reviewerID": "R2", "asin": "A9", "unixReviewTime": 1_500_086_400, "overall": 3.0},
         {"reviewerID": "R3", "unixReviewTime": 1_500_086_400},
         {"reviewerID": "R1", "asin": "A1", "unixReviewTime": 1_400_000_000, "overall": 4.0},
+        {"reviewerID": "R3", "asin": "A2", "unixReviewTime": 1_500_172_800, "overall": 2.0},
     ])
     images = tmp_path / "images"
     images.mkdir()
@@ -101,7 +102,7 @@ def test_malformed_lines_unknown_asins_and_price_ranges(tmp_path: Path, data_dir
 
     result = import_amazon_reviews(data_dir, reviews, meta, images)
 
-    assert (result.reviews_lines, result.reviews_malformed, result.meta_lines, result.meta_malformed) == (5, 2, 3, 1)
+    assert (result.reviews_lines, result.reviews_malformed, result.meta_lines, result.meta_malformed) == (6, 2, 3, 1)
     assert result.price_ranges == 1
     bad_reviews = pd.read_parquet(data_dir.rejects / "amazon_reviews.parquet")
     assert list(zip(bad_reviews.reject_file, bad_reviews.reject_row, bad_reviews.reject_field, bad_reviews.reject_reason)) == [
@@ -113,15 +114,18 @@ def test_malformed_lines_unknown_asins_and_price_ranges(tmp_path: Path, data_dir
 
     report = result.ingest
     assert report is not None
-    assert report.tables["items"].reasons == {"missing_value": 1}  # A2 has no title
+    # A2 has no title: kept, with a warning, and so is its purchase.
+    assert report.tables["items"].reasons == {"missing_title_kept": 1} and report.tables["items"].rejected == 0
     assert report.tables["events"].reasons == {"unknown_item": 1}  # A9 is not in the metadata
+    untitled = store.read_items(data_dir).set_index("item_id").loc["A2"]
+    assert untitled.title == "" and untitled.category == "Gift Cards"
     item = store.read_items(data_dir).set_index("item_id").loc["A1"]
     assert item.title == "Coffee & Tea Card"
     assert item.description == "Good.\n\nReally good."
     assert (item.category, item.brand, item.price) == ("Restaurants", "Brew", 25.0)
     assert item.created_at == pd.Timestamp(1_400_000_000, unit="s", tz="UTC")  # the first review, not the first line
     assert item.image_path == "images/A1.jpg"
-    assert store.read_events(data_dir)["rating"].tolist() == [4.0, 5.0]
+    assert store.read_events(data_dir)["rating"].tolist() == [4.0, 5.0, 2.0]
 
 
 def test_an_asin_cannot_reach_outside_the_images_dir(tmp_path: Path, data_dir: DataDir) -> None:
