@@ -113,6 +113,15 @@ def build(data: DataDir, since: date | None = None, progress: Callable[[str], No
     return report
 
 
+def last_snapshot_day(data: DataDir) -> date | None:
+    """The newest snapshot day any view's source holds (None before the first build).
+
+    The day after it ends the materialization range (`vitrine features materialize`, the pipeline).
+    """
+    days = [path.stem for view in BUILDERS for path in (data.features / view).glob("*.parquet")]
+    return date.fromisoformat(max(days)) if days else None
+
+
 def _write_days(data: DataDir, view: str, table: pa.Table, first_day: int, full: bool) -> None:
     """Replace the view's files for days >= first_day (all files when `full`) with `table`'s rows."""
     folder = data.features / view

@@ -3,7 +3,7 @@
 1. If neither `data/shop` nor `data/incoming` holds a shop, generate the default one (`DEMO`, ending yesterday)
    into `data/incoming/`; the pipeline's `validate` step ingests it.
 2. Run the training pipeline once (`training.pipeline.run_pipeline`): embed, features, Feast,
-   retriever, ranker, evaluation, promotion.
+   retriever, ranker, evaluation, promotion, refit.
 3. Print recommendations for a regular user (the most active one) and for a new, unknown user,
    with item titles, through the serving API (`ranking.recommender.Recommender`), in this process:
    nothing is left running.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -67,11 +66,11 @@ def ensure_shop(data: DataDir, console: Console) -> dict[str, float | int] | Non
     if any(data.incoming.glob("items.*")):
         console.print(f"[dim]a shop waits in {data.incoming}: the pipeline ingests it[/]")
         return None
-    from vitrine.shop.generate import DEMO, generate_shop
+    from vitrine.shop.generate import DEMO, ending_yesterday, generate_shop
 
-    # The shop's history ends yesterday, as a live shop's does: serving treats features older than
-    # their view's ttl as missing, so a shop that ended months ago would serve everyone cold-start.
-    spec = replace(DEMO, start=datetime.now(timezone.utc).date() - timedelta(days=DEMO.days))
+    # The shop's history ends yesterday, as a live shop's does: serving judges features against their
+    # view's ttl at the current time, so a shop that ended months ago would serve everyone cold-start.
+    spec = replace(DEMO, start=ending_yesterday(DEMO.days))
     console.print(f"[bold]generating the default shop[/] ({spec.users:,} users, {spec.items:,} items, {spec.days} days "
                   f"from {spec.start}) into {data.incoming}")
     return generate_shop(data, spec, progress=True)
@@ -90,9 +89,13 @@ def print_pipeline_summary(console: Console, result: PipelineResult) -> None:
     if decision:
         verdict = "[bold green]promoted[/]" if decision.get("promote") else "[bold yellow]kept the champion[/]"
         console.print(f"promotion: {verdict}: {decision.get('reason', '')}")
-        champions = decision.get("champions", {})
+        refit = result.steps["refit"].outputs if "refit" in result.steps else {}
+        champions = refit.get("champions") or decision.get("champions", {})
         if champions:
-            console.print("champions now: " + ", ".join(f"{name}@champion = v{v}" for name, v in champions.items()))
+            of = refit.get("refit_of", {})
+            console.print("champions now: " + ", ".join(
+                f"{name}@champion = v{v}" + (f" (refit of v{of[name]} on every day)" if name in of else "")
+                for name, v in champions.items()))
 
 
 def print_recommendations(data: DataDir, console: Console) -> None:
@@ -104,6 +107,8 @@ def print_recommendations(data: DataDir, console: Console) -> None:
         recs = recommender.recommend(user, k=DEMO_K)
         flags = ", ".join(flag for flag, on in (("cold start", recs.cold_start), ("degraded", recs.degraded)) if on)
         table = Table(title=f"{label} {user}" + (f" ({flags})" if flags else ""))
+        if recs.degraded and recs.reason:
+            table.caption = f"degraded: {recs.reason}"
         for column in ("#", "item", "title", "score", "source", "top reason"):
             table.add_column(column)
         for position, rec in enumerate(recs, start=1):

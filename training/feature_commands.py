@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from datetime import date, datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
+from vitrine.paths import DataDir
 
 if TYPE_CHECKING:
     from vitrine.cli import Groups
@@ -62,7 +63,10 @@ def materialize_command(
     start: Annotated[
         Optional[str], typer.Option("--start", help="Range start (ISO, UTC); omitted: incremental from the last run.")
     ] = None,
-    end: Annotated[Optional[str], typer.Option("--end", help="Range end (ISO, UTC); default now.")] = None,
+    end: Annotated[
+        Optional[str],
+        typer.Option("--end", help="Range end (ISO, UTC); default the day after the last snapshot day, as the pipeline ends it."),
+    ] = None,
     view: Annotated[
         Optional[list[str]], typer.Option("--view", help="Only this feature view (repeatable); default all.")
     ] = None,
@@ -71,15 +75,33 @@ def materialize_command(
     """Load the latest feature values into the online store (feast materialize)."""
     from training.feature_store import materialize
 
-    end_at = _moment(end, "--end") if end else datetime.now(timezone.utc)
+    data = data_dir(data_dir_option)
+    # The watermark serving judges feature age by is this end: the data's, not the wall clock's,
+    # so that a shop whose data stopped days ago shows it (`vitrine recommend` warns, `/readyz` says).
+    end_at = _moment(end, "--end") if end else default_end(data)
     start_at = _moment(start, "--start") if start else None
     # Feast prints progress to stdout; keep stdout for the JSON.
     with contextlib.redirect_stdout(sys.stderr):
-        stats = materialize(data_dir(data_dir_option), start_at, end_at, online, views=view)  # type: ignore[arg-type]
+        stats = materialize(data, start_at, end_at, online, views=view)  # type: ignore[arg-type]
     if as_json:
         print_json(stats)
     else:
         err.print(f"materialized {', '.join(stats['views'])} into {online} in {stats['seconds']:.1f}s")
+
+
+def default_end(data: DataDir) -> datetime:
+    """The day after the last snapshot day: the end of the range the pipeline's feast step materializes.
+
+    Raises:
+        InvalidInput: no snapshots built yet (then only `--end` says what to materialize up to).
+    """
+    from training.build_features import last_snapshot_day
+    from vitrine.errors import InvalidInput
+
+    last = last_snapshot_day(data)
+    if last is None:
+        raise InvalidInput(f"{data.features}: no feature snapshots; run `vitrine features build` first, or pass --end")
+    return datetime.combine(last + timedelta(days=1), time(0), tzinfo=timezone.utc)
 
 
 def _moment(text: str, option: str) -> datetime:

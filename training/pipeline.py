@@ -1,6 +1,6 @@
 """The scheduled training pipeline: new data in, a better `@champion` out (or the old one kept).
 
-    validate -> embed -> features -> feast -> retriever -> ranker -> evaluate -> promote
+    validate -> embed -> features -> feast -> retriever -> ranker -> evaluate -> promote -> refit
 
 Each step is a small named function over a `StepContext`; it calls the stage's public function
 and returns the few outputs later steps need (model versions, counts), which the runner records in
@@ -11,7 +11,13 @@ parent run and each step in a nested child run, so `mlflow ui` shows one tree pe
   skipping finished steps; `--no-resume` starts over.
 - A failed step ends its child run and the parent FAILED and the run never reaches `promote`, so
   the champion stays where it was.
-- Serving (`ranking.service`) polls the `@champion` alias: the alias move in `promote` is the deploy.
+- Serving (`ranking.service`) polls the `@champion` alias: the alias moves in `promote` and
+  `refit` are the deploy.
+- The split: challengers train on the events before T and are judged, with the champion, on each
+  user's next interaction after T. T is the start of the last `eval_days` event days, or earlier
+  where those days hold fewer than `min_test_users` users (an order-only shop's sparse last days).
+- The refit: a promoted pair is trained again, same settings, on every day through the last one
+  (the latest days hold each user's most recent behaviour), and that pair is served.
 
 Example:
     >>> from vitrine.paths import DataDir
@@ -40,6 +46,7 @@ from rich.console import Console
 from training.feature_store import Online
 from training.pipeline_state import FINISHED, RunState, StepRecord
 from training.promotion import PromotionPolicy
+from training.split_evaluation import DEFAULT_MIN_TEST_USERS
 from vitrine import tracking
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
@@ -51,7 +58,8 @@ PIPELINE_EXPERIMENT = "vitrine"
 PIPELINE_TAG = "vitrine.pipeline"
 
 # Three days: enough sessions on the demo shop for stable Recall@100 and NDCG@10 differences,
-# while the models still train on 95% of a 60-day history.
+# while the models still train on 95% of a 60-day history. Sparse shops widen it by users
+# (`training.split_evaluation.latest_split_time`).
 DEFAULT_EVAL_DAYS = 3
 
 console = Console(stderr=True)
@@ -96,9 +104,11 @@ class PipelineConfig:
     # Train the encoder again even when one exists (it is trained once otherwise: item vectors stay
     # in one space across days, and the daily run stays short).
     retrain_encoder: bool = False
-    # Event days at the end held out as the latest time split: challengers train on the days
-    # before it, and challenger and champion are both evaluated on it.
+    # Event days at the end held out as the latest time split, at least: challengers train on the
+    # days before it, and challenger and champion are both evaluated on it.
     eval_days: int = DEFAULT_EVAL_DAYS
+    # Users the latest split holds at least: where the last eval_days hold fewer, T moves back.
+    min_test_users: int = DEFAULT_MIN_TEST_USERS
     # Online store the feast step materializes into: "sqlite" (embedded default) or "redis"
     # (`$VITRINE_REDIS`, host:port); the one the service reads.
     online: Online = "sqlite"
@@ -391,7 +401,18 @@ def validate(ctx: StepContext) -> dict[str, Any]:
     for key in ("items", "users", "events", "event_days"):
         ctx.client.log_metric(ctx.run_id, f"shop.{key}", counts[key])
     outputs.update(counts)
+    outputs.update(latest_split(data, ctx.config))
     return outputs
+
+
+def latest_split(data: DataDir, config: PipelineConfig) -> dict[str, Any]:
+    """T of this run's latest split, and how many days it holds out (more than eval_days on a sparse shop)."""
+    from training.split_evaluation import latest_split_time
+    from vitrine.shop.store import event_days
+
+    cutoff = latest_split_time(data, config.eval_days, config.min_test_users)
+    last = pd.Timestamp(event_days(data)[-1], tz="UTC")
+    return {"split_start": cutoff.isoformat(), "split_days": int((last - cutoff) / pd.Timedelta(days=1)) + 1}
 
 
 def embed_items(ctx: StepContext) -> dict[str, Any]:
@@ -458,22 +479,10 @@ def feature_repo_version() -> str:
     return hashlib.sha256((REPO_DIR / "definitions.py").read_bytes()).hexdigest()[:12]
 
 
-def split_time_of(last_event: pd.Timestamp, eval_days: int) -> pd.Timestamp:
-    """T, the start of the latest time split: midnight starting the last `eval_days` event days.
-
-    The same T as `training.retriever_data.time_split(..., test_days=eval_days)`, which the
-    retriever's trainer uses for its validation days and the evaluate step for its test set.
-
-    Example:
-        >>> split_time_of(pd.Timestamp("2026-01-21 17:00", tz="UTC"), 3)
-        Timestamp('2026-01-19 00:00:00+0000', tz='UTC')
-    """
-    return pd.Timestamp(last_event).floor("D") - pd.Timedelta(days=eval_days - 1)
-
-
 def split_time(ctx: StepContext) -> pd.Timestamp:
-    """T of this run, from the last event day the validate step counted."""
-    return split_time_of(pd.Timestamp(ctx.output("validate", "last_event_day"), tz="UTC"), ctx.config.eval_days)
+    """T of this run, as the validate step chose it (`latest_split`; chosen now for a run validated before it existed)."""
+    chosen = ctx.output("validate", "split_start") or latest_split(ctx.data, ctx.config)["split_start"]
+    return pd.Timestamp(chosen)
 
 
 def _model_lineage(ctx: StepContext) -> dict[str, str]:
@@ -491,14 +500,19 @@ def _model_lineage(ctx: StepContext) -> dict[str, str]:
     }
 
 
+def _tag_lineage(ctx: StepContext, model: str, version: str, extra: dict[str, str] | None = None) -> None:
+    """Add the pipeline's lineage tags (and `extra`, which wins) that the version lacks."""
+    have = ctx.client.get_model_version(model, version).tags
+    for key, value in {**tracking.lineage(ctx.data), **_model_lineage(ctx), **(extra or {})}.items():
+        if key not in have or key in (extra or {}):
+            ctx.client.set_model_version_tag(model, version, key, value)
+
+
 def _tag_challenger(ctx: StepContext, model: str, version: str) -> None:
     """Point `@challenger` at the new version and add the pipeline's lineage tags it lacks."""
     from training.promotion import CHALLENGER_ALIAS
 
-    have = ctx.client.get_model_version(model, version).tags
-    for key, value in {**tracking.lineage(ctx.data), **_model_lineage(ctx)}.items():
-        if key not in have:
-            ctx.client.set_model_version_tag(model, version, key, value)
+    _tag_lineage(ctx, model, version)
     ctx.client.set_registered_model_alias(model, CHALLENGER_ALIAS, version)
 
 
@@ -510,16 +524,18 @@ def train_retriever_step(ctx: StepContext) -> dict[str, Any]:
     from training.train_retriever import TrainConfig, train_retriever
 
     config = ctx.stage_config("retriever") or TrainConfig()
-    # The challenger never sees the latest split: its last eval_days are the trainer's validation
-    # days, held out of the final model too, so the evaluate step compares it fairly.
-    config = replace(config, validation_days=ctx.config.eval_days)
+    # The challenger never sees the latest split: the events after T are the trainer's validation
+    # set, held out of the final model too, so the evaluate step compares it fairly.
+    config = replace(config, validation_days=ctx.config.eval_days, validation_cutoff=split_time(ctx).isoformat(),
+                     validation_next_only=True)
     run = train_retriever(ctx.data, config, show_progress=ctx.config.progress)
     if not run.version:
         raise RuntimeError("train_retriever registered no vitrine-retriever version")
     _tag_challenger(ctx, REGISTERED_MODEL, run.version)
     last = run.fit.epochs[-1] if run.fit.epochs else {}
     return {"model": REGISTERED_MODEL, "version": run.version, "run_id": run.run_id or "",
-            "model_dir": str(run.model_dir), "last_epoch": {k: float(v) for k, v in last.items()}}
+            "model_dir": str(run.model_dir), "epochs": len(run.fit.epochs),
+            "last_epoch": {k: float(v) for k, v in last.items()}}
 
 
 def train_ranker_step(ctx: StepContext) -> dict[str, Any]:
@@ -541,6 +557,8 @@ def train_ranker_step(ctx: StepContext) -> dict[str, Any]:
     _tag_challenger(ctx, REGISTERED_MODEL, result.registered_version)
     return {"model": REGISTERED_MODEL, "version": result.registered_version, "run_id": result.run_id,
             "model_dir": str(result.model_dir), "valid_ndcg_at_10": result.valid_ndcg_at_10,
+            "best_iteration": result.best_iteration, "windows": result.windows,
+            "train_requests": result.train_summary["requests"], "valid_requests": result.valid_summary["requests"],
             "retriever_version": str(retriever.version)}
 
 
@@ -548,20 +566,21 @@ def evaluate_models(ctx: StepContext) -> dict[str, Any]:
     """Challenger and current champion pairs, scored on the same latest time split."""
     import tempfile
 
-    from training.promotion import CHALLENGER_ALIAS, CHAMPION_ALIAS, RETRIEVER_MODEL, champion_version
+    from training.promotion import CHALLENGER_ALIAS, RETRIEVER_MODEL, champion_to_evaluate, champion_version
     from training.split_evaluation import LatestSplit, evaluate_pair, plot_recall_curves
     from vitrine.errors import ModelUnavailable
 
     config = ctx.stage_config("evaluate") or {}
-    latest = LatestSplit.of(ctx.data, ctx.config.eval_days, max_requests=config.get("max_requests"))
+    latest = LatestSplit.of(ctx.data, split_time(ctx), max_requests=config.get("max_requests"))
     challenger, challenger_curve = evaluate_pair(latest, CHALLENGER_ALIAS)
     curves = {"challenger": challenger_curve}
     champion: dict[str, float] | None = None
     champion_note = "no champion yet"
     if champion_version(ctx.client, RETRIEVER_MODEL) is not None:
+        # A refit champion has seen this split's days: its validated twin is scored in its place.
+        alias, champion_note = champion_to_evaluate(ctx.client)
         try:
-            champion, curves["champion"] = evaluate_pair(latest, CHAMPION_ALIAS)
-            champion_note = ""
+            champion, curves["champion"] = evaluate_pair(latest, alias)
         except ModelUnavailable as exc:
             # A champion that no longer loads cannot serve either: the challenger is judged alone.
             champion_note = f"champion unusable: {exc}"
@@ -602,6 +621,58 @@ def promote_if_better(ctx: StepContext) -> dict[str, Any]:
             "champion": decision.champion, "challenger_versions": versions, "champions": champions}
 
 
+def refit_champion(ctx: StepContext) -> dict[str, Any]:
+    """Train the promoted pair again on every day through the last one, and serve that pair.
+
+    The challenger was trained before T and judged after it; the days after T hold each user's
+    most recent behaviour, which the served model should know. The refit takes the challenger's
+    settings with what its validation run chose (the retriever's epochs, the ranker's boosting
+    rounds and first training day), trains the retriever on the whole log and the ranker on the
+    refit retriever's candidates for requests through the last day, and moves `@champion` to both
+    (`training.promotion.install_refit`). Each refit version is tagged with the challenger version
+    and run it was refit from. A rejected challenger is not refit: the champion stays.
+    """
+    from dataclasses import replace
+
+    from ranking.reranker import REGISTERED_MODEL as RANKER
+    from ranking.retriever import REGISTERED_MODEL as RETRIEVER
+    from ranking.retriever import Retriever
+    from training.promotion import REFIT_OF_RUN, REFIT_OF_VERSION, install_refit
+    from training.train_ranker import RankerRefit, RankerTrainConfig, RetrieverCandidates, train_ranker
+    from training.train_retriever import TrainConfig, train_retriever
+
+    if not ctx.output("promote", "promote"):
+        return {"refit": False, "reason": "challenger not promoted: nothing refit, the champion stays"}
+    validated = {RETRIEVER: str(ctx.output("retriever", "version")), RANKER: str(ctx.output("ranker", "version"))}
+    runs = {RETRIEVER: str(ctx.output("retriever", "run_id")), RANKER: str(ctx.output("ranker", "run_id"))}
+    epochs = int(ctx.output("retriever", "epochs"))
+    config = replace(ctx.stage_config("retriever") or TrainConfig(), validation_days=0, validation_cutoff=None, epochs=epochs)
+    run = train_retriever(ctx.data, config, show_progress=ctx.config.progress)
+    if not run.version or run.model_dir is None:
+        raise RuntimeError("train_retriever registered no vitrine-retriever version for the refit")
+    rounds = int(ctx.output("ranker", "best_iteration"))
+    refit = RankerRefit(rounds, pd.Timestamp(ctx.output("ranker", "windows")["train_start"]), runs[RANKER])
+    retriever = Retriever.load(run.model_dir, version=run.version)
+    result = train_ranker(ctx.data, ctx.stage_config("ranker") or RankerTrainConfig(), retriever=RetrieverCandidates(retriever),
+                          refit=refit, progress=ctx.config.progress)
+    if not result.registered_version:
+        raise RuntimeError("train_ranker registered no vitrine-ranker version for the refit")
+    refits = {RETRIEVER: str(run.version), RANKER: str(result.registered_version)}
+    refit_runs = {RETRIEVER: run.run_id or "", RANKER: result.run_id}
+    last_day = str(ctx.output("validate", "last_event_day"))
+    for model, version in refits.items():
+        lineage = {REFIT_OF_VERSION: validated[model], REFIT_OF_RUN: runs[model], "split_start": "none: refit on every day",
+                   "trained_through": last_day}
+        _tag_lineage(ctx, model, version, lineage)
+        ctx.client.log_param(refit_runs[model], REFIT_OF_VERSION, validated[model])
+        ctx.client.log_param(refit_runs[model], REFIT_OF_RUN, runs[model])
+    champions = install_refit(ctx.client, refits, validated)
+    console.print("  serving the refit: " + ", ".join(f"{m}@champion = v{v} (refit of v{validated[m]})" for m, v in refits.items()))
+    return {"refit": True, "versions": refits, "run_ids": refit_runs, "refit_of": validated, "champions": champions,
+            "retriever_epochs": epochs, "ranker_rounds": rounds, "ranker_windows": result.windows,
+            "ranker_train_requests": result.train_summary["requests"]}
+
+
 STEPS: tuple[Step, ...] = (
     Step("validate", validate, "ingest new data from data/incoming (contract checks, rejects) and count the shop"),
     Step("embed", embed_items, "item vectors (trains the encoder first when there is none)"),
@@ -612,4 +683,6 @@ STEPS: tuple[Step, ...] = (
     Step("evaluate", evaluate_models, "challenger and champion on the same latest time split"),
     # The service (`ranking.service`) polls `@champion`: moving the alias is the deployment.
     Step("promote", promote_if_better, "move @champion to the challenger only if it beats the champion"),
+    # What is served: the promoted configuration trained again through the last day.
+    Step("refit", refit_champion, "train the promoted pair again on every day and serve that refit (@champion)"),
 )

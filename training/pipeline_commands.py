@@ -5,6 +5,7 @@ Both are thin: the pipeline is `training.pipeline`, the demo is `training.demo`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -93,7 +94,9 @@ def register(cli: "Groups") -> None:
         config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule),
                                 progress=not as_json, online="redis" if online == "redis" else "sqlite")
         try:
-            result = run_pipeline(data, config)
+            # Stages print progress to stdout (Feast's materialize does): with --json, stdout is the JSON only.
+            with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+                result = run_pipeline(data, config)
         except StepFailed as failed:
             cause = failed.__cause__
             err.print(f"[bold red]error:[/] {failed}")

@@ -7,6 +7,8 @@ two halves, kept apart so that the decision can be tested without a registry:
 - `decide(challenger, champion, policy) -> Decision`: a pure function over two metric tables,
   both measured on the same (latest) time split by the pipeline.
 - `promote(...)` / `champion_version(...)`: the registry side effects, the alias moves.
+- `install_refit(...)` / `champion_to_evaluate(...)`: serving the promoted pair's refit (trained
+  again through the last day), and judging it the next day by the version it was refit from.
 
 The retriever and the ranker are promoted together, as one pair: the ranker is trained on the
 retriever's scores and ranks, so a ranker next to a retriever it was not trained with would
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 if TYPE_CHECKING:  # mlflow is imported where the registry is used, so that `vitrine --help` stays fast
     from mlflow import MlflowClient
@@ -38,6 +40,13 @@ CHAMPION_ALIAS = "champion"
 PREVIOUS_ALIAS = "previous"
 # The last version the pipeline evaluated, promoted or not: lets an operator inspect a rejected one.
 CHALLENGER_ALIAS = "challenger"
+# The evaluated challenger a refit `@champion` was trained again from (see `install_refit`). The
+# refit has seen every day, those of the next run's split too, so the next evaluation scores this
+# version in the champion's place: both sides of the comparison then never saw the test days.
+VALIDATED_ALIAS = "validated"
+# Tags of a refit version: the challenger version and MLflow run it is the refit of.
+REFIT_OF_VERSION = "refit_of.version"
+REFIT_OF_RUN = "refit_of.run_id"
 
 RETRIEVER_MODEL = "vitrine-retriever"
 RANKER_MODEL = "vitrine-ranker"
@@ -159,6 +168,11 @@ def champion_version(client: "MlflowClient", model: str, alias: str = CHAMPION_A
         raise
 
 
+def _ranker_last(models: Iterable[str]) -> list[str]:
+    """Models in the order aliases move: the ranker, which serving reads last, moves last."""
+    return sorted(models, key=lambda name: (name == RANKER_MODEL, name))
+
+
 def promote(
     client: "MlflowClient",
     challengers: Mapping[str, str],
@@ -182,7 +196,7 @@ def promote(
     Returns:
         model name -> version that is `@champion` after the call ("" when a model has none).
     """
-    order = sorted(challengers, key=lambda name: (name == RANKER_MODEL, name))
+    order = _ranker_last(challengers)
     verdict = "promoted" if decision.promote else "rejected"
     for name in order:
         version = challengers[name]
@@ -202,3 +216,47 @@ def promote(
         else:
             champions[name] = str(current.version) if current is not None else ""
     return champions
+
+
+def install_refit(client: "MlflowClient", refits: Mapping[str, str], validated: Mapping[str, str]) -> dict[str, str]:
+    """Serve the refit pair: `@champion` -> each refit version, `@validated` -> the version it was refit from.
+
+    Called after `promote` moved `@champion` to the challenger (and the old champion to `@previous`,
+    which stays: rolling back means the champion before this run). Each refit version is tagged
+    `promotion.decision = refit`.
+
+    Args:
+        client: registry client.
+        refits: model name -> refit version, e.g. {"vitrine-retriever": "4"}.
+        validated: model name -> the promoted challenger version each was refit from.
+
+    Returns:
+        model name -> version that is `@champion` after the call.
+    """
+    for name in _ranker_last(refits):
+        client.set_registered_model_alias(name, VALIDATED_ALIAS, validated[name])
+        client.set_model_version_tag(name, refits[name], "promotion.decision", "refit")
+        client.set_model_version_tag(name, refits[name], REFIT_OF_VERSION, validated[name])
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, refits[name])
+    return {name: str(refits[name]) for name in refits}
+
+
+def champion_to_evaluate(
+    client: "MlflowClient", models: tuple[str, ...] = (RETRIEVER_MODEL, RANKER_MODEL)
+) -> tuple[str, str]:
+    """The alias whose pair stands for the champion on a new split, and a note on the choice.
+
+    A refit champion trained on the days a new split tests, so scoring it there would favour it:
+    its `@validated` twin (the challenger it was refit from, which never saw them) is scored
+    instead, when `@validated` is that very version for every model. Otherwise `@champion` itself.
+    """
+    for name in models:
+        champion = champion_version(client, name)
+        refit_of = champion.tags.get(REFIT_OF_VERSION) if champion is not None else None
+        if not refit_of:
+            return CHAMPION_ALIAS, ""
+        twin = champion_version(client, name, VALIDATED_ALIAS)
+        if twin is None or str(twin.version) != str(refit_of):
+            return CHAMPION_ALIAS, (f"{name}@{CHAMPION_ALIAS} is a refit of v{refit_of}, which is not @{VALIDATED_ALIAS}: "
+                                    "the refit itself was scored (it has seen some test days)")
+    return VALIDATED_ALIAS, f"champion is a refit: its validated versions (@{VALIDATED_ALIAS}) were scored in its place"

@@ -108,6 +108,11 @@ class Requests:
     def __len__(self) -> int:
         return len(self.frame)
 
+    def first_per_user(self) -> "Requests":
+        """Each user's first request only: their next session after the window's start."""
+        keep = self.frame.drop_duplicates("user_id", keep="first").reset_index(drop=True)
+        return Requests(keep, self.labels[self.labels["request_id"].isin(keep["request_id"])].reset_index(drop=True))
+
     def sample(self, max_requests: int, seed: int) -> "Requests":
         """A uniform, seeded sample of at most `max_requests` requests (all when fewer)."""
         if len(self.frame) <= max_requests:

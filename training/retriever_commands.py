@@ -7,7 +7,7 @@ same training code (see training.train_retriever).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -42,7 +42,8 @@ def train(
     from training.two_tower import TwoTowerConfig
 
     config = TrainConfig()
-    overrides = {"epochs": epochs, "batch_size": batch_size, "validation_days": validation_days, "history_days": history_days}
+    overrides: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "validation_days": validation_days,
+                                 "history_days": history_days}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     model = TwoTowerConfig(use_content=False, use_features=False) if id_only else TwoTowerConfig()
     run = train_retriever(data_dir(data_dir_option), config, model, register=register, show_progress=not as_json)

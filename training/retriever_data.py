@@ -49,6 +49,8 @@ FEATURE_SERVICE = "retriever"
 CHUNK_EXAMPLES = 1_000_000
 # Examples `fit_spec` reads features for: categories and dense statistics need no more.
 SPEC_SAMPLE = 500_000
+# Most of a log that a latest time split may hold out (`choose_split_time`): training keeps the rest.
+MAX_TEST_SHARE = 0.5
 
 assert set(EVENT_WEIGHTS) == set(EVENT_TYPES), "every event type needs a weight"
 
@@ -391,7 +393,15 @@ class Split:
         return [np.array([t for t in rows if t in cold], dtype=np.int64) for rows in self.targets]
 
 
-def time_split(features: PointInTime | DataDir, examples: pd.DataFrame, items: pd.DataFrame, test_days: int) -> Split:
+def time_split(
+    features: PointInTime | DataDir,
+    examples: pd.DataFrame,
+    items: pd.DataFrame,
+    test_days: int | None = None,
+    *,
+    cutoff: pd.Timestamp | None = None,
+    next_only: bool = False,
+) -> Split:
     """Train on interactions before T = the start of the last `test_days` days; test on each user's new items after T.
 
     Args:
@@ -399,9 +409,17 @@ def time_split(features: PointInTime | DataDir, examples: pd.DataFrame, items: p
         examples: `features.join(positive_interactions(events))` over all days, or the positive
             interactions alone (features then read per chunk by `TrainingSet.read`).
         items: the catalog (items.parquet).
-        test_days: days at the end to test on.
+        test_days: days at the end to test on; or
+        cutoff: T itself, chosen by the caller (`choose_split_time`: a pipeline's latest split).
+        next_only: test each user on their *next* new items only (those of their first day after T
+            with one), not on everything after T: what a model trained up to T is asked at T. A
+            window widened to months on a sparse shop would otherwise score the user's distant future.
     """
-    cutoff = time_cutoff(examples, test_days)
+    if cutoff is None:
+        if test_days is None:
+            raise InvalidInput("time split: give test_days or the cutoff T")
+        cutoff = time_cutoff(examples, test_days)
+    cutoff = pd.Timestamp(cutoff)
     if isinstance(features, DataDir):
         users, catalog_days = on_days(examples["user_id"], "user_id", [cutoff]), on_days(items["item_id"], "item_id", [cutoff])
         features = PointInTime.read(features, users, catalog_days, items)
@@ -412,6 +430,8 @@ def time_split(features: PointInTime | DataDir, examples: pd.DataFrame, items: p
     catalog = features.catalog(items, cutoff)
     rows = _catalog_rows(catalog)
     seen = train.groupby("user_id")["item_id"].agg(set)
+    if next_only:
+        test = _next_new_items(test, seen)
     wanted = test.groupby("user_id")["item_id"].agg(set)
     users, targets, history = [], [], []
     for user, found in wanted.items():
@@ -424,6 +444,14 @@ def time_split(features: PointInTime | DataDir, examples: pd.DataFrame, items: p
         history.append(np.array(sorted(rows[i] for i in before), dtype=np.int64))
     test_users = features.join(pd.DataFrame({"user_id": users, "timestamp": cutoff}))
     return Split("time", train, catalog, test_users, targets, history, _cold(catalog, train), cutoff)
+
+
+def _next_new_items(test: pd.DataFrame, seen: pd.Series) -> pd.DataFrame:
+    """The rows of `test` on each user's first day that brings an item the user had not had before T."""
+    known = pd.MultiIndex.from_tuples([(u, i) for u, found in seen.items() for i in found], names=["user_id", "item_id"])
+    new = test[~pd.MultiIndex.from_frame(test[["user_id", "item_id"]]).isin(known)]
+    day = new["timestamp"].dt.floor("D")
+    return new[day == day.groupby(new["user_id"]).transform("min")]
 
 
 def leave_last_out_split(features: PointInTime, examples: pd.DataFrame, items: pd.DataFrame) -> Split:
@@ -453,6 +481,55 @@ def time_cutoff(examples: pd.DataFrame, test_days: int) -> pd.Timestamp:
     if test_days < 1:
         raise InvalidInput(f"test_days: must be at least 1, got {test_days}")
     return examples["timestamp"].max().floor("D") - pd.Timedelta(days=test_days - 1)
+
+
+def choose_split_time(
+    events: pd.DataFrame,
+    min_days: int,
+    min_users: int,
+    *,
+    max_test_share: float = MAX_TEST_SHARE,
+    total_events: int | None = None,
+) -> pd.Timestamp:
+    """T of a latest time split that holds enough users, also where the last days are sparse.
+
+    T is a UTC midnight: the start of the last `min_days` event days (`time_cutoff`), moved back a
+    day at a time until at least `min_users` users have an event at or after T. A shop with orders
+    only (reviews standing for purchases) may have a handful of events on its last days, where a
+    fixed 3-day window would test two users. T never moves back so far that more than
+    `max_test_share` of the events fall after it (training keeps the rest), nor to the first day.
+
+    Args:
+        events: at least `user_id` and `timestamp` (UTC), e.g. the events of the last days only.
+        min_days: the window holds at least this many days.
+        min_users: ... and at least this many distinct users, where the log has them.
+        max_test_share: most of the events that may fall at or after T.
+        total_events: events in the whole log, when `events` holds only its latest part.
+
+    Example:
+        >>> events = pd.DataFrame({"user_id": ["a", "b", "c", "d"], "timestamp": pd.to_datetime(
+        ...     ["2026-01-01", "2026-01-05", "2026-01-09", "2026-01-10"], utc=True)})
+        >>> str(choose_split_time(events, 1, 3, max_test_share=0.75).date())
+        '2026-01-05'
+    """
+    if events.empty:
+        raise InvalidInput("split: no events")
+    calendar = time_cutoff(events, min_days)
+    total = len(events) if total_events is None else total_events
+    day = events["timestamp"].dt.floor("D")
+    # Per day, from the last one back: the events on and after it, and the users whose last event is on it.
+    per_day = day.value_counts().sort_index(ascending=False)
+    events_after = per_day.cumsum()
+    users_after = events.assign(day=day).groupby("user_id")["day"].max().value_counts().reindex(per_day.index, fill_value=0).cumsum()
+    enough = users_after.index[users_after.to_numpy() >= min_users]
+    by_users = enough[0] if len(enough) else per_day.index[-1]
+    allowed = events_after.index[events_after.to_numpy() <= max_test_share * total]
+    # Moving T back only adds test events, so the allowed days are the latest ones.
+    earliest = allowed[-1] if len(allowed) else per_day.index[0]
+    cutoff = min(calendar, max(by_users, earliest))
+    if len(events) >= total:  # the whole log: its first day always trains
+        cutoff = max(cutoff, per_day.index[-1] + pd.Timedelta(days=1))
+    return pd.Timestamp(cutoff)
 
 
 def end_of_log(examples: pd.DataFrame) -> pd.Timestamp:

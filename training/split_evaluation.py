@@ -15,7 +15,7 @@ scored on one split, today's, with the stages' own code:
 Plus a recall@K curve (PNG) of both retrievers, logged by the pipeline's evaluate step.
 
 Example:
-    split = LatestSplit.of(data, test_days=3)
+    split = LatestSplit.of(data, latest_split_time(data, min_days=3))
     figures = evaluate_pair(split, "challenger")   # {"retriever.recall_at_100": 0.41, ...}
 """
 
@@ -34,9 +34,47 @@ from vitrine.paths import DataDir
 CURVE_KS = (10, 20, 50, 100, 200, 500)
 
 
+# Users the latest split must hold at least (where the shop has them): Recall@100 over 200 users
+# moves in steps of 0.005 per user, the promotion rule's smallest gain; fewer and one user's hit
+# would decide a promotion.
+DEFAULT_MIN_TEST_USERS = 200
+
+
+def latest_split_time(data: DataDir, min_days: int, min_users: int = DEFAULT_MIN_TEST_USERS) -> pd.Timestamp:
+    """T of the pipeline's latest split (`training.retriever_data.choose_split_time`) over the stored shop.
+
+    Reads only the events of the last days, doubling the days read until they hold `min_users`
+    users (or the whole log): a dense shop's 3 days settle it in one read of 3 partitions.
+    """
+    import pyarrow.dataset as ds
+
+    from training.retriever_data import choose_split_time
+    from vitrine.errors import InvalidInput
+    from vitrine.shop.store import event_days, read_events
+
+    days = event_days(data)
+    if not days:
+        raise InvalidInput(f"{data.events}: no events to split")
+    first, last = pd.Timestamp(days[0], tz="UTC"), pd.Timestamp(days[-1], tz="UTC")
+    total = ds.dataset(str(data.events), format="parquet", partitioning="hive").count_rows()
+    span = max(min_days, 1)
+    while True:
+        start = max(first, last - pd.Timedelta(days=span - 1))
+        events = read_events(data, start=start.to_pydatetime(), columns=["user_id"])
+        if start <= first or events["user_id"].nunique() >= min_users:
+            break
+        span *= 2
+    return choose_split_time(events, min_days, min_users, total_events=total)
+
+
 @dataclass
 class LatestSplit:
-    """Everything both pairs are scored on, read once."""
+    """Everything both pairs are scored on, read once.
+
+    Both halves test what a model trained up to T is asked at T: each user's next interaction
+    after T, i.e. the retriever's targets are the user's next new items (`time_split(...,
+    next_only=True)`) and the ranker's requests the user's first session after T.
+    """
 
     data: DataDir
     split: Any  # training.retriever_data.Split (time protocol)
@@ -46,8 +84,8 @@ class LatestSplit:
     max_requests: int
 
     @classmethod
-    def of(cls, data: DataDir, test_days: int, max_requests: int | None = None) -> "LatestSplit":
-        """Read the shop and features for the split at T = start of the last `test_days` days."""
+    def of(cls, data: DataDir, cutoff: pd.Timestamp, max_requests: int | None = None) -> "LatestSplit":
+        """Read the shop and features for the split at T = `cutoff` (`latest_split_time`)."""
         from training.ranker_dataset import DEFAULT_MAX_REQUESTS, label_requests
         from training.retriever_data import positive_interactions, time_split, with_features
         from training.train_ranker import point_in_time_features
@@ -56,10 +94,10 @@ class LatestSplit:
         items = read_items(data)
         events = read_events(data)
         examples = with_features(data, positive_interactions(events))
-        split = time_split(data, examples, items, test_days)
+        split = time_split(data, examples, items, cutoff=cutoff, next_only=True)
         end = pd.Timestamp(events["timestamp"].max()) + pd.Timedelta(seconds=1)
         limit = max_requests or DEFAULT_MAX_REQUESTS
-        requests = label_requests(events, split.cutoff, end, items).sample(limit, seed=0)
+        requests = label_requests(events, split.cutoff, end, items).first_per_user().sample(limit, seed=0)
         user_rows, tables = point_in_time_features(data, requests, items)
         return cls(data, split, requests, user_rows, tables, limit)
 

@@ -5,7 +5,11 @@ The task (separate from the serving wrapper `ranking.reranker.Reranker`, as Torc
 
 1. Time windows, all before `end` (the last event, or a split time for evaluation):
    train requests in [end - valid_days - train_days, end - valid_days), validation requests in
-   [end - valid_days, end). Validation is later than training, as serving will be.
+   [end - valid_days, end). Validation is later than training, as serving will be. Where those
+   days hold fewer requests with a positive candidate than `min_train_requests` /
+   `min_valid_requests` (a shop with a few orders a day), each window grows back by whole days
+   until it does (`Windows.fitting`, `fitted_datasets`). A refit (`RankerRefit`) trains on the
+   requests from the validation run's first day to `end`, for the rounds early stopping chose.
 2. `training.ranker_dataset`: labelled requests, the retriever's candidates as of each request,
    point-in-time features through Feast's `ranker` feature service.
 3. `lightgbm.train` with objective `lambdarank`, one query group per request, graded labels with
@@ -22,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +70,8 @@ class RankerTrainConfig:
     Args:
         train_days: days of training requests before the validation window.
         valid_days: days of validation requests just before `end` (early stopping, reported NDCG).
+        min_train_requests, min_valid_requests: requests with a positive candidate each window is
+            widened to hold (whole days back in time), where the log has them.
         dataset: candidates per request, injection and request sampling.
         learning_rate, num_leaves, min_data_in_leaf, feature_fraction, bagging_fraction, lambda_l2:
             LightGBM's; defaults are its usual ranking settings, a little more regularised for small shops.
@@ -76,6 +83,12 @@ class RankerTrainConfig:
 
     train_days: int = 21  # three weeks: several sessions for most active users
     valid_days: int = 3  # enough requests for a stable NDCG on the default shop
+    # Requests with a positive among their candidates each window holds at least, where the log has
+    # them: on a shop with a few orders a day the windows grow back in time instead of failing
+    # (`Windows.fitting`). A few hundred validation groups keep early stopping from following single
+    # requests; training gets five times that. The demo shop's day windows hold far more.
+    min_train_requests: int = 1_000
+    min_valid_requests: int = 200
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     learning_rate: float = 0.05
     num_leaves: int = 31
@@ -136,8 +149,7 @@ def fit_ranker(train: RankerDataset, valid: RankerDataset, config: RankerTrainCo
     import lightgbm
 
     for name, part in (("train", train), ("validation", valid)):
-        if len(part.group_sizes) == 0 or not (part.labels > 0).any():
-            raise InvalidInput(f"ranker {name} set: no request with a positive candidate; widen the window or the shop")
+        _require_positives(name, part)
     names = list(FEATURE_NAMES)
     train_set = lightgbm.Dataset(train.features, label=train.labels, group=train.group_sizes, feature_name=names, free_raw_data=False)
     valid_set = lightgbm.Dataset(valid.features, label=valid.labels, group=valid.group_sizes, feature_name=names, reference=train_set)
@@ -161,6 +173,45 @@ def fit_ranker(train: RankerDataset, valid: RankerDataset, config: RankerTrainCo
         }
     ).sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)
     return FitResult(booster, best, history, importance)
+
+
+def refit_ranker(train: RankerDataset, config: RankerTrainConfig, rounds: int) -> FitResult:
+    """LambdaRank on `train` for exactly `rounds` rounds: a refit with what a validation run chose.
+
+    No validation set: the rounds were chosen by early stopping on the validation run, whose
+    requests are now part of `train`. The history holds the training NDCG@10 only.
+    """
+    import lightgbm
+
+    _require_positives("refit train", train)
+    names = list(FEATURE_NAMES)
+    train_set = lightgbm.Dataset(train.features, label=train.labels, group=train.group_sizes, feature_name=names, free_raw_data=False)
+    record: dict[str, Any] = {}
+    booster = lightgbm.train(config.params(), train_set, num_boost_round=max(1, rounds), valid_sets=[train_set],
+                             valid_names=["train"], callbacks=[lightgbm.record_evaluation(record)])  # fmt: skip
+    history = {"train": [float(v) for v in record["train"][f"ndcg@{EVAL_AT}"]], "valid": []}
+    importance = pd.DataFrame(
+        {"feature": names, "gain": booster.feature_importance("gain"), "split": booster.feature_importance("split")}
+    ).sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)
+    return FitResult(booster, max(1, rounds), history, importance)
+
+
+def _require_positives(name: str, part: RankerDataset) -> None:
+    """A set without a single positive candidate cannot teach an order: say so, with its counts."""
+    if len(part.group_sizes) == 0 or not (part.labels > 0).any():
+        raise InvalidInput(
+            f"ranker {name} set: no request with a positive candidate ({len(part.group_sizes)} requests, "
+            f"{int(part.positives.sum())} positives, none among the retriever's candidates); the log before the "
+            "split holds too few sessions with a click, cart or purchase"
+        )
+
+
+def positive_requests(part: RankerDataset) -> int:
+    """Requests of `part` with at least one positive among their candidates: the groups LambdaRank learns from."""
+    if len(part.group_sizes) == 0:
+        return 0
+    request = np.repeat(np.arange(len(part.group_sizes)), part.group_sizes)
+    return int(np.unique(request[part.labels > 0]).size)
 
 
 # --- reading the shop, the feature store and the retriever -------------------------------------
@@ -306,7 +357,7 @@ def _fill_static(rows: pd.DataFrame, static: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Windows:
-    """Request windows of one training run (UTC, [start, end))."""
+    """Request windows of one training run (UTC, [start, end)); a refit's validation window is empty."""
 
     train_start: pd.Timestamp
     valid_start: pd.Timestamp
@@ -314,32 +365,126 @@ class Windows:
 
     @classmethod
     def before(cls, end: pd.Timestamp, config: RankerTrainConfig) -> "Windows":
+        """The calendar windows: `valid_days` before `end`, `train_days` before that."""
         valid_start = end - pd.Timedelta(days=config.valid_days)
         return cls(valid_start - pd.Timedelta(days=config.train_days), valid_start, end)
+
+    @classmethod
+    def fitting(cls, times: pd.Series, end: pd.Timestamp, config: RankerTrainConfig, scale: float = 1.0) -> "Windows":
+        """The calendar windows, each widened back by whole days until it holds its minimum of requests.
+
+        Args:
+            times: the request times before `end` (any order).
+            end: end of the validation window.
+            config: days and minimum requests of each window.
+            scale: multiplies the minima (a retry after too few requests had a positive candidate).
+        """
+        calendar = cls.before(end, config)
+        stamps = np.sort(pd.to_datetime(times[times < end], utc=True).dt.tz_localize(None).to_numpy())  # UTC datetime64
+        need_valid, need_train = math.ceil(config.min_valid_requests * scale), math.ceil(config.min_train_requests * scale)
+        if len(stamps) < need_valid + need_train:
+            # Fewer requests than both minima: share them in the minima's proportion, so that
+            # validation never takes the whole log.
+            need_valid = max(1, round(len(stamps) * need_valid / max(need_valid + need_train, 1)))
+        valid_start = min(calendar.valid_start, _day_holding(stamps, need_valid, end))
+        earlier = stamps[stamps < valid_start.tz_convert("UTC").tz_localize(None).to_datetime64()]
+        train_start = min(valid_start - pd.Timedelta(days=config.train_days), _day_holding(earlier, need_train, valid_start))
+        return cls(train_start, valid_start, end)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"train_start": self.train_start.isoformat(), "valid_start": self.valid_start.isoformat(), "end": self.end.isoformat()}
+
+
+def _day_holding(stamps: np.ndarray, count: int, default: pd.Timestamp) -> pd.Timestamp:
+    """The latest UTC midnight from which sorted `stamps` hold at least `count` values (the first one's day if fewer)."""
+    if len(stamps) == 0 or count <= 0:
+        return default
+    return pd.Timestamp(stamps[max(0, len(stamps) - count)], tz="UTC").floor("D")
+
+
+@dataclass(frozen=True)
+class RankerRefit:
+    """What a refit takes from its validation run: train again through the end of the log, no early stopping.
+
+    Args:
+        rounds: boosting rounds the validation run's early stopping chose (its best iteration).
+        train_start: the validation run's first training moment; the refit's requests run from here to `end`.
+        of_run_id: the validation run, for lineage.
+    """
+
+    rounds: int
+    train_start: pd.Timestamp
+    of_run_id: str = ""
 
 
 def ranker_datasets(
     data: DataDir,
-    events: pd.DataFrame,
+    requests: Requests,
     items: pd.DataFrame,
     retriever: CandidateSource,
     windows: Windows,
     config: RankerTrainConfig,
     progress: bool = True,
-) -> tuple[RankerDataset, RankerDataset]:
-    """The training and validation sets of `windows` (validation never injects positives)."""
-    requests = label_requests(events, windows.train_start, windows.end, items)
-    requests = requests.sample(config.dataset.max_requests, config.dataset.seed)
-    if len(requests) == 0:
+) -> tuple[RankerDataset, RankerDataset | None]:
+    """The training and validation sets of `windows` (validation never injects positives; None when empty).
+
+    Args:
+        requests: every labelled request before `windows.end` (`label_requests`); the windows' are kept.
+    """
+    inside = requests.frame["timestamp"].between(windows.train_start, windows.end, inclusive="left")
+    chosen = Requests(requests.frame[inside].reset_index(drop=True), requests.labels)
+    chosen = chosen.sample(config.dataset.max_requests, config.dataset.seed)
+    if len(chosen) == 0:
         raise InvalidInput(f"no requests with a click, cart or purchase between {windows.train_start} and {windows.end}")
-    user_rows, tables = point_in_time_features(data, requests, items)
-    is_valid = (requests.frame["timestamp"] >= windows.valid_start).to_numpy()
-    train_requests = Requests(requests.frame[~is_valid].reset_index(drop=True), requests.labels)
-    valid_requests = Requests(requests.frame[is_valid].reset_index(drop=True), requests.labels)
+    user_rows, tables = point_in_time_features(data, chosen, items)
+    is_valid = (chosen.frame["timestamp"] >= windows.valid_start).to_numpy()
+    train_requests = Requests(chosen.frame[~is_valid].reset_index(drop=True), chosen.labels)
     train = build_dataset(train_requests, user_rows[~is_valid], tables, retriever, config.dataset, progress)
+    if not is_valid.any():
+        return train, None
+    valid_requests = Requests(chosen.frame[is_valid].reset_index(drop=True), chosen.labels)
     valid_config = DatasetConfig(**{**asdict(config.dataset), "inject_positives": False})
     valid = build_dataset(valid_requests, user_rows[is_valid], tables, retriever, valid_config, progress)
     return train, valid
+
+
+# Retries of `Windows.fitting` with larger minima when too few requests had a positive candidate;
+# each multiplies the minima by the shortfall, so a 10% candidate hit rate is met on the second try.
+MAX_WIDENINGS = 4
+
+
+def fitted_datasets(
+    data: DataDir,
+    requests: Requests,
+    items: pd.DataFrame,
+    retriever: CandidateSource,
+    end: pd.Timestamp,
+    config: RankerTrainConfig,
+    progress: bool = True,
+) -> tuple[Windows, RankerDataset, RankerDataset]:
+    """Windows that hold the configured minimum of requests *with a positive candidate*, and their sets.
+
+    Request counts are known before retrieval, candidate hits only after: the windows are first
+    sized by requests, then widened by the shortfall (at most MAX_WIDENINGS times) until both sets
+    hold their minima, the sample cap (`dataset.max_requests`) binds, or the windows reach the
+    start of the log. Raises `InvalidInput` only when a set still has no positive at all.
+    """
+    times = requests.frame["timestamp"]
+    scale = 1.0
+    for attempt in range(MAX_WIDENINGS + 1):
+        windows = Windows.fitting(times, end, config, scale)
+        train, valid = ranker_datasets(data, requests, items, retriever, windows, config, progress)
+        if valid is None:
+            raise InvalidInput(f"ranker validation set: no request between {windows.valid_start} and {end}")
+        have = (positive_requests(train), positive_requests(valid))
+        need = (config.min_train_requests, config.min_valid_requests)
+        shortfall = max(n / max(h, 1) for n, h in zip(need, have))
+        whole_log = len(times) == 0 or windows.train_start <= times.min()
+        saturated = len(train.group_sizes) + len(valid.group_sizes) >= config.dataset.max_requests
+        if shortfall <= 1.0 or whole_log or saturated or attempt == MAX_WIDENINGS:
+            return windows, train, valid
+        scale *= min(max(2.0, 1.2 * shortfall), 50.0)
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -350,10 +495,12 @@ class TrainResult:
     run_id: str
     registered_version: str | None
     best_iteration: int
-    valid_ndcg_at_10: float
+    # Best validation NDCG@10; None for a refit (it has no validation set).
+    valid_ndcg_at_10: float | None
     train_summary: dict[str, float]
     valid_summary: dict[str, float]
     seconds: float
+    windows: dict[str, str] = field(default_factory=dict)
 
     @property
     def version(self) -> str | None:
@@ -381,6 +528,7 @@ def train_ranker(
     end: pd.Timestamp | None = None,
     register: bool = True,
     progress: bool = True,
+    refit: RankerRefit | None = None,
 ) -> TrainResult:
     """Train, save, log and register a ranker on the requests before `end` (default: all events).
 
@@ -391,6 +539,8 @@ def train_ranker(
         end: the end of the validation window; default just after the last event.
         register: register the model as `vitrine-ranker` (evaluation runs pass False).
         progress: progress bars.
+        refit: train again on the requests from `refit.train_start` to `end` for `refit.rounds`
+            rounds, without a validation window (the pipeline's refit of a promoted ranker).
     """
     import mlflow
 
@@ -405,9 +555,16 @@ def train_ranker(
         raise InvalidInput(f"{data.events}: no events")
     if end is None:
         end = pd.Timestamp(events["timestamp"].max()) + pd.Timedelta(seconds=1)
-    windows = Windows.before(end, config)
-    train, valid = ranker_datasets(data, events, items, source, windows, config, progress)
-    fit = fit_ranker(train, valid, config)
+    requests = label_requests(events, pd.Timestamp(events["timestamp"].min()), end, items)
+    del events
+    valid: RankerDataset | None
+    if refit is None:
+        windows, train, valid = fitted_datasets(data, requests, items, source, end, config, progress)
+        fit = fit_ranker(train, valid, config)
+    else:
+        windows = Windows(pd.Timestamp(refit.train_start), end, end)
+        train, valid = ranker_datasets(data, requests, items, source, windows, config, progress)
+        fit = refit_ranker(train, config, refit.rounds)
 
     prices = pd.to_numeric(items.get("price", pd.Series(dtype=float)), errors="coerce").dropna()
     cvr = train.features[:, FEATURE_NAMES.index("item_cvr_30d")]
@@ -419,9 +576,11 @@ def train_ranker(
         "train_window": f"{windows.train_start.isoformat()}/{windows.valid_start.isoformat()}",
         "valid_window": f"{windows.valid_start.isoformat()}/{windows.end.isoformat()}",
     }
+    if refit is not None:
+        tags.update({"refit": "true", "refit_of.run_id": refit.of_run_id, "refit_rounds": str(fit.best_iteration)})
     configure(data)
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name="train-ranker", nested=nested) as run:
+    with mlflow.start_run(run_name="refit-ranker" if refit is not None else "train-ranker", nested=nested) as run:
         model_dir = data.models / MODELS_SUBDIR / run.info.run_id
         tags["run_id"] = run.info.run_id
         metadata = RankerMetadata(
@@ -435,12 +594,15 @@ def train_ranker(
         save_ranker(fit.booster, model_dir, metadata)
         mlflow.set_tags(tags)
         mlflow.log_params({**config.flat(), "serving_threads": SERVING_THREADS, "n_features": len(FEATURE_NAMES)})
-        for step, (tr, va) in enumerate(zip(fit.history["train"], fit.history["valid"]), start=1):
-            mlflow.log_metrics({"train_ndcg_at_10": tr, "valid_ndcg_at_10": va}, step=step)
-        best_valid = fit.history["valid"][fit.best_iteration - 1]
-        mlflow.log_metrics({"best_iteration": fit.best_iteration, "valid_ndcg_at_10_best": best_valid})
+        for step, tr in enumerate(fit.history["train"], start=1):
+            mlflow.log_metric("train_ndcg_at_10", tr, step=step)
+        for step, va in enumerate(fit.history["valid"], start=1):
+            mlflow.log_metric("valid_ndcg_at_10", va, step=step)
+        best_valid = fit.history["valid"][fit.best_iteration - 1] if fit.history["valid"] else None
+        mlflow.log_metrics({"best_iteration": fit.best_iteration, **({"valid_ndcg_at_10_best": best_valid} if best_valid is not None else {})})
         mlflow.log_metrics({f"train_{k}": v for k, v in train.summary().items()})
-        mlflow.log_metrics({f"valid_{k}": v for k, v in valid.summary().items()})
+        if valid is not None:
+            mlflow.log_metrics({f"valid_{k}": v for k, v in valid.summary().items()})
         mlflow.log_table(fit.importance, "feature_importance.json")
         with tempfile.TemporaryDirectory() as scratch:
             plot = Path(scratch) / "feature_importance.png"
@@ -453,10 +615,11 @@ def train_ranker(
         run_id=run.info.run_id,
         registered_version=version,
         best_iteration=fit.best_iteration,
-        valid_ndcg_at_10=float(best_valid),
+        valid_ndcg_at_10=float(best_valid) if best_valid is not None else None,
         train_summary=train.summary(),
-        valid_summary=valid.summary(),
+        valid_summary=valid.summary() if valid is not None else {},
         seconds=time.perf_counter() - started,
+        windows=windows.as_dict(),
     )
 
 
@@ -495,13 +658,16 @@ def importance_plot(importance: pd.DataFrame, path: Path, top: int = 20) -> Path
 
 __all__ = [
     "FitResult",
+    "RankerRefit",
     "RankerTrainConfig",
     "RetrieverCandidates",
     "TrainResult",
     "Windows",
     "fit_ranker",
+    "fitted_datasets",
     "importance_plot",
     "point_in_time_features",
     "ranker_datasets",
+    "refit_ranker",
     "train_ranker",
 ]

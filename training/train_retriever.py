@@ -72,6 +72,12 @@ class TrainConfig:
     seed: int = 0
     # Days at the end held out for per-epoch validation (0 trains on everything, without validation).
     validation_days: int = 3
+    # The validation cut-off T itself (ISO UTC midnight), chosen by the caller: the pipeline's latest
+    # split, which follows counts where days are sparse. None: the start of the last validation_days.
+    validation_cutoff: str | None = None
+    # Validate on each user's next new items after T only (`time_split(..., next_only=True)`), as the
+    # pipeline's evaluation does; False: on every new item after T.
+    validation_next_only: bool = False
     # Days of interactions to learn from, counted back from the last event day and including the
     # validation days; None reads the whole log. A recency window: the oldest behaviour says least
     # about tomorrow.
@@ -115,6 +121,16 @@ def history_start(data: DataDir, history_days: int | None) -> pd.Timestamp | Non
     if not days:
         return None
     return pd.Timestamp(days[-1], tz="UTC") - pd.Timedelta(days=history_days - 1)
+
+
+def validation_cutoff(positives: pd.DataFrame, config: TrainConfig) -> pd.Timestamp:
+    """T of the per-epoch validation: `config.validation_cutoff`, else the start of the last validation_days."""
+    from training.retriever_data import time_cutoff
+
+    if config.validation_cutoff:
+        cutoff = pd.Timestamp(config.validation_cutoff)
+        return cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+    return time_cutoff(positives, config.validation_days)
 
 
 def device_for_training() -> torch.device:
@@ -421,7 +437,6 @@ def train_retriever(
         end_of_log,
         fit_spec,
         on_days,
-        time_cutoff,
         time_split,
     )
     from ranking.retriever_inputs import encode_items, encode_users
@@ -436,7 +451,7 @@ def train_retriever(
     # One Feast read: every item at the end of the log (the served catalog) and, with validation,
     # every item and user at the validation cut-off.
     end = end_of_log(positives)
-    cutoffs = [time_cutoff(positives, config.validation_days)] if config.validation_days > 0 else []
+    cutoffs = [validation_cutoff(positives, config)] if config.validation_days > 0 else []
     features = PointInTime.read(
         data, on_days(positives["user_id"], "user_id", cutoffs), on_days(items["item_id"], "item_id", [end, *cutoffs]), items
     )
@@ -444,7 +459,8 @@ def train_retriever(
     validate = None
     train_examples, train_catalog = positives, catalog
     if config.validation_days > 0:
-        split = time_split(features, positives, items, config.validation_days)
+        split = time_split(features, positives, items, config.validation_days, cutoff=cutoffs[0],
+                           next_only=config.validation_next_only)
         train_examples, train_catalog = split.train, split.catalog
 
     spec = fit_spec(data, train_examples, items, content_dim(catalog), seed=config.seed)

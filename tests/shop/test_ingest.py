@@ -88,7 +88,6 @@ BAD_CELLS = [
     ("items", 0, "price", "0", "0", "non_positive_price"),
     ("items", 2, "price", "cheap", "cheap", "not_a_number"),
     ("items", 2, "created_at", "soon", "soon", "unparsable_timestamp"),
-    ("items", 1, "title", "   ", "   ", "missing_value"),
     ("items", 2, "item_id", "I1", "I1", "duplicate_id"),
 ]
 
@@ -145,6 +144,30 @@ def test_events_of_a_rejected_item_are_rejected_as_unknown(tmp_path: Path, data_
 
     assert report.tables["events"].reasons == {"unknown_item": 2}
     assert set(store.read_events(data_dir)["item_id"]) == {"I2", "I3"}
+
+
+@pytest.mark.parametrize("blank", ["", "   ", None])
+def test_an_item_without_a_title_is_kept_with_its_sales_and_a_warning(tmp_path: Path, data_dir: DataDir, blank: str | None) -> None:
+    items = good_items()
+    items.loc[1, "title"] = blank  # I2, which u2 clicked
+    items.loc[2, "title"] = blank  # I3, with a duplicate row after it: the first row is still the one kept
+    items = pd.concat([items, items.iloc[[2]].assign(title="Green bag again")], ignore_index=True)
+    source = write_shop(tmp_path / "src", items, good_events())
+
+    report = ingest(data_dir, source)
+
+    counts = report.tables["items"]
+    assert (counts.read, counts.accepted, counts.rejected) == (4, 3, 1)  # only the duplicate is dropped
+    assert counts.reasons == {"missing_title_kept": 2, "duplicate_id": 1}
+    warnings = rejects(data_dir, "items").sort_values("reject_row")
+    assert list(zip(warnings.reject_row, warnings.reject_field, warnings.reject_reason)) == [
+        (2, "title", "missing_title_kept"), (3, "title", "missing_title_kept"), (4, "item_id", "duplicate_id"),
+    ]
+    stored = store.read_items(data_dir).set_index("item_id")
+    assert stored.loc["I2", "title"] == "" and stored.loc["I3", "title"] == ""
+    assert stored.loc["I3", "description"] == "a bag"  # what the encoder's text is then made of, with category and brand
+    assert report.tables["events"].rejected == 0
+    assert sorted(store.read_events(data_dir)["item_id"]) == ["I1", "I1", "I2", "I3"]
 
 
 @pytest.mark.parametrize(("image", "reason"), [(None, "image_missing"), (b"\x89PNG\r\n\x1a\n garbage", "image_corrupt")])
@@ -399,3 +422,14 @@ def test_text_timestamps_are_utc_whatever_the_mix(tmp_path: Path, data_dir: Data
     ingest(data_dir, write_shop(tmp_path / "src", good_items(), events))
 
     assert store.read_events(data_dir)["timestamp"].tolist() == [pd.Timestamp(e) for e in expected]
+
+
+def test_a_log_spanning_years_of_days_is_stored_day_by_day(tmp_path: Path, data_dir: DataDir) -> None:
+    """Arrow writes at most 1,024 partitions at once; a real review log spans thousands of days."""
+    days = pd.date_range("2011-01-01", periods=1_500, freq="D", tz="UTC")
+    events = pd.DataFrame({"user_id": [f"u{i % 7}" for i in range(len(days))], "item_id": "I1", "event_type": "purchase",
+                           "timestamp": days.strftime("%Y-%m-%dT%H:%M:%SZ")})  # fmt: skip
+    report = ingest(data_dir, write_shop(tmp_path / "src", good_items(), events))
+
+    assert report.tables["events"].accepted == 1_500 and len(report.event_days) == 1_500
+    assert len(store.event_days(data_dir)) == 1_500 and len(store.read_events(data_dir)) == 1_500

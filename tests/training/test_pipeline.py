@@ -160,8 +160,9 @@ def test_remote_postgres_tracking_store_holds_the_run_tree(tmp_path: Path, postg
 
 from dataclasses import replace  # noqa: E402
 
-from training.pipeline import STEPS, split_time_of  # noqa: E402
-from training.promotion import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL  # noqa: E402
+from training.pipeline import STEPS  # noqa: E402
+from training.promotion import CHAMPION_ALIAS, RANKER_MODEL, REFIT_OF_RUN, REFIT_OF_VERSION, RETRIEVER_MODEL  # noqa: E402
+from training.retriever_data import choose_split_time  # noqa: E402
 
 # Large enough that Recall@100 is not trivial (100 of 400 items), small enough for seconds per stage.
 TINY_SHOP = {"users": 300, "items": 300, "days": 14, "seed": 11}
@@ -232,7 +233,7 @@ def put_incoming_events(data: DataDir, events: pd.DataFrame) -> None:
 
 def shuffled_training_days(events: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Item ids of every event before the latest split drawn at random: labels that carry no taste."""
-    cutoff = split_time_of(pd.Timestamp(events["timestamp"].max()), EVAL_DAYS)
+    cutoff = choose_split_time(events, EVAL_DAYS, fast_config().min_test_users)
     bad = events.copy()
     early = (bad["timestamp"] < cutoff).to_numpy()
     items = bad["item_id"].unique()
@@ -248,19 +249,38 @@ def test_better_data_replaces_the_champion_and_worse_data_never_does(tiny_shop: 
     data, clean = tiny_shop
     client = tracking_client(data)
 
-    # 1. Meaningless training labels: promoted only because there is no champion yet.
+    # 1. Meaningless training labels: promoted only because there is no champion yet, then refit on
+    #    every day, and the refit is what serves.
     put_incoming_events(data, shuffled_training_days(clean, seed=1))
     first = run_pipeline(data, fast_config())
     assert first.decision["promote"] and first.decision["reason"] == "no champion yet"
-    assert champions(client) == first.decision["challenger_versions"]
+    refit = first.steps["refit"].outputs
+    assert refit["refit"] and refit["refit_of"] == first.decision["challenger_versions"]
+    assert champions(client) == refit["versions"] != first.decision["challenger_versions"]
 
-    # 2. Better data: the challenger beats the champion on the same split and replaces it.
+    # 2. Better data: the challenger beats the champion on the same split and replaces it. The
+    #    champion is a refit that has seen this split's days: its validated twin is what is scored.
     put_incoming_events(data, clean)
     better = run_pipeline(data, fast_config())
     decision = better.decision
     assert decision["promote"], decision["reason"]
+    assert "validated" in better.steps["evaluate"].outputs["champion_note"]
     assert decision["challenger"]["retriever.recall_at_100"] > decision["champion"]["retriever.recall_at_100"]
-    assert champions(client) == decision["challenger_versions"]
+    served = better.steps["refit"].outputs["versions"]
+    assert champions(client) == served
+    for model, version in served.items():
+        challenger = decision["challenger_versions"][model]
+        tags = client.get_model_version(model, version).tags
+        assert tags[REFIT_OF_VERSION] == challenger and tags["promotion.decision"] == "refit"
+        challenger_run = client.get_model_version(model, challenger).run_id
+        assert tags[REFIT_OF_RUN] == challenger_run
+        assert client.get_run(client.get_model_version(model, version).run_id).data.params[REFIT_OF_VERSION] == challenger
+    retriever_refit = client.get_run(client.get_model_version(RETRIEVER_MODEL, served[RETRIEVER_MODEL]).run_id).data.params
+    assert retriever_refit["train.validation_days"] == "0"  # trained through the last day
+    assert retriever_refit["train.epochs"] == str(better.steps["retriever"].outputs["epochs"])
+    ranker_refit = better.steps["refit"].outputs
+    assert ranker_refit["ranker_rounds"] == better.steps["ranker"].outputs["best_iteration"]
+    assert ranker_refit["ranker_windows"]["end"] > better.steps["validate"].outputs["split_start"]
 
     # 3. Worse data again, and a real failure on the way: the encoder's weights file is corrupt.
     put_incoming_events(data, shuffled_training_days(clean, seed=2))
@@ -271,19 +291,20 @@ def test_better_data_replaces_the_champion_and_worse_data_never_does(tiny_shop: 
         run_pipeline(data, fast_config())
     assert failed.value.step == "embed"
     assert client.get_run(failed.value.parent_run_id).info.status == "FAILED"
-    assert champions(client) == decision["challenger_versions"]  # a failed run leaves the champion alone
+    assert champions(client) == served  # a failed run leaves the champion alone
 
     weights.write_bytes(intact)
     worse = run_pipeline(data, fast_config())
     assert worse.resumed and worse.parent_run_id == failed.value.parent_run_id and worse.skipped == ["validate"]
     assert not worse.decision["promote"], worse.decision["reason"]
     assert "retriever.recall_at_100" in worse.decision["reason"]
-    assert champions(client) == decision["challenger_versions"]
+    assert not worse.steps["refit"].outputs["refit"]  # nothing is refit for a rejected challenger
+    assert champions(client) == served
     rejected = worse.decision["challenger_versions"][RETRIEVER_MODEL]
     assert client.get_model_version(RETRIEVER_MODEL, rejected).tags["promotion.decision"] == "rejected"
 
     # Lineage on every registered model; plots and the stages' own runs hang under the step runs.
-    for model, version in decision["challenger_versions"].items():
+    for model, version in [*decision["challenger_versions"].items(), *served.items()]:
         tags = client.get_model_version(model, version).tags
         for key in ("git_commit", "data_snapshot", "shop.events", "shop.items", "feature_repo",
                     "embedding_model_version", "version.torch", "version.feast", "pipeline_run_id"):
@@ -313,3 +334,106 @@ def test_since_processes_only_the_new_day(tiny_shop: tuple[DataDir, pd.DataFrame
     assert sorted(p.name for p in data.events.iterdir()) == days_before + [f"event_date={since}"]
     assert result.steps["features"].outputs["first_day"] == since.isoformat()
     assert result.steps["feast"].outputs["start"].startswith(since.isoformat())
+
+
+# --- the real pipeline on a real order-only shop -------------------------------------------------
+#
+# A committed slice of Amazon Toys 5-core (tests/data/make_toys_sample.py): purchases only, no
+# sessions, no views, titles and categories only. The source gives each user's order, not dates;
+# here each user's purchases keep their order on uneven days (random gaps, users ending anywhere in
+# the last four months), so that the last days hold a handful of users, as a real review log's do.
+
+TOYS_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "amazon-toys-sample"
+TOYS_LAST_DAY = pd.Timestamp("2014-07-01", tz="UTC")
+# Days a user's purchases spread over at most, and days before the log's end a user's last one may fall:
+# short enough that the item snapshots (one row per item and day) stay small for a test.
+TOYS_USER_SPAN_DAYS, TOYS_END_SPREAD_DAYS = 120, 120
+
+
+def uneven_days(events: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Each user's purchases in their order, on distinct random days; the file's last user ends on the last day."""
+    rng = np.random.default_rng(seed)
+    out = events.copy()
+    back = np.empty(len(out), dtype=np.int64)
+    last_user = out["user_id"].iloc[-1]
+    for user, rows in out.groupby("user_id", sort=False).indices.items():
+        offset = 0 if user == last_user else int(rng.integers(0, TOYS_END_SPREAD_DAYS))
+        span = max(len(rows), min(TOYS_USER_SPAN_DAYS, 3 * len(rows)))
+        back[rows] = offset + np.sort(rng.choice(span, len(rows), replace=False))[::-1]  # decreasing: the user's order
+    out["timestamp"] = (TOYS_LAST_DAY - pd.to_timedelta(back, unit="D")).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out
+
+
+def tiny_text_encoder(folder: Path) -> Any:
+    """A dual encoder whose text tower is a one-layer random BERT (MiniLM's tokenizer): seconds for 2,800 titles."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from embeddings.dual_encoder import DualEncoderSpec, build_dual_encoder, minilm_dir
+
+    torch.manual_seed(0)
+    text = folder / "tiny-bert"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(text)  # fmt: skip
+    AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(text)
+    spec = DualEncoderSpec(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                           projection_dim=32, text_model_dir=str(text))  # fmt: skip
+    return build_dual_encoder(spec, seed=0)
+
+
+def order_only_config() -> PipelineConfig:
+    from training.ranker_dataset import DatasetConfig
+    from training.train_ranker import RankerTrainConfig
+    from training.train_retriever import TrainConfig
+
+    stages = {
+        "retriever": TrainConfig(epochs=1, batch_size=256),
+        "ranker": RankerTrainConfig(max_rounds=20, min_data_in_leaf=20, min_train_requests=300, min_valid_requests=60,
+                                    dataset=DatasetConfig(candidates=50, max_requests=800)),
+        "evaluate": {"max_requests": 200},
+    }  # fmt: skip
+    return PipelineConfig(stage_configs=stages, eval_days=EVAL_DAYS, min_test_users=60, progress=False)
+
+
+def test_an_order_only_shop_with_sparse_last_days_trains_refits_and_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embeddings.encode import default_model_dir
+    from ranking.recommender import Recommender
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    data = DataDir(tmp_path / "data")
+    data.incoming.mkdir(parents=True)
+    pd.read_csv(TOYS_SAMPLE / "items.csv", dtype=str).to_csv(data.incoming / "items.csv", index=False)
+    events = uneven_days(pd.read_csv(TOYS_SAMPLE / "events.csv", dtype=str))
+    events.to_csv(data.incoming / "events.csv", index=False)
+    tiny_text_encoder(tmp_path).save(Path(default_model_dir(data)))
+    stamps = pd.to_datetime(events["timestamp"], utc=True)
+    last_days = stamps >= TOYS_LAST_DAY - pd.Timedelta(days=EVAL_DAYS - 1)
+    assert stamps.max() == TOYS_LAST_DAY and events.loc[last_days, "user_id"].nunique() < 20
+
+    result = run_pipeline(data, order_only_config())
+
+    validate = result.steps["validate"].outputs
+    assert validate["events"] == len(events) and validate["events_rejected"] == validate["items_rejected"] == 0
+    # The last 3 days hold a few users: the split reaches back until it holds 60.
+    assert validate["split_days"] > EVAL_DAYS
+    split = pd.Timestamp(validate["split_start"])
+    assert stamps[stamps >= split].groupby(events["user_id"]).size().size >= 60
+    assert result.steps["evaluate"].outputs["test_users"] >= 30
+    # The ranker's windows grew back from the calendar's 21 + 3 days until they held enough requests.
+    windows = result.steps["ranker"].outputs["windows"]
+    assert pd.Timestamp(windows["end"]) == split
+    assert pd.Timestamp(windows["train_start"]) < split - pd.Timedelta(days=24)
+    assert result.steps["ranker"].outputs["valid_requests"] >= 60
+    # Promoted (no champion yet), refit on every day, and the refit serves.
+    assert result.decision["promote"]
+    refit = result.steps["refit"].outputs
+    assert refit["refit"] and champions(tracking_client(data)) == refit["versions"]
+
+    recommender = Recommender.from_data(data, as_of=(TOYS_LAST_DAY + pd.Timedelta(days=1)).to_pydatetime())
+    user = events["user_id"].iloc[-1]  # bought on the last day
+    recs = recommender.recommend(user, k=10)
+    assert not recs.cold_start and not recs.degraded, recs.reason
+    assert len(recs) == 10 and all(r.title for r in recs)
+    assert recs.versions["retriever"] == refit["versions"][RETRIEVER_MODEL]  # served by the refit pair
+    assert recs.versions["ranker"] == f"{RANKER_MODEL}/{refit['versions'][RANKER_MODEL]}"

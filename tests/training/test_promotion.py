@@ -12,11 +12,15 @@ from training.promotion import (
     CHAMPION_ALIAS,
     PREVIOUS_ALIAS,
     RANKER_MODEL,
+    REFIT_OF_VERSION,
     RETRIEVER_MODEL,
+    VALIDATED_ALIAS,
     MetricRule,
     PromotionPolicy,
+    champion_to_evaluate,
     champion_version,
     decide,
+    install_refit,
     promote,
 )
 
@@ -118,3 +122,26 @@ def test_rejected_challenger_leaves_champion_untouched_and_is_tagged(client: Mlf
 
 def test_champion_version_of_an_unknown_model_is_none(client: MlflowClient) -> None:
     assert champion_version(client, "vitrine-encoder") is None
+
+
+def test_a_refit_serves_and_its_validated_twin_is_what_the_next_run_scores(client: MlflowClient, tmp_path: Path) -> None:
+    old = new_versions(client, tmp_path)
+    promote(client, old, decide(metrics(0.2, 0.2), None, POLICY))
+    assert champion_to_evaluate(client) == (CHAMPION_ALIAS, "")  # not a refit: scored as it is
+
+    challenger = new_versions(client, tmp_path)
+    promote(client, challenger, decide(metrics(0.3, 0.2), metrics(0.2, 0.2), POLICY))
+    refit = new_versions(client, tmp_path)
+    assert install_refit(client, refit, challenger) == refit
+    for name in (RETRIEVER_MODEL, RANKER_MODEL):
+        assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == refit[name]
+        assert str(client.get_model_version_by_alias(name, VALIDATED_ALIAS).version) == challenger[name]
+        assert str(client.get_model_version_by_alias(name, PREVIOUS_ALIAS).version) == old[name]  # rollback: before this run
+        assert client.get_model_version(name, refit[name]).tags[REFIT_OF_VERSION] == challenger[name]
+    alias, note = champion_to_evaluate(client)
+    assert alias == VALIDATED_ALIAS and "refit" in note
+
+    # @validated no longer the refit's twin (moved by hand): the refit itself is scored, and the note says so.
+    client.set_registered_model_alias(RANKER_MODEL, VALIDATED_ALIAS, old[RANKER_MODEL])
+    alias, note = champion_to_evaluate(client)
+    assert alias == CHAMPION_ALIAS and "not @validated" in note

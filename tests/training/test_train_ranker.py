@@ -113,6 +113,25 @@ def test_order_metrics_by_hand():
     assert np.argsort(-popularity_order(data)).tolist() == [1, 0, 3, 2]  # unknown popularity last
 
 
+def test_request_windows_grow_back_where_days_are_sparse():
+    from training.train_ranker import Windows
+
+    end = ts("2026-06-01")
+    config = RankerTrainConfig(train_days=21, valid_days=3, min_train_requests=4, min_valid_requests=2)
+    # Dense: a request an hour for two months; the calendar's 3 + 21 days hold far more than the minima.
+    dense = pd.Series(pd.date_range(end - pd.Timedelta(days=60), end, freq="h", inclusive="left"))
+    assert Windows.fitting(dense, end, config) == Windows.before(end, config)
+    # Sparse: an order a month. Validation reaches back to its 2 requests, training to 4 more before them.
+    sparse = pd.Series(pd.date_range("2025-06-15", periods=11, freq="MS", tz=UTC) + pd.Timedelta(hours=9))
+    windows = Windows.fitting(sparse, end, config)
+    assert windows.end == end and windows.valid_start == ts("2026-04-01") and windows.train_start == ts("2025-12-01")
+    assert ((sparse >= windows.valid_start) & (sparse < end)).sum() == 2
+    assert ((sparse >= windows.train_start) & (sparse < windows.valid_start)).sum() == 4
+    # Fewer requests than both minima: shared in the minima's proportion, validation never takes them all.
+    scarce = Windows.fitting(sparse, end, RankerTrainConfig(min_train_requests=50, min_valid_requests=10))
+    assert ((sparse >= scarce.valid_start) & (sparse < end)).sum() == 2 and scarce.train_start <= sparse.min()
+
+
 # --- end to end on a tiny shop ----------------------------------------------------------------
 
 

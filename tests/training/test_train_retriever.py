@@ -17,7 +17,16 @@ import torch
 
 from ranking.retriever import Retriever
 from ranking.retriever_inputs import InputSpec
-from training.retriever_data import PointInTime, Split, TrainingSet, content_dim, positive_interactions, time_split, with_features
+from training.retriever_data import (
+    PointInTime,
+    Split,
+    TrainingSet,
+    choose_split_time,
+    content_dim,
+    positive_interactions,
+    time_split,
+    with_features,
+)
 from training.train_retriever import TrainConfig, train_retriever
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
@@ -217,3 +226,40 @@ def test_spec_fitted_on_a_sample_keeps_every_id(shop: DataDir) -> None:
     assert spec.dense_stats != full.dense_stats  # the statistics did come from the sample
     for name, (mean, std) in full.dense_stats.items():
         assert spec.dense_stats[name][0] == pytest.approx(mean, abs=0.25 * std + 1e-6), name
+
+
+def _log(rows: list[tuple[str, str]]) -> pd.DataFrame:
+    """Events of (user, day) pairs."""
+    return pd.DataFrame({"user_id": [u for u, _ in rows], "timestamp": pd.to_datetime([d for _, d in rows], utc=True)})
+
+
+def test_split_time_reaches_back_until_the_test_window_holds_enough_users() -> None:
+    # Dense: the last 3 days hold 4 users, as many as asked: the calendar's T.
+    dense = _log([("a", "2026-01-01"), ("b", "2026-01-02"), ("a", "2026-01-08"), ("b", "2026-01-09"),
+                  ("c", "2026-01-10"), ("d", "2026-01-10")])  # fmt: skip
+    assert choose_split_time(dense, 3, 4, max_test_share=1.0) == pd.Timestamp("2026-01-08", tz="UTC")
+    # Sparse: an order-only log with one order on its last days; T moves back to the day that holds 3 users.
+    sparse = _log([("a", "2025-06-01"), ("b", "2025-07-01"), ("c", "2025-09-01"), ("b", "2025-11-20"),
+                   ("a", "2025-12-01"), ("d", "2026-01-10")])  # fmt: skip
+    assert choose_split_time(sparse, 3, 3, max_test_share=1.0) == pd.Timestamp("2025-11-20", tz="UTC")
+    # ... but never so far that more than half the events are held out, nor onto the first day.
+    assert choose_split_time(sparse, 3, 4) == pd.Timestamp("2025-11-20", tz="UTC")
+    assert choose_split_time(sparse, 3, 99, max_test_share=1.0) == pd.Timestamp("2025-06-02", tz="UTC")
+
+
+def test_next_only_targets_are_each_users_first_new_items_after_the_cutoff(week_split: Split, shop: DataDir) -> None:
+    examples = with_features(shop, positive_interactions(read_events(shop)))
+    everything = time_split(shop, examples, read_items(shop), cutoff=week_split.cutoff)
+    following = time_split(shop, examples, read_items(shop), cutoff=week_split.cutoff, next_only=True)
+    assert everything.cutoff == following.cutoff == week_split.cutoff
+    assert len(following.train) == len(everything.train)
+    assert set(following.test_users["user_id"]) <= set(everything.test_users["user_id"])
+    catalog = following.catalog["item_id"].to_numpy()
+    test = examples[examples["timestamp"] >= following.cutoff]
+    shorter = 0
+    for user, targets, all_targets in zip(following.test_users["user_id"], following.targets, everything.targets):
+        assert set(targets) <= set(all_targets)
+        shorter += len(targets) < len(all_targets)
+        first_day = test[test["user_id"] == user].groupby("item_id")["timestamp"].min().dt.floor("D")
+        assert first_day.loc[list(catalog[targets])].nunique() == 1  # one day: the user's next one
+    assert shorter > 0

@@ -20,7 +20,8 @@ Mapping (one review line / one meta line at a time):
 Malformed JSON lines (reason `malformed_json`) and lines without an `asin` (`missing_value`) go to
 `rejects/amazon_reviews.parquet` / `rejects/amazon_meta.parquet` with file and line number, and are
 counted. Reviews of asins absent from the metadata reach `ingest` and are rejected there as
-`unknown_item`; items missing a title as `missing_value`.
+`unknown_item`. An item without a title is kept, title empty, with a `missing_title_kept` warning
+row in `rejects/items.parquet`: its reviews are sales history the models need.
 
 Example:
     >>> from vitrine.paths import DataDir

@@ -3,15 +3,18 @@
 Three tables. Prices are in the shop's one currency (US dollars for the default and Amazon shops);
 timestamps are UTC. Optional columns may be absent or empty: every stage copes.
 
-- items:  item_id (str, unique), title (str); optional description, category, brand,
-          price (> 0), image_path (relative to the data dir it came with), created_at.
+- items:  item_id (str, unique), title (str; an empty one is kept, see below); optional
+          description, category, brand, price (> 0), image_path (relative to the data dir it
+          came with), created_at.
           Extra attribute columns (colour, pattern, material, ...) are kept as they are.
 - events: user_id (str), item_id (str, a known item), event_type (one of EVENT_TYPES),
           timestamp; optional session_id, quantity (>= 1), price (paid, > 0).
 - users:  user_id (str, unique); optional signup_at and any attributes.
 
 Row-level checks (bad values) reject the row; missing required columns or a column that cannot
-be coerced to its type make the whole file unusable.
+be coerced to its type make the whole file unusable. An item without a title is the exception:
+it is kept (title empty; the encoder reads its description, category and brand), with a warning
+row, because rejecting it would also reject every sale of it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ UTC_TIMESTAMP = "datetime64[ns, UTC]"
 ITEMS = pa.DataFrameSchema(
     {
         "item_id": pa.Column(str, pa.Check.str_length(min_value=1), unique=True),
-        "title": pa.Column(str, pa.Check.str_length(min_value=1)),
+        # Required as a column; an empty value is kept as "" with a warning (`ingest`), not rejected.
+        "title": pa.Column(str, nullable=True),
         "description": pa.Column(str, nullable=True, required=False),
         "category": pa.Column(str, nullable=True, required=False),
         "brand": pa.Column(str, nullable=True, required=False),

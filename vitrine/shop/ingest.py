@@ -14,8 +14,10 @@ the row's original columns as text, plus
     reject_reason  one of REASONS
 
 A row with several problems has one reject row per problem and is counted once as rejected.
-Image problems are the one exception to "an invalid row is dropped": the item is kept with
-`image_path` null (every later stage copes with items without images) and still gets a reject row.
+Image problems and missing titles are the exceptions to "an invalid row is dropped": the item is
+kept with `image_path` null (every later stage copes with items without images), or with an empty
+title (the encoder's text then comes from its description, category and brand; dropping it would
+drop its sales too), and still gets a reject row as a warning.
 
 Whole-file problems (no such file, unreadable, a required column missing, a column whose values
 cannot be read as its type at all) raise `UnusableFile` before anything is written, so a failed
@@ -65,6 +67,9 @@ EVENT_CHUNK_ROWS = 1_000_000
 IMAGE_WORKERS = 4
 # Longest reject_value kept, so that a garbage megabyte-long cell does not bloat the rejects file.
 MAX_REJECT_VALUE_CHARS = 500
+# UTC days handed to the event writer at once: Arrow's dataset writer refuses more than 1,024
+# partitions per call, and a real review log spans years (Amazon's Toys: 1999-2014, 5,000+ days).
+MAX_DAYS_PER_WRITE = 1_000
 
 # Why a row was rejected (reject_reason). The README lists them with what to fix.
 MISSING_VALUE = "missing_value"  # a required field is empty
@@ -77,12 +82,13 @@ INVALID_QUANTITY = "invalid_quantity"  # quantity < 1
 DUPLICATE_ID = "duplicate_id"  # item_id / user_id seen on an earlier row (the first one is kept)
 IMAGE_MISSING = "image_missing"  # image_path names no file inside the source dir (item kept)
 IMAGE_CORRUPT = "image_corrupt"  # the file does not decode as an image (item kept)
+MISSING_TITLE_KEPT = "missing_title_kept"  # an item without a title (item kept, title "", its events too)
 REASONS = (
     MISSING_VALUE, UNKNOWN_EVENT_TYPE, UNKNOWN_ITEM, UNPARSABLE_TIMESTAMP, NOT_A_NUMBER,
-    NON_POSITIVE_PRICE, INVALID_QUANTITY, DUPLICATE_ID, IMAGE_MISSING, IMAGE_CORRUPT,
+    NON_POSITIVE_PRICE, INVALID_QUANTITY, DUPLICATE_ID, IMAGE_MISSING, IMAGE_CORRUPT, MISSING_TITLE_KEPT,
 )
-# Reasons that flag a row but keep it (with the field nulled).
-KEEP_ROW_REASONS = frozenset({IMAGE_MISSING, IMAGE_CORRUPT})
+# Reasons that flag a row but keep it (with the field nulled or emptied).
+KEEP_ROW_REASONS = frozenset({IMAGE_MISSING, IMAGE_CORRUPT, MISSING_TITLE_KEPT})
 
 # Working column: a row's 0-based place in its source file, for reject rows found after filtering.
 SOURCE_ROW = "_source_row"
@@ -194,6 +200,7 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
     if items_file is not None:
         items = _validate_table(items_file, source, contract.ITEMS, reports["items"], rejects)
         items = _drop_duplicates(items, "item_id", items_file, source, reports["items"], rejects)
+        items = _keep_untitled(items, items_file, source, reports["items"], rejects)
     users = None
     if users_file is not None:
         users = _validate_table(users_file, source, contract.USERS, reports["users"], rejects)
@@ -211,7 +218,8 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
             for offset, chunk in _chunks(path, source):
                 events = _validate_chunk(chunk, offset, path, source, contract.EVENTS, reports["events"], rejects,
                                          known_items=known_items)
-                writer.write(events)
+                for days in _day_slices(events):
+                    writer.write(days)
         image_count = 0
         if items_file is not None:
             items, image_count = _place_images(items, items_file, source, data, append, reports["items"], rejects)
@@ -233,11 +241,25 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
     return IngestReport(source, data.shop, data.rejects, append, reports, image_count, days)
 
 
+def _day_slices(events: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    """`events` in parts of at most MAX_DAYS_PER_WRITE distinct UTC days each (one part for most chunks)."""
+    if events.empty:
+        return
+    codes, _ = pd.factorize(events["timestamp"].dt.floor("D"), sort=True)
+    if codes.max() < MAX_DAYS_PER_WRITE:
+        yield events
+        return
+    for first in range(0, int(codes.max()) + 1, MAX_DAYS_PER_WRITE):
+        yield events[(codes >= first) & (codes < first + MAX_DAYS_PER_WRITE)]
+
+
 def _upserted(new: pd.DataFrame, old: pd.DataFrame | None, key: str) -> pd.DataFrame:
     """`new`, plus the rows of `old` whose `key` is not in `new` (an append's upsert)."""
     if old is None:
         return new
-    return pd.concat([old[~old[key].isin(new[key])], new], ignore_index=True)
+    rest = old[~old[key].isin(new[key])]
+    # A re-delivered table replaces every row: nothing of the old one to keep (and pandas warns on empty concats).
+    return new if rest.empty else pd.concat([rest, new], ignore_index=True)
 
 
 # --- finding and reading files -------------------------------------------------------------------
@@ -544,6 +566,17 @@ def _drop_duplicates(frame: pd.DataFrame, key: str, path: Path, source: Path, re
     return frame[~duplicated].reset_index(drop=True)
 
 
+def _keep_untitled(frame: pd.DataFrame, path: Path, source: Path, report: TableReport, rejects: RejectWriter) -> pd.DataFrame:
+    """Items without a title keep their row (title "") and get a `missing_title_kept` warning row."""
+    untitled = frame["title"].isna()
+    if untitled.any():
+        problems = [_Problem(int(row), "title", None, MISSING_TITLE_KEPT) for row in frame.loc[untitled, SOURCE_ROW]]
+        rejects.add_from_source(report.table, _relative(path, source), problems)
+        report.reasons[MISSING_TITLE_KEPT] += len(problems)
+        frame = frame.assign(title=frame["title"].fillna(""))
+    return frame
+
+
 def _canonical(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
     """Contract columns first, in contract types (absent optional ones as nulls), then extra columns."""
     out = pd.DataFrame(index=frame.index)
@@ -649,7 +682,8 @@ class RejectWriter:
 
     def add(self, table: str, chunk: pyarrow.Table, problems: list[_Problem], offset: int, file: str) -> None:
         """Reject rows for `problems` found in `chunk` (rows 0-based within the chunk, which starts at `offset`)."""
-        self._rows.setdefault((table, file), set()).update(p.row + offset for p in problems)
+        # Rows dropped, for `rows_for`; a kept row's warning does not remove it from the table.
+        self._rows.setdefault((table, file), set()).update(p.row + offset for p in problems if p.reason not in KEEP_ROW_REASONS)
         if not problems:
             return
         rows = [p.row for p in problems]
