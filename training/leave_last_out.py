@@ -63,6 +63,8 @@ class Sequences:
         item_ids = np.asarray([str(i) for i in catalog_ids], dtype=object)
         rows = pd.Index(item_ids)
         frame = interactions[["user_id", "item_id", "timestamp"]].copy()
+        # Sorted and split as strings, so the order and the offsets agree whatever the ids' type.
+        frame["user_id"] = frame["user_id"].astype(str)
         frame["row"] = rows.get_indexer(frame["item_id"].astype(str))
         if (frame["row"] < 0).any():
             missing = frame.loc[frame["row"] < 0, "item_id"].iloc[0]
@@ -70,7 +72,7 @@ class Sequences:
         frame["order"] = np.arange(len(frame))
         frame = frame.sort_values(["user_id", "timestamp", "order"], kind="stable")
         frame = frame.drop_duplicates(["user_id", "row"], keep="first")
-        users, starts = np.unique(frame["user_id"].astype(str).to_numpy(), return_index=True)
+        users, starts = np.unique(frame["user_id"].to_numpy(), return_index=True)
         offsets = np.r_[starts, len(frame)].astype(np.int64)
         return cls(item_ids, users.astype(object), offsets, frame["row"].to_numpy(np.int64))
 
@@ -85,9 +87,11 @@ class Sequences:
     def user(self, u: int) -> np.ndarray:
         return self.items[self.offsets[u] : self.offsets[u + 1]]
 
-    def truncated(self, drop_last: int) -> "Sequences":
-        """The same users with their last `drop_last` items removed (shorter users keep nothing)."""
-        lengths = np.maximum(self.lengths - drop_last, 0)
+    def truncated(self, drop_last: int, users: np.ndarray | None = None) -> "Sequences":
+        """The same users with the last `drop_last` items of `users` (default: all) removed."""
+        cut = np.zeros(len(self.user_ids), dtype=np.int64)
+        cut[slice(None) if users is None else users] = drop_last
+        lengths = np.maximum(self.lengths - cut, 0)
         starts = self.offsets[:-1]
         # Position of every kept item: its user's start plus its index among that user's kept items.
         keep = np.repeat(starts, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
@@ -129,8 +133,9 @@ class LeaveLastOut:
     def of(cls, sequences: Sequences) -> "LeaveLastOut":
         scored = np.flatnonzero(sequences.lengths >= MIN_ITEMS)
         last = sequences.offsets[1:] - 1
-        test = Task(scored, sequences.truncated(1), sequences.items[last[scored]])
-        validation = Task(scored, sequences.truncated(2), sequences.items[last[scored] - 1])
+        # Only scored users lose their targets: a shorter user's items all train.
+        test = Task(scored, sequences.truncated(1, scored), sequences.items[last[scored]])
+        validation = Task(scored, sequences.truncated(2, scored), sequences.items[last[scored] - 1])
         return cls(sequences, validation, test)
 
 

@@ -46,7 +46,8 @@ def test_test_and_validation_targets_are_the_last_two_items_and_never_in_trainin
     # The test's training keeps the validation item: the refit sees every held-in interaction.
     assert split.validation.targets[0] in split.test.history()[0]
     # u3's two items still train every model.
-    assert len(split.test.train.user(names.index("u3"))) == 1
+    assert len(split.test.train.user(names.index("u3"))) == 2
+    assert len(split.validation.train.user(names.index("u3"))) == 2
 
 
 def test_metrics_count_a_hit_by_its_rank() -> None:
