@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,27 @@ def amazon_shop(amazon_sample: Path, tmp_path_factory: pytest.TempPathFactory) -
         data, amazon_sample / "Gift_Cards_5.json", amazon_sample / "meta_Gift_Cards.json", amazon_sample / "images"
     )
     return data
+
+
+# `vitrine <args>` run in-process: (exit code, stdout, stderr).
+CliRunner = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def vitrine_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """Run `vitrine <args>` through `vitrine.cli.main`, which maps errors to exit codes."""
+    import sys
+
+    from vitrine import cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["vitrine", *args])
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import shutil
 import subprocess
 import threading
@@ -457,46 +458,30 @@ def test_batch_replays_as_of_in_every_process_and_flags_stale_rows_without_it(re
     assert rows["cold_start"].all() and rows["degraded"].all() and rows["reason"].str.contains("user_stats").all()
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`vitrine <args>` in-process through `vitrine.cli.main` (which maps errors to exit codes)."""
-    import sys
-
-    from vitrine import cli
-
-    monkeypatch.setattr(sys, "argv", ["vitrine", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_recommend_command_warns_on_stale_features_and_replays_with_as_of(
-    replayed, active_replayed_users: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    replayed, active_replayed_users: list[str], monkeypatch: pytest.MonkeyPatch, vitrine_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     data, end = replayed
     user = active_replayed_users[0]
     monkeypatch.delenv("VITRINE_AS_OF", raising=False)
-    code, out, err = run_cli(monkeypatch, capsys, "recommend", user, "--k", "3", "--json", "--data-dir", str(data.root))
+    code, out, err = vitrine_cli("recommend", user, "--k", "3", "--json", "--data-dir", str(data.root))
     assert code == 0, err
     [body] = json.loads(out)
     assert body["degraded"] and body["cold_start"] and "user_stats" in body["reason"]
     assert "warning" in err and "user_stats" in err and "vitrine features materialize" in err and "--as-of" in err
 
-    code, out, err = run_cli(monkeypatch, capsys, "recommend", user, "--k", "3", "--data-dir", str(data.root))
+    code, out, err = vitrine_cli("recommend", user, "--k", "3", "--data-dir", str(data.root))
     assert code == 0 and "degraded" in out and "vitrine features materialize" in err  # the table says it too
 
     # The replay: --as-of, or VITRINE_AS_OF, naive ISO read as UTC.
     naive = end.replace(tzinfo=None).isoformat()
-    code, out, err = run_cli(monkeypatch, capsys, "recommend", user, "--k", "3", "--json", "--as-of", naive, "--data-dir", str(data.root))
+    code, out, err = vitrine_cli("recommend", user, "--k", "3", "--json", "--as-of", naive, "--data-dir", str(data.root))
     assert code == 0 and "warning" not in err
     [body] = json.loads(out)
     assert not body["degraded"] and not body["cold_start"] and body["reason"] is None
     monkeypatch.setenv("VITRINE_AS_OF", naive)
-    code, out, err = run_cli(monkeypatch, capsys, "recommend", user, "--k", "3", "--json", "--data-dir", str(data.root))
+    code, out, err = vitrine_cli("recommend", user, "--k", "3", "--json", "--data-dir", str(data.root))
     assert code == 0 and "warning" not in err and not json.loads(out)[0]["cold_start"]
 
-    code, _, err = run_cli(monkeypatch, capsys, "recommend", user, "--as-of", "last tuesday", "--data-dir", str(data.root))
+    code, _, err = vitrine_cli("recommend", user, "--as-of", "last tuesday", "--data-dir", str(data.root))
     assert code == 2 and "--as-of" in err and "ISO 8601" in err

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from vitrine import cli
 from vitrine.paths import DataDir
 from vitrine.shop import store
-
-
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run `vitrine <args>` in-process through `vitrine.cli.main`, which maps errors to exit codes."""
-    monkeypatch.setattr(sys, "argv", ["vitrine", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def tiny_source(root: Path, *, drop: str | None = None) -> Path:
@@ -39,9 +26,9 @@ def tiny_source(root: Path, *, drop: str | None = None) -> Path:
     return root
 
 
-def test_ingest_prints_json_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ingest_prints_json_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vitrine_cli: Callable[..., tuple[int, str, str]]) -> None:
     source = tiny_source(tmp_path / "src")
-    code, out, _ = run(monkeypatch, capsys, "ingest", "--source", str(source), "--data-dir", str(tmp_path / "data"), "--json")
+    code, out, _ = vitrine_cli("ingest", "--source", str(source), "--data-dir", str(tmp_path / "data"), "--json")
 
     assert code == 0
     payload = json.loads(out)
@@ -50,42 +37,43 @@ def test_ingest_prints_json_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert payload["tables"]["events"]["accepted"] == 2
 
 
-def test_ingest_table_names_the_rejects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ingest_table_names_the_rejects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vitrine_cli: Callable[..., tuple[int, str, str]]) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     source = tiny_source(tmp_path / "src")
-    code, out, _ = run(monkeypatch, capsys, "ingest", "--source", str(source), "--data-dir", str(tmp_path / "data"))
+    code, out, _ = vitrine_cli("ingest", "--source", str(source), "--data-dir", str(tmp_path / "data"))
 
     assert code == 0
     assert "non_positive_price 1" in out and "rejects" in out
 
 
 def test_missing_column_exits_2_naming_file_and_column(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    vitrine_cli: Callable[..., tuple[int, str, str]],
 ) -> None:
     monkeypatch.setenv("COLUMNS", "300")
     source = tiny_source(tmp_path / "src", drop="timestamp")
-    code, out, err = run(monkeypatch, capsys, "ingest", "--source", str(source), "--data-dir", str(tmp_path / "data"))
+    code, out, err = vitrine_cli("ingest", "--source", str(source), "--data-dir", str(tmp_path / "data"))
 
     assert code == 2
     assert "events.csv" in err and "'timestamp'" in err
     assert not (tmp_path / "data" / "shop" / "events").exists()
 
 
-def test_data_dir_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_data_dir_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vitrine_cli: Callable[..., tuple[int, str, str]]) -> None:
     data = DataDir.resolve(tmp_path / "env-data")
     tiny_source(data.incoming)
     monkeypatch.setenv("VITRINE_DATA_DIR", str(data.root))
-    code, _, _ = run(monkeypatch, capsys, "ingest", "--json")
+    code, _, _ = vitrine_cli("ingest", "--json")
 
     assert code == 0
     assert len(store.read_events(data)) == 2
 
 
 def test_import_amazon_reviews_json(
-    amazon_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    amazon_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    vitrine_cli: Callable[..., tuple[int, str, str]],
 ) -> None:
-    code, out, _ = run(
-        monkeypatch, capsys, "import", "amazon-reviews",
+    code, out, _ = vitrine_cli("import", "amazon-reviews",
         "--reviews", str(amazon_sample / "Gift_Cards_5.json"), "--meta", str(amazon_sample / "meta_Gift_Cards.json"),
         "--images", str(amazon_sample / "images"), "--data-dir", str(tmp_path / "data"), "--json",
     )
@@ -98,21 +86,19 @@ def test_import_amazon_reviews_json(
     assert payload["ingest"]["images"] == 24
 
 
-def test_import_of_a_missing_file_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(
-        monkeypatch, capsys, "import", "amazon-reviews", "--reviews", str(tmp_path / "nope.json"),
+def test_import_of_a_missing_file_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vitrine_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, _, err = vitrine_cli("import", "amazon-reviews", "--reviews", str(tmp_path / "nope.json"),
         "--meta", str(tmp_path / "meta.json"), "--data-dir", str(tmp_path / "data"),
     )
     assert code == 2 and "nope.json" in err
 
 
-def test_generate_writes_and_ingests_a_tiny_shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_writes_and_ingests_a_tiny_shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vitrine_cli: Callable[..., tuple[int, str, str]]) -> None:
     data = DataDir.resolve(tmp_path / "data")
     # Leftovers of an earlier import in incoming/ must not be ingested with the new shop.
     data.incoming.mkdir(parents=True)
     (data.incoming / "events.parquet").write_bytes(b"stale")
-    code, out, _ = run(
-        monkeypatch, capsys, "generate", "--users", "60", "--items", "40", "--days", "3", "--seed", "7",
+    code, out, _ = vitrine_cli("generate", "--users", "60", "--items", "40", "--days", "3", "--seed", "7",
         "--data-dir", str(data.root), "--json",
     )
 
