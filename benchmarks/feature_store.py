@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training import feature_store  # noqa: E402
-from training.build_features import build  # noqa: E402
+from feature_repo import store as feature_store  # noqa: E402
+from feature_repo.snapshots.build import build  # noqa: E402
 from vitrine.paths import DataDir  # noqa: E402
 from vitrine.shop.contract import EVENT_TYPES  # noqa: E402
 

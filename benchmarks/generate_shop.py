@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 from vitrine.paths import DataDir
-from vitrine.shop.generate import DEMO, SCALE, generate_shop
+from vitrine.shop.generate import generate_shop
+from vitrine.shop.spec import DEMO, SCALE
 
 PRESETS = {"demo": DEMO, "scale": SCALE}
 

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from training.leave_last_out import CUTOFFS, MIN_ITEMS, LeaveLastOut, Sequences, Task, evaluate_lists
+from feature_repo.sequences import Sequences
+from training.leave_last_out import CUTOFFS, MIN_ITEMS, LeaveLastOut, Task, evaluate_lists
 from training.next_item_baselines import LIST_DEPTH, run_baselines
 from training.retriever_data import positive_interactions
 from vitrine.options import print_json
@@ -103,7 +104,8 @@ def load_shop(data: DataDir, source: Path | None, show_progress: bool) -> dict[s
     from vitrine.shop.ingest import ingest
 
     if source is None:
-        from vitrine.shop.generate import DEMO, generate_shop
+        from vitrine.shop.generate import generate_shop
+        from vitrine.shop.spec import DEMO
 
         generated = generate_shop(data, DEMO, progress=show_progress)
         return {"kind": "generated", "spec": asdict(DEMO), "generate": generated, "ingest": ingest(data).to_dict()}

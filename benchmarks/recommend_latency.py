@@ -52,15 +52,15 @@ def percentiles(values: list[float]) -> dict[str, float]:
 def has_models(data: Any) -> bool:
     import mlflow
 
-    from vitrine.tracking import configure
+    from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL, configure
 
     if not (data.mlflow / "mlflow.db").exists() and not os.environ.get("MLFLOW_TRACKING_URI"):
         return False
     configure(data)
     client = mlflow.MlflowClient()
     try:
-        client.get_model_version_by_alias("vitrine-retriever", "champion")
-        client.get_model_version_by_alias("vitrine-ranker", "champion")
+        client.get_model_version_by_alias(RETRIEVER_MODEL, CHAMPION_ALIAS)
+        client.get_model_version_by_alias(RANKER_MODEL, CHAMPION_ALIAS)
     except Exception:
         return False
     return True
@@ -71,7 +71,8 @@ def prepare(data: Any, users: int, items: int, days: int) -> dict[str, Any]:
     from datetime import datetime, timedelta, timezone
 
     from training.pipeline import PipelineConfig, run_pipeline
-    from vitrine.shop.generate import DEMO, SCALE, generate_shop
+    from vitrine.shop.generate import generate_shop
+    from vitrine.shop.spec import DEMO, SCALE
     from vitrine.shop.ingest import ingest
 
     started = time.perf_counter()

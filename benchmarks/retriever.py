@@ -33,7 +33,7 @@ from ranking.retriever import Retriever, save_retriever
 from ranking.retriever_inputs import ITEM_DENSE, MAX_RECENT_ITEMS, USER_DENSE, EncodedItems, EncodedUsers, InputSpec
 from training.retriever_data import TrainingSet
 from training.train_retriever import TrainConfig, build_model, fit
-from training.two_tower import TwoTowerConfig
+from ranking.two_tower import TwoTowerConfig
 
 # Benchmark shop (vitrine.shop.generate.SCALE): users, items, events.
 SCALE_USERS, SCALE_ITEMS, SCALE_EVENTS = 1_000_000, 100_000, 20_000_000

@@ -38,6 +38,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("generate", "encoder", "embed", "features", "feast", "retriever", "ranker", "promote")
 # Redis db of the benchmark shop: apart from db 0 and from the tests' private db.
@@ -69,7 +71,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[list[str]]]:
     }
 
 
-def promote(data_dir: Path, names: tuple[str, ...] = ("vitrine-retriever", "vitrine-ranker")) -> dict[str, Any]:
+def promote(data_dir: Path, names: tuple[str, ...] = (RETRIEVER_MODEL, RANKER_MODEL)) -> dict[str, Any]:
     """@champion on the newest version of each model (the first promotion of a new shop)."""
     import mlflow
 
@@ -81,7 +83,7 @@ def promote(data_dir: Path, names: tuple[str, ...] = ("vitrine-retriever", "vitr
     out = {}
     for name in names:
         newest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
-        client.set_registered_model_alias(name, "champion", newest.version)
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, newest.version)
         out[name] = newest.version
     return out
 
@@ -135,7 +137,7 @@ def main() -> None:
                     raise SystemExit(f"[scale_shop] {stage}: {' '.join(command)} exited {done.returncode}")
                 answer = last_json(done.stdout) if done.stdout.strip() else answer
             if stage == "retriever":  # the ranker trains on the candidates of vitrine-retriever@champion
-                promote(data_dir, ("vitrine-retriever",))
+                promote(data_dir, (RETRIEVER_MODEL,))
         seconds = round(time.perf_counter() - started, 1)
         (reports / f"{stage}.json").write_text(json.dumps(answer, indent=2, default=str))
         summary["stages"][stage] = {"seconds": seconds, "report": str(reports / f"{stage}.json")}

@@ -1,4 +1,4 @@
-"""CLI commands of this stage, registered into `vitrine` by `vitrine.cli`.
+"""CLI commands of this stage, named in `vitrine.cli`, which imports them when they run.
 
     vitrine train encoder [--base HUB_ID_OR_DIR] [--epochs N] [--freeze-text/--train-text] [--freeze-vision] [--json]
     vitrine embed [--model DIR|HUB_ID|registry|models:/...] [--image-weight W] [--json]
@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -19,8 +19,6 @@ from rich.table import Table
 
 from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
-if TYPE_CHECKING:
-    from vitrine.cli import Groups
 
 out = Console()
 
@@ -178,12 +176,3 @@ def evaluate_encoder_command(
         return
     out.print_json(data=result, default=str)
 
-
-def register(cli: "Groups") -> None:
-    """Add this stage's commands to the `vitrine` CLI."""
-    cli.train.command("encoder")(train_encoder_command)
-    cli.root.command("embed")(embed_command)
-    cli.root.command("tag")(tag_command)
-    cli.root.command("search")(search_command)
-    cli.root.command("similar")(similar_command)
-    cli.evaluate.command("encoder")(evaluate_encoder_command)

@@ -47,7 +47,7 @@ from embeddings.catalog import CatalogView, ImageReport, catalog_view, open_imag
 from embeddings.encoder import ENCODE_BATCH_SIZE, ItemEncoder, normalise
 from vitrine.errors import ModelUnavailable, UnusableFile
 from vitrine.paths import DataDir
-from vitrine.tracking import configure
+from vitrine.tracking import CHAMPION_ALIAS, ENCODER_MODEL, configure
 from vitrine.shop.store import read_items
 
 # The weight of the image side in the fused vector when the model carries none (an untrained or hub
@@ -62,7 +62,6 @@ DEFAULT_IMAGE_WEIGHT = 0.5
 EMBEDDING_VALID_FROM = pd.Timestamp("2000-01-01T00:00:00Z")
 
 # Where `vitrine train encoder` registers its models, and the MLflow experiment of its runs.
-REGISTERED_MODEL = "vitrine-encoder"
 EXPERIMENT = "vitrine-encoder"
 
 # Parquet schema metadata keys: what a reader needs to use the vectors without guessing.
@@ -263,7 +262,7 @@ def load_encoder(data: DataDir, source: str | None) -> ItemEncoder:
             raise ModelUnavailable(f"{folder}: no trained encoder; run `vitrine train encoder` first")
         return ItemEncoder.load(folder)
     if source == "registry" or source.startswith("models:/"):
-        uri = f"models:/{REGISTERED_MODEL}@champion" if source == "registry" else source
+        uri = f"models:/{ENCODER_MODEL}@{CHAMPION_ALIAS}" if source == "registry" else source
         return ItemEncoder.load(download_registered(data, uri))
     return ItemEncoder.load(source, save_hint=data.models / source.rstrip("/").split("/")[-1])
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
-from mlflow.exceptions import MlflowException
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,12 +36,12 @@ from tqdm import tqdm
 
 from embeddings.catalog import CatalogView, ImageReport, Split, open_image
 from embeddings.dual_encoder import DualEncoderSpec, build_dual_encoder
-from embeddings.encode import EXPERIMENT, REGISTERED_MODEL, default_model_dir, image_weight_of, load_view
+from embeddings.encode import EXPERIMENT, default_model_dir, image_weight_of, load_view
 from embeddings.encoder import ItemEncoder
 from embeddings.evaluate import choose_image_weight, evaluate_vectors, split_vectors
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
-from vitrine.tracking import configure, lineage
+from vitrine.tracking import CHAMPION_ALIAS, ENCODER_MODEL, configure, lineage, register_model
 
 # CLIP clamps its learned temperature at 100 so that logits cannot blow up.
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -338,14 +337,9 @@ def _log_and_register(data: DataDir, config: TrainEncoderConfig, result: dict[st
         mlflow.log_artifacts(str(model_dir), artifact_path="encoder")
         source = f"{mlflow.get_artifact_uri()}/encoder"
     # A plain artifact folder (a transformers checkpoint), not an MLflow "logged model": register its URI.
-    client = mlflow.MlflowClient()
-    try:
-        client.get_registered_model(REGISTERED_MODEL)
-    except MlflowException:
-        client.create_registered_model(REGISTERED_MODEL, description="Item encoder (CLIP-style dual encoder) for `vitrine embed`.")
-    version = client.create_model_version(REGISTERED_MODEL, source=source, run_id=run.info.run_id, tags=tags)
-    client.set_registered_model_alias(REGISTERED_MODEL, "champion", version.version)
-    return {"run_id": run.info.run_id, "registered_model": REGISTERED_MODEL, "version": str(version.version), "alias": "champion"}
+    version = register_model(ENCODER_MODEL, source, run.info.run_id, tags)
+    mlflow.MlflowClient().set_registered_model_alias(ENCODER_MODEL, CHAMPION_ALIAS, version)
+    return {"run_id": run.info.run_id, "registered_model": ENCODER_MODEL, "version": version, "alias": CHAMPION_ALIAS}
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:

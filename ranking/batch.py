@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ranking.online_features import OnlineKind
+from vitrine.options import OnlineKind
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
 

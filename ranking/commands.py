@@ -1,4 +1,4 @@
-"""CLI commands of this stage, registered into `vitrine` by `vitrine.cli`.
+"""CLI commands of this stage, named in `vitrine.cli`, which imports them when they run.
 
     vitrine serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--online sqlite|redis] [--as-of TIME]
     vitrine recommend USER_ID... [--k 20] [--category C] [--as-of TIME] [--json]
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -22,11 +22,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitrine.errors import InvalidInput
-from vitrine.options import AsOfOption, DataDirOption, JsonOption, as_of, data_dir, print_json
+from vitrine.options import AsOfOption, DataDirOption, JsonOption, OnlineOption, as_of, data_dir, online_store, print_json
 
 if TYPE_CHECKING:
     from ranking.online_features import StaleView
-    from vitrine.cli import Groups
 
 out = Console()
 err = Console(stderr=True)
@@ -34,15 +33,6 @@ err = Console(stderr=True)
 # Loopback by default: the service has no authentication, so exposing it is an explicit choice.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-OnlineOption = Annotated[
-    str, typer.Option("--online", help="Online store for user and item features: sqlite (embedded) or redis ($VITRINE_REDIS).")
-]
-
-
-def _online(value: str) -> Literal["sqlite", "redis"]:
-    if value not in ("sqlite", "redis"):
-        raise InvalidInput(f"--online: {value!r} is not sqlite or redis")
-    return value  # type: ignore[return-value]
 
 
 def warn_if_stale(stale: Sequence["StaleView"], moment: datetime | None, ahead: Sequence[str] = ()) -> None:
@@ -81,7 +71,7 @@ def serve_command(
     from ranking.service import ServiceConfig, serve
 
     moment = as_of(as_of_option)
-    config = ServiceConfig(data_dir=data_dir(data_dir_option).root, online=_online(online), alias=alias, as_of=moment)
+    config = ServiceConfig(data_dir=data_dir(data_dir_option).root, online=online_store(online), alias=alias, as_of=moment)
     err.print(f"serving on http://{host}:{port} (docs at /docs, metrics at /metrics)")
     if moment is not None:
         err.print(f"judging feature freshness as of {moment.isoformat()}, not now")
@@ -119,7 +109,7 @@ def recommend_command(
         from ranking.batch import read_user_file, recommend_users_to_file
 
         summary = recommend_users_to_file(
-            data, read_user_file(users), k, out_path, processes=processes or os.cpu_count() or 1, online=_online(online),
+            data, read_user_file(users), k, out_path, processes=processes or os.cpu_count() or 1, online=online_store(online),
             exclude_purchased=not include_purchased, category=category, as_of=moment,
         )  # fmt: skip
         from ranking.online_features import StaleView
@@ -130,7 +120,7 @@ def recommend_command(
         else:
             err.print(f"{summary['users']} users, {summary['rows']} rows -> {out_path} ({summary['users_per_second']:.0f} users/s)")
         return
-    recommender = Recommender.from_data(data, online=_online(online), as_of=moment)
+    recommender = Recommender.from_data(data, online=online_store(online), as_of=moment)
     warn_if_stale(recommender.stale_views(), moment, recommender.freshness.ahead_of(moment) if moment else ())
     results = recommender.recommend_batch(user_ids or [], k, exclude_purchased=not include_purchased, category=category, explain=True)
     if as_json:
@@ -150,8 +140,3 @@ def recommend_command(
         if result.reason:
             out.print(f"degraded: {result.reason}", markup=False, highlight=False, soft_wrap=True)
 
-
-def register(cli: "Groups") -> None:
-    """Add this stage's commands to the `vitrine` CLI."""
-    cli.root.command("serve")(serve_command)
-    cli.root.command("recommend")(recommend_command)

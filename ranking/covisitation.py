@@ -51,7 +51,7 @@ from vitrine.errors import InvalidInput, ModelUnavailable
 
 if TYPE_CHECKING:
     # Only the type: the serving path must not import the training package (and its ranx) to score.
-    from training.leave_last_out import Sequences
+    from feature_repo.sequences import Sequences
 
 # Window sizes of the summed ranker features (last 1 / 3 / 10 history items): the last item says
 # what the shopper wants now, 3 the current session's theme, 10 the longer taste.

@@ -20,12 +20,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ranking.online_features import OnlineKind, open_reader
+from ranking.online_features import open_reader
+from vitrine.options import OnlineKind
 from ranking.ranker_features import ItemTable
 
 if TYPE_CHECKING:
@@ -118,7 +120,12 @@ def _version(ends: dict[str, str]) -> str:
 
 
 def load_serving_items(
-    store: "FeatureStore", catalog: pd.DataFrame, *, online: OnlineKind | None = None, views: Sequence[str] = ITEM_VIEWS
+    store: "FeatureStore",
+    catalog: pd.DataFrame,
+    *,
+    online: OnlineKind | None = None,
+    views: Sequence[str] = ITEM_VIEWS,
+    as_of: datetime | None = None,
 ) -> ServingItems:
     """Read every catalog item's features from the online store, in bulk, into a `ServingItems`.
 
@@ -127,6 +134,7 @@ def load_serving_items(
         catalog: the shop's items (item_id, title; category and created_at when present).
         online: force the online reader ("sqlite" SDK or "redis"); default follows the store.
         views: item feature views to read (absent views give NaN features).
+        as_of: the moment each view's ttl is judged at (None: the wall clock); a replay passes its day.
 
     Example:
         >>> load_serving_items(open_store(data), read_items(data))
@@ -139,7 +147,7 @@ def load_serving_items(
     if present and ids:
         reader = open_reader(store, "item_id", present, online=online, bulk=True)
         try:
-            rows = reader.read(ids)
+            rows = reader.read(ids, now=as_of)
         finally:
             reader.close()
         features = pd.DataFrame([row or {} for row in rows], index=frame.index)

@@ -31,10 +31,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ranking.item_table import materialization_version
-from ranking.online_features import Freshness, OnlineKind, StaleView, open_reader, stale_reason
+from ranking.online_features import Freshness, StaleView, open_reader, stale_reason
+from vitrine.options import OnlineKind
 from ranking.recommender import USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle, load_items, read_freshness
 from vitrine.errors import VitrineError
 from vitrine.paths import DataDir
+from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 30.0
 # Joining the thread on shutdown waits at most this long; a load in progress is abandoned after it.
 STOP_TIMEOUT_S = 5.0
-RETRIEVER_MODEL = "vitrine-retriever"
-RANKER_MODEL = "vitrine-ranker"
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class ModelWatcher:
         state: ServingState,
         *,
         online: OnlineKind = "sqlite",
-        alias: str = "champion",
+        alias: str = CHAMPION_ALIAS,
         interval_s: float = POLL_INTERVAL_S,
         on_change: Callable[[ServingState], None] | None = None,
     ) -> None:

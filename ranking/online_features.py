@@ -17,8 +17,7 @@ online reads, so a user whose features stopped being materialized would otherwis
 values. A stale view reads as missing; an entity with no fresh view at all reads as `None` (unknown).
 
 Age is measured at a moment: the wall clock by default, or an explicit `as_of` (`--as-of`,
-`VITRINE_AS_OF`) that replays a past day: `read(ids, now=as_of)`, or, for code that opens and reads
-its own reader (the item table's bulk load), `judged_at(as_of)` around the call. `Freshness` holds
+`VITRINE_AS_OF`) that replays a past day: `read(ids, now=as_of)`. `Freshness` holds
 each served view's materialization watermark, so that serving can say, without reading the store,
 that a whole view is older than its ttl (everyone would silently get the cold-start list).
 
@@ -31,22 +30,19 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from vitrine.errors import FeatureUnavailable, InvalidInput
+from vitrine.as_of import AS_OF_ENV
+from vitrine.errors import FeatureUnavailable
+from vitrine.options import OnlineKind
 
 if TYPE_CHECKING:
     from feast import FeatureStore
-
-OnlineKind = Literal["sqlite", "redis"]
 
 # A loopback HMGET for one user takes ~0.2 ms. 50 ms is 100x that, so a GC pause or CPU contention on
 # either side does not flip healthy requests to degraded (20 ms did, on a loaded 2-core box), while a
@@ -63,57 +59,14 @@ REDIS_RETRY_AFTER_S = 1.0
 BULK_CHUNK = 2_000
 # A bulk read may legitimately take longer per command than a single user read (big replies).
 REDIS_BULK_SOCKET_TIMEOUT_S = 2.0
-# The environment variable that sets the moment freshness is judged at (as `--as-of` does).
-AS_OF_ENV = "VITRINE_AS_OF"
 # What a person can do about stale features; ends every staleness message.
 STALE_HINT = f"run `vitrine features materialize`, or pass --as-of ({AS_OF_ENV}) to replay the day the features are from"
 DAY_S = 86_400.0
 
 
-def parse_as_of(text: str, source: str = "--as-of") -> datetime:
-    """An ISO 8601 date or time as an aware UTC datetime; a time without a zone is UTC.
-
-    Raises:
-        InvalidInput: `text` is not ISO 8601 (the message names `source`).
-
-    Example:
-        >>> parse_as_of("2026-03-02")
-        datetime.datetime(2026, 3, 2, 0, 0, tzinfo=datetime.timezone.utc)
-    """
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError as exc:
-        raise InvalidInput(f"{source}: {text!r} is not an ISO 8601 time, e.g. 2026-03-02 or 2026-03-02T12:00:00+01:00") from exc
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
-def as_of_from_environment() -> datetime | None:
-    """`$VITRINE_AS_OF` parsed (see `parse_as_of`), None when it is unset or empty."""
-    text = os.environ.get(AS_OF_ENV, "").strip()
-    return parse_as_of(text, AS_OF_ENV) if text else None
-
-
-# The moment set by `judged_at` for the code running inside it (per thread and per task).
-_judged_at: ContextVar[datetime | None] = ContextVar("vitrine_feature_moment", default=None)
-
-
-@contextmanager
-def judged_at(moment: datetime | None) -> Iterator[None]:
-    """Reads inside this block that name no `now` judge freshness at `moment` (None: the wall clock).
-
-    For callers that cannot hand a moment down to the reader they cause to be opened, such as
-    `ranking.item_table.load_serving_items`.
-    """
-    token = _judged_at.set(moment)
-    try:
-        yield
-    finally:
-        _judged_at.reset(token)
-
-
 def judging_moment(now: datetime | None = None) -> datetime:
-    """`now` if given, else the moment of the enclosing `judged_at`, else the wall clock (UTC)."""
-    return now or _judged_at.get() or datetime.now(timezone.utc)
+    """`now` if given, else the wall clock (UTC)."""
+    return now or datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -271,7 +224,7 @@ class OnlineFeatureReader(ABC):
         - `read(ids, now)` returns one entry per id, in order: a dict feature name -> python value (None
           where the value is null or its view is missing or older than the view's ttl at `now`), or None
           when the entity has no fresh row in any of the views (an unknown or long-inactive entity).
-          `now` defaults to `judging_moment()`: the enclosing `judged_at`, else the wall clock.
+          `now` defaults to the wall clock.
         - Values are what Feast's `get_online_features(...).to_dict()` returns for the same features.
         - Failure of the store raises `FeatureUnavailable` within a bounded time; it never hangs.
     """

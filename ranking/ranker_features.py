@@ -161,7 +161,7 @@ class ItemTable:
         numeric = np.full((n, len(ITEM_NUMERIC_COLUMNS)), np.nan, dtype=np.float32)
         for name, col in _COL.items():
             # A read of a service holding both user_stats and item_stats names the shared counts
-            # `item_stats__views_30d` (training.feature_store); the bare name wins when both exist.
+            # `item_stats__views_30d` (feature_repo.store); the bare name wins when both exist.
             source = name if name in frame.columns else f"item_stats__{name}"
             if source in frame.columns:
                 numeric[:, col] = pd.to_numeric(frame[source], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)

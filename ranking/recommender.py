@@ -51,17 +51,16 @@ from ranking.item_table import ABSENT, ITEM_VIEWS, ServingItems, load_serving_it
 from ranking.online_features import (
     Freshness,
     OnlineFeatureReader,
-    OnlineKind,
     StaleView,
     ViewWatermark,
-    as_of_from_environment,
-    judged_at,
     open_reader,
     stale_reason,
     view_specs,
 )
 from ranking.ranker_features import UserContext, build_features
+from vitrine.as_of import as_of_from_environment
 from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable
+from vitrine.options import OnlineKind
 from vitrine.paths import DataDir
 
 if TYPE_CHECKING:
@@ -344,7 +343,7 @@ class Recommender:
         """Load `vitrine-retriever@alias`, `vitrine-ranker@alias`, the item table and the readers.
 
         `as_of` judges feature age at that moment instead of the wall clock, for the item table read
-        here and for every request (see `ranking.online_features.parse_as_of`).
+        here and for every request (see `vitrine.as_of.parse_as_of`).
 
         Raises:
             ModelUnavailable: a model is not registered or does not load.
@@ -565,9 +564,9 @@ def explain_rows(reranker: "Reranker", matrix: np.ndarray) -> list[tuple[Reason,
 
 
 def open_feature_store(data: DataDir, online: OnlineKind = "sqlite") -> Any:
-    """The project's Feast store (`training.feature_store.open_store`), as a FeatureUnavailable on failure."""
+    """The project's Feast store (`feature_repo.store.open_store`), as a FeatureUnavailable on failure."""
     try:
-        from training.feature_store import open_store
+        from feature_repo.store import open_store
     except ImportError as exc:  # the feature-store stage is not installed
         raise FeatureUnavailable(f"the feature store module is unavailable: {exc}") from exc
     try:
@@ -597,9 +596,7 @@ def load_items(data: DataDir, store: Any, *, online: OnlineKind | None = None, a
     """The shop's catalog with its item features from the online store, judged fresh at `as_of`."""
     from vitrine.shop.store import read_items
 
-    # load_serving_items opens and reads its own reader; judged_at hands it the moment.
-    with judged_at(as_of):
-        return load_serving_items(store, read_items(data), online=online)
+    return load_serving_items(store, read_items(data), online=online, as_of=as_of)
 
 
 def read_freshness(store: Any, views: Sequence[str] = SERVED_VIEWS) -> Freshness:
@@ -654,7 +651,7 @@ _default_lock = threading.Lock()
 def default_recommender() -> Recommender:
     """The process-wide `Recommender` over `$VITRINE_DATA_DIR` (SQLite online store), created on first use.
 
-    Feature age is judged at `$VITRINE_AS_OF` when it is set (see `ranking.online_features.parse_as_of`).
+    Feature age is judged at `$VITRINE_AS_OF` when it is set (see `vitrine.as_of.parse_as_of`).
     """
     global _default
     with _default_lock:

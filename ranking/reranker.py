@@ -41,11 +41,11 @@ from ranking.path_contributions import PathContributions
 from ranking.ranker_features import FEATURE_NAMES
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
+from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL
 
 MODEL_FILE = "model.txt"
 META_FILE = "ranker.json"
 FORMAT_VERSION = 1
-REGISTERED_MODEL = "vitrine-ranker"
 
 # One thread per scoring call: a request scores a few hundred rows, where OpenMP's thread start-up
 # and synchronisation cost more than they save, and the service runs several requests (workers) in
@@ -214,7 +214,7 @@ class Reranker:
 
     @classmethod
     def from_registry(
-        cls, data: DataDir, alias: str = "champion", blend: BlendConfig | None = None, name: str = REGISTERED_MODEL
+        cls, data: DataDir, alias: str = CHAMPION_ALIAS, blend: BlendConfig | None = None, name: str = RANKER_MODEL
     ) -> "Reranker":
         """Load the registered `vitrine-ranker@alias` (downloaded once into `data/models/ranker/registry/`).
 
@@ -301,7 +301,6 @@ class Reranker:
 __all__ = [
     "BlendConfig",
     "FORMAT_VERSION",
-    "REGISTERED_MODEL",
     "RankerMetadata",
     "Reranker",
     "SERVING_THREADS",

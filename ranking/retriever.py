@@ -37,13 +37,11 @@ from safetensors.torch import load_file, save_file
 from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
 from ranking.retriever_inputs import FeatureRows, InputSpec, encode_users
 from ranking.user_tower import UserTower
-from training.two_tower import TwoTower, TwoTowerConfig
+from ranking.two_tower import TwoTower, TwoTowerConfig
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
+from vitrine.tracking import CHAMPION_ALIAS, RETRIEVER_MODEL
 
-# The registered model name and the alias serving follows.
-REGISTERED_MODEL = "vitrine-retriever"
-CHAMPION = "champion"
 # Files of a retriever dir.
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -163,7 +161,7 @@ class Retriever:
         return cls(model, spec, item_ids, index, config, str(chosen))
 
     @classmethod
-    def from_registry(cls, data: DataDir, alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> "Retriever":
+    def from_registry(cls, data: DataDir, alias: str = CHAMPION_ALIAS, name: str = RETRIEVER_MODEL) -> "Retriever":
         """Download and load `name@alias` from the MLflow registry of `data`.
 
         Example:

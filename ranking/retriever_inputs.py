@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import pandas as pd
 import torch
 from torchrec import KeyedJaggedTensor
 
+from feature_repo.columns import numeric_names
 from vitrine.errors import InvalidInput, UnusableFile
 
 # Index every vocabulary reserves for "not seen in training" (and for dropped-out ids).
@@ -37,16 +37,10 @@ MAX_RECENT_ITEMS = 20
 # Fill for "days since" features of a user who never did the thing: about a year, so it reads as "long ago".
 NEVER_DAYS = 365.0
 
-# Dense inputs, by Feast feature name. Counts and money are heavy-tailed: log1p, then standardised.
-USER_DENSE = (
-    "events_1d", "events_7d", "events_30d", "views_30d", "clicks_30d", "carts_30d", "purchases_30d",
-    "purchase_rate_30d", "avg_price_paid", "max_price_paid", "days_since_last_event", "days_since_last_purchase",
-)  # fmt: skip
-ITEM_DENSE = (
-    "views_1d", "views_7d", "views_30d", "clicks_1d", "clicks_7d", "clicks_30d", "carts_1d", "carts_7d",
-    "carts_30d", "purchases_1d", "purchases_7d", "purchases_30d", "ctr_7d", "ctr_30d", "cart_rate_7d",
-    "cart_rate_30d", "cvr_7d", "cvr_30d", "price", "age_days", "popularity_rank", "trend_7d_30d",
-)  # fmt: skip
+# Dense inputs, by Feast feature name (`feature_repo.columns`): every numeric column of the stats views
+# but the price band, which is an id. Counts and money are heavy-tailed: log1p, then standardised.
+USER_DENSE = numeric_names("user_stats")
+ITEM_DENSE = tuple(name for name in numeric_names("item_stats") if name != "price_band")
 # Feature view of each dense group. Where both views name a feature alike (views_30d...), the feature
 # store returns `<view>__<name>`; plain `<name>` otherwise.
 DENSE_VIEWS = {"user_stats": USER_DENSE, "item_stats": ITEM_DENSE}

@@ -47,7 +47,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
 from ranking.model_watcher import POLL_INTERVAL_S, ModelWatcher, ServingState
-from ranking.online_features import AS_OF_ENV, OnlineKind, as_of_from_environment
+from vitrine.options import OnlineKind
+from vitrine.as_of import AS_OF_ENV, as_of_from_environment
 from ranking.recommender import ID_PATTERN, MAX_CATEGORY_LENGTH, MAX_ID_LENGTH, MAX_K, STAGES, RecommendationList, check_id
 from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable, VitrineError
 from vitrine.paths import DataDir
@@ -138,11 +139,11 @@ def recommend_payload(result: RecommendationList, k: int) -> dict[str, Any]:
             {
                 "item_id": r.item_id,
                 "title": r.title,
-                "score": _finite(r.score),
-                "retriever_score": None if r.retriever_score is None else _finite(r.retriever_score),
+                "score": _score(r.score),
+                "retriever_score": None if r.retriever_score is None else _score(r.retriever_score),
                 "source": r.source,
                 "reasons": [
-                    {"feature": why.feature, "value": why.value, "contribution": _finite(why.contribution)} for why in r.reasons
+                    {"feature": why.feature, "value": why.value, "contribution": _score(why.contribution)} for why in r.reasons
                 ],
             }
             for r in result
@@ -150,7 +151,8 @@ def recommend_payload(result: RecommendationList, k: int) -> dict[str, Any]:
     }
 
 
-def _finite(value: float) -> float:
+def _score(value: float) -> float:
+    """A number the API's float fields can carry: JSON has no NaN or inf, and a list must stay sortable (0.0)."""
     return float(value) if math.isfinite(value) else 0.0
 
 

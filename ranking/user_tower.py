@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ranking.retriever_inputs import UNKNOWN, EncodedUsers
-from training.two_tower import TwoTower
+from ranking.two_tower import TwoTower
 
 
 class UserTower:

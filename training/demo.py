@@ -66,7 +66,8 @@ def ensure_shop(data: DataDir, console: Console) -> dict[str, float | int] | Non
     if any(data.incoming.glob("items.*")):
         console.print(f"[dim]a shop waits in {data.incoming}: the pipeline ingests it[/]")
         return None
-    from vitrine.shop.generate import DEMO, ending_yesterday, generate_shop
+    from vitrine.shop.generate import generate_shop
+    from vitrine.shop.spec import DEMO, ending_yesterday
 
     # The shop's history ends yesterday, as a live shop's does: serving judges features against their
     # view's ttl at the current time, so a shop that ended months ago would serve everyone cold-start.

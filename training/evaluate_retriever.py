@@ -41,7 +41,8 @@ from training.retriever_data import (
     time_split,
 )
 from training.train_retriever import TrainConfig, fit, item_vectors, user_vectors
-from training.two_tower import LossConfig, TwoTowerConfig
+from ranking.two_tower import TwoTowerConfig
+from training.two_tower import LossConfig
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 

@@ -38,7 +38,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from training.baselines import AlsConfig
-from training.leave_last_out import CUTOFFS, LeaveLastOut, Sequences, Task, evaluate_lists
+from feature_repo.sequences import Sequences
+from training.leave_last_out import CUTOFFS, LeaveLastOut, Task, evaluate_lists
 from training.retrieval_metrics import SCORE_CHUNK, top_k
 
 # Deepest cut-off of the protocol: every list has this many entries.

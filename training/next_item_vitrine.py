@@ -35,7 +35,8 @@ import pandas as pd
 
 from ranking.covisitation import CoVisitation
 from ranking.sequence_tower import SequenceTowerConfig
-from training.leave_last_out import LeaveLastOut, Sequences, evaluate_lists
+from feature_repo.sequences import Sequences
+from training.leave_last_out import LeaveLastOut, evaluate_lists
 from training.train_sequence import LIST_DEPTH, FitResult, SequenceTrainConfig, default_max_length, fit, scores_top
 
 # Candidates each source hands the reranker: deep enough to hold most next items (the union's

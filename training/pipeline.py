@@ -43,12 +43,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from rich.console import Console
 
-from training.feature_store import Online
-from training.pipeline_state import FINISHED, RunState, StepRecord
+from training.pipeline_state import RunState, StepRecord
 from training.promotion import PromotionPolicy
 from training.split_evaluation import DEFAULT_MIN_TEST_USERS
 from vitrine import tracking
 from vitrine.errors import InvalidInput
+from vitrine.options import OnlineKind
 from vitrine.paths import DataDir
 
 YESTERDAY = "YESTERDAY"
@@ -111,7 +111,7 @@ class PipelineConfig:
     min_test_users: int = DEFAULT_MIN_TEST_USERS
     # Online store the feast step materializes into: "sqlite" (embedded default) or "redis"
     # (`$VITRINE_REDIS`, host:port); the one the service reads.
-    online: Online = "sqlite"
+    online: OnlineKind = "sqlite"
 
 
 @dataclass
@@ -443,7 +443,7 @@ def embed_items(ctx: StepContext) -> dict[str, Any]:
 
 def build_features(ctx: StepContext) -> dict[str, Any]:
     """Daily feature snapshots: all days, or only days >= --since (incremental)."""
-    from training.build_features import build
+    from feature_repo.snapshots.build import build
 
     report = build(ctx.data, since=ctx.config.since)
     for view, rows in report.rows.items():
@@ -454,7 +454,7 @@ def build_features(ctx: StepContext) -> dict[str, Any]:
 
 def feast_apply_materialize(ctx: StepContext) -> dict[str, Any]:
     """`feast apply` then `feast materialize` of the snapshot days just built into the online store."""
-    from training import feature_store
+    from feature_repo import store as feature_store
 
     online = ctx.config.online
     feature_store.apply(ctx.data, online)
@@ -474,7 +474,7 @@ def feast_apply_materialize(ctx: StepContext) -> dict[str, Any]:
 
 def feature_repo_version() -> str:
     """Content hash of the Feast definitions: changes whenever a feature view or service changes."""
-    from training.feature_store import REPO_DIR
+    from feature_repo.store import REPO_DIR
 
     return hashlib.sha256((REPO_DIR / "definitions.py").read_bytes()).hexdigest()[:12]
 
@@ -510,7 +510,7 @@ def _tag_lineage(ctx: StepContext, model: str, version: str, extra: dict[str, st
 
 def _tag_challenger(ctx: StepContext, model: str, version: str) -> None:
     """Point `@challenger` at the new version and add the pipeline's lineage tags it lacks."""
-    from training.promotion import CHALLENGER_ALIAS
+    from vitrine.tracking import CHALLENGER_ALIAS
 
     _tag_lineage(ctx, model, version)
     ctx.client.set_registered_model_alias(model, CHALLENGER_ALIAS, version)
@@ -520,8 +520,8 @@ def train_retriever_step(ctx: StepContext) -> dict[str, Any]:
     """Train the two-tower retriever on the days before the latest split and register it."""
     from dataclasses import replace
 
-    from ranking.retriever import REGISTERED_MODEL
     from training.train_retriever import TrainConfig, train_retriever
+    from vitrine.tracking import RETRIEVER_MODEL
 
     config = ctx.stage_config("retriever") or TrainConfig()
     # The challenger never sees the latest split: the events after T are the trainer's validation
@@ -531,19 +531,18 @@ def train_retriever_step(ctx: StepContext) -> dict[str, Any]:
     run = train_retriever(ctx.data, config, show_progress=ctx.config.progress)
     if not run.version:
         raise RuntimeError("train_retriever registered no vitrine-retriever version")
-    _tag_challenger(ctx, REGISTERED_MODEL, run.version)
+    _tag_challenger(ctx, RETRIEVER_MODEL, run.version)
     last = run.fit.epochs[-1] if run.fit.epochs else {}
-    return {"model": REGISTERED_MODEL, "version": run.version, "run_id": run.run_id or "",
+    return {"model": RETRIEVER_MODEL, "version": run.version, "run_id": run.run_id or "",
             "model_dir": str(run.model_dir), "epochs": len(run.fit.epochs),
             "last_epoch": {k: float(v) for k, v in last.items()}}
 
 
 def train_ranker_step(ctx: StepContext) -> dict[str, Any]:
     """Train the LightGBM reranker on the challenger retriever's candidates, before the latest split."""
-    from ranking.reranker import REGISTERED_MODEL
     from ranking.retriever import Retriever
-    from training.promotion import CHALLENGER_ALIAS
     from training.train_ranker import RankerTrainConfig, RetrieverCandidates, train_ranker
+    from vitrine.tracking import CHALLENGER_ALIAS, RANKER_MODEL
 
     retriever = Retriever.from_registry(ctx.data, CHALLENGER_ALIAS)
     if str(retriever.version) != str(ctx.output("retriever", "version")):
@@ -554,8 +553,8 @@ def train_ranker_step(ctx: StepContext) -> dict[str, Any]:
                           progress=ctx.config.progress)
     if not result.registered_version:
         raise RuntimeError("train_ranker registered no vitrine-ranker version")
-    _tag_challenger(ctx, REGISTERED_MODEL, result.registered_version)
-    return {"model": REGISTERED_MODEL, "version": result.registered_version, "run_id": result.run_id,
+    _tag_challenger(ctx, RANKER_MODEL, result.registered_version)
+    return {"model": RANKER_MODEL, "version": result.registered_version, "run_id": result.run_id,
             "model_dir": str(result.model_dir), "valid_ndcg_at_10": result.valid_ndcg_at_10,
             "best_iteration": result.best_iteration, "windows": result.windows,
             "train_requests": result.train_summary["requests"], "valid_requests": result.valid_summary["requests"],
@@ -566,7 +565,8 @@ def evaluate_models(ctx: StepContext) -> dict[str, Any]:
     """Challenger and current champion pairs, scored on the same latest time split."""
     import tempfile
 
-    from training.promotion import CHALLENGER_ALIAS, RETRIEVER_MODEL, champion_to_evaluate, champion_version
+    from training.promotion import champion_to_evaluate, champion_version
+    from vitrine.tracking import CHALLENGER_ALIAS, RETRIEVER_MODEL
     from training.split_evaluation import LatestSplit, evaluate_pair, plot_recall_curves
     from vitrine.errors import ModelUnavailable
 
@@ -598,7 +598,8 @@ def evaluate_models(ctx: StepContext) -> dict[str, Any]:
 
 def promote_if_better(ctx: StepContext) -> dict[str, Any]:
     """Decide with the agreed rules and move `@champion` only when the challenger wins."""
-    from training.promotion import RANKER_MODEL, RETRIEVER_MODEL, decide, promote
+    from training.promotion import decide, promote
+    from vitrine.tracking import RANKER_MODEL, RETRIEVER_MODEL
 
     challenger = ctx.output("evaluate", "challenger")
     champion = ctx.output("evaluate", "champion")
@@ -634,12 +635,12 @@ def refit_champion(ctx: StepContext) -> dict[str, Any]:
     """
     from dataclasses import replace
 
-    from ranking.reranker import REGISTERED_MODEL as RANKER
-    from ranking.retriever import REGISTERED_MODEL as RETRIEVER
     from ranking.retriever import Retriever
     from training.promotion import REFIT_OF_RUN, REFIT_OF_VERSION, install_refit
     from training.train_ranker import RankerRefit, RankerTrainConfig, RetrieverCandidates, train_ranker
     from training.train_retriever import TrainConfig, train_retriever
+    from vitrine.tracking import RANKER_MODEL as RANKER
+    from vitrine.tracking import RETRIEVER_MODEL as RETRIEVER
 
     if not ctx.output("promote", "promote"):
         return {"refit": False, "reason": "challenger not promoted: nothing refit, the champion stays"}

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from training.promotion import DEFAULT_RANKER_RULE, DEFAULT_RETRIEVER_RULE, MetricRule, PromotionPolicy
 from vitrine.errors import InvalidInput, VitrineError
-from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
+from vitrine.options import DataDirOption, JsonOption, OnlineOption, data_dir, online_store, print_json
 
-if TYPE_CHECKING:
-    from vitrine.cli import Groups
 
 out = Console()
 err = Console(stderr=True)
@@ -34,10 +32,6 @@ SinceOption = Annotated[
 ResumeOption = Annotated[
     bool,
     typer.Option("--resume/--no-resume", help="Continue the newest unfinished run from its failed step."),
-]
-OnlineOption = Annotated[
-    str,
-    typer.Option("--online", help="Online store to materialize into: sqlite (embedded) or redis ($VITRINE_REDIS)."),
 ]
 RuleOption = Annotated[
     Optional[list[str]],
@@ -73,47 +67,41 @@ def parse_rules(texts: list[str] | None) -> PromotionPolicy:
     return PromotionPolicy(rules=tuple(rules))
 
 
-def register(cli: "Groups") -> None:
-    """Add `vitrine pipeline run` and `vitrine demo`."""
+def run_command(
+    data_dir_option: DataDirOption = None,
+    since: SinceOption = None,
+    resume: ResumeOption = True,
+    rule: RuleOption = None,
+    online: OnlineOption = "sqlite",
+    as_json: JsonOption = False,
+) -> None:
+    """Validate new data, embed, build + materialize features, train, evaluate, promote if better."""
+    from training.pipeline import PipelineConfig, StepFailed, resolve_since, run_pipeline
 
-    @cli.pipeline.command("run")
-    def run_command(
-        data_dir_option: DataDirOption = None,
-        since: SinceOption = None,
-        resume: ResumeOption = True,
-        rule: RuleOption = None,
-        online: OnlineOption = "sqlite",
-        as_json: JsonOption = False,
-    ) -> None:
-        """Validate new data, embed, build + materialize features, train, evaluate, promote if better."""
-        from training.pipeline import PipelineConfig, StepFailed, resolve_since, run_pipeline
-
-        data = data_dir(data_dir_option)
-        if online not in ("sqlite", "redis"):
-            raise InvalidInput(f"--online {online!r}: expected sqlite or redis")
-        config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule),
-                                progress=not as_json, online="redis" if online == "redis" else "sqlite")
-        try:
-            # Stages print progress to stdout (Feast's materialize does): with --json, stdout is the JSON only.
-            with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-                result = run_pipeline(data, config)
-        except StepFailed as failed:
-            cause = failed.__cause__
-            err.print(f"[bold red]error:[/] {failed}")
-            if as_json:
-                print_json({"failed_step": failed.step, "parent_run_id": failed.parent_run_id,
-                            "state_path": str(failed.state_path), "error": str(cause)})
-            sys.exit(cause.exit_code if isinstance(cause, VitrineError) else 1)
+    data = data_dir(data_dir_option)
+    config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule),
+                            progress=not as_json, online=online_store(online))
+    try:
+        # Stages print progress to stdout (Feast's materialize does): with --json, stdout is the JSON only.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = run_pipeline(data, config)
+    except StepFailed as failed:
+        cause = failed.__cause__
+        err.print(f"[bold red]error:[/] {failed}")
         if as_json:
-            print_json(result.to_dict())
-            return
-        from training.demo import print_pipeline_summary
+            print_json({"failed_step": failed.step, "parent_run_id": failed.parent_run_id,
+                        "state_path": str(failed.state_path), "error": str(cause)})
+        sys.exit(cause.exit_code if isinstance(cause, VitrineError) else 1)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    from training.demo import print_pipeline_summary
 
-        print_pipeline_summary(out, result)
+    print_pipeline_summary(out, result)
 
-    @cli.root.command("demo")
-    def demo_command(data_dir_option: DataDirOption = None) -> None:
-        """End to end on the default shop: generate + ingest if empty, run the pipeline once, recommend."""
-        from training.demo import run_demo
 
-        run_demo(data_dir(data_dir_option), out)
+def demo_command(data_dir_option: DataDirOption = None) -> None:
+    """End to end on the default shop: generate + ingest if empty, run the pipeline once, recommend."""
+    from training.demo import run_demo
+
+    run_demo(data_dir(data_dir_option), out)

@@ -34,23 +34,18 @@ if TYPE_CHECKING:  # mlflow is imported where the registry is used, so that `vit
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-CHAMPION_ALIAS = "champion"
-# The champion an alias move replaced, kept so that an operator can roll back with one command:
-# `mlflow` alias `previous` -> `champion`.
-PREVIOUS_ALIAS = "previous"
-# The last version the pipeline evaluated, promoted or not: lets an operator inspect a rejected one.
-CHALLENGER_ALIAS = "challenger"
-# The evaluated challenger a refit `@champion` was trained again from (see `install_refit`). The
-# refit has seen every day, those of the next run's split too, so the next evaluation scores this
-# version in the champion's place: both sides of the comparison then never saw the test days.
-VALIDATED_ALIAS = "validated"
+from vitrine.tracking import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    PREVIOUS_ALIAS,
+    RANKER_MODEL,
+    RETRIEVER_MODEL,
+    VALIDATED_ALIAS,
+)
+
 # Tags of a refit version: the challenger version and MLflow run it is the refit of.
 REFIT_OF_VERSION = "refit_of.version"
 REFIT_OF_RUN = "refit_of.run_id"
-
-RETRIEVER_MODEL = "vitrine-retriever"
-RANKER_MODEL = "vitrine-ranker"
-ENCODER_MODEL = "vitrine-encoder"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`vitrine train ranker` and `vitrine evaluate ranker`, registered into `vitrine` by `vitrine.cli`."""
+"""`vitrine train ranker` and `vitrine evaluate ranker`, named in `vitrine.cli`, which imports them when they run."""
 
 from __future__ import annotations
 
@@ -13,15 +13,9 @@ from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
 if TYPE_CHECKING:
     from training.train_ranker import RankerTrainConfig
-    from vitrine.cli import Groups
 
 console = Console()
 
-
-def register(cli: "Groups") -> None:
-    """Add this stage's commands to the `vitrine` CLI."""
-    cli.train.command("ranker")(train)
-    cli.evaluate.command("ranker")(evaluate)
 
 
 def train(

@@ -1,4 +1,4 @@
-"""`vitrine train retriever` and `vitrine evaluate retriever`, registered into `vitrine` by `vitrine.cli`.
+"""`vitrine train retriever` and `vitrine evaluate retriever`, named in `vitrine.cli`, which imports them when they run.
 
 Several processes: `torchrun --nproc_per_node 2 -m training.train_retriever [--epochs N]` runs the
 same training code (see training.train_retriever).
@@ -7,7 +7,7 @@ same training code (see training.train_retriever).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -15,16 +15,9 @@ from rich.table import Table
 
 from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
-if TYPE_CHECKING:
-    from vitrine.cli import Groups
 
 console = Console()
 
-
-def register(cli: "Groups") -> None:
-    """Add this stage's commands to the `vitrine` CLI."""
-    cli.train.command("retriever")(train)
-    cli.evaluate.command("retriever")(evaluate)
 
 
 def train(
@@ -39,7 +32,7 @@ def train(
 ) -> None:
     """Train the two-tower retriever (DMP), save it, log it to MLflow and register it as vitrine-retriever."""
     from training.train_retriever import TrainConfig, train_retriever
-    from training.two_tower import TwoTowerConfig
+    from ranking.two_tower import TwoTowerConfig
 
     config = TrainConfig()
     overrides: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "validation_days": validation_days,

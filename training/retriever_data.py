@@ -3,7 +3,7 @@
 An example is a positive user -> item interaction: the events of one user on one item within one
 session collapse into one example, weighted by the strongest event type (a purchase teaches more
 than a view). Each example carries the user's and the item's features *as of the interaction*,
-read through Feast (`training.feature_store.historical_features`, feature service `retriever`),
+read through Feast (`feature_repo.store.historical_features`, feature service `retriever`),
 whose daily snapshots only hold events before the snapshot day: no label leaks into its features.
 
 The item catalog (every item, for random negatives, the ANN index and evaluation) is read the same
@@ -166,7 +166,7 @@ def with_features(data: DataDir, interactions: pd.DataFrame) -> pd.DataFrame:
 
 def _historical(data: DataDir, entity: pd.DataFrame) -> pd.DataFrame:
     """Feast's point-in-time join; entity rows without any feature row come back with nulls."""
-    from training.feature_store import historical_features
+    from feature_repo.store import historical_features
 
     keyed = entity.reset_index(drop=True).assign(_entity_row=np.arange(len(entity)))
     frame = historical_features(data, keyed, FEATURE_SERVICE)

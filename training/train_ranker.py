@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ranking.ranker_features import FEATURE_NAMES, ItemTable
-from ranking.reranker import REGISTERED_MODEL, SERVING_THREADS, RankerMetadata, save_ranker
+from ranking.reranker import SERVING_THREADS, RankerMetadata, save_ranker
 from training.ranker_dataset import (
     LABEL_GAIN,
     CandidateSource,
@@ -271,7 +271,7 @@ def user_features_at(data: DataDir, users: pd.DataFrame) -> pd.DataFrame:
     `user_recent_items` is read through the `retriever` service when the `ranker` service does not
     hold it (the feature repo's `ranker_v1` lists user_stats and item_stats only).
     """
-    from training.feature_store import historical_features
+    from feature_repo.store import historical_features
 
     entity = pd.DataFrame({"user_id": users["user_id"].astype(str).to_numpy(), "event_timestamp": users["timestamp"].to_numpy()})
     entity[ENTITY_ROW] = np.arange(len(entity))
@@ -300,7 +300,7 @@ def _aligned(rows: pd.DataFrame, entity: pd.DataFrame) -> pd.DataFrame:
 
 def item_features_at(data: DataDir, items: pd.DataFrame, days: Sequence[pd.Timestamp]) -> pd.DataFrame:
     """The item side of the `ranker` service for every catalog item at midnight of each day, point in time."""
-    from training.feature_store import historical_features
+    from feature_repo.store import historical_features
 
     item_ids = items["item_id"].astype(str).to_numpy()
     stamps = pd.DatetimeIndex(days).tz_convert("UTC") if len(days) else pd.DatetimeIndex([], tz="UTC")
@@ -545,7 +545,7 @@ def train_ranker(
     import mlflow
 
     from vitrine.shop.store import read_events, read_items
-    from vitrine.tracking import configure, lineage
+    from vitrine.tracking import RANKER_MODEL, configure, lineage, register_model
 
     started = time.perf_counter()
     source = retriever or load_retriever(data)
@@ -609,7 +609,7 @@ def train_ranker(
             importance_plot(fit.importance, plot)
             mlflow.log_artifact(str(plot))
         mlflow.log_artifacts(str(model_dir), artifact_path="ranker")
-        version = _register(run.info.run_id, tags) if register else None
+        version = register_model(RANKER_MODEL, f"{run.info.artifact_uri.rstrip('/')}/ranker", run.info.run_id, tags) if register else None
     return TrainResult(
         model_dir=model_dir,
         run_id=run.info.run_id,
@@ -623,19 +623,6 @@ def train_ranker(
     )
 
 
-def _register(run_id: str, tags: dict[str, str]) -> str:
-    """Register the run's `ranker/` artifacts as a new `vitrine-ranker` version, with the run's tags."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        client.get_registered_model(REGISTERED_MODEL)
-    except MlflowException:
-        client.create_registered_model(REGISTERED_MODEL, description="LightGBM LambdaRank reranker (vitrine)")
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/ranker"
-    version = client.create_model_version(REGISTERED_MODEL, source=source, run_id=run_id, tags=tags)
-    return str(version.version)
 
 
 def importance_plot(importance: pd.DataFrame, path: Path, top: int = 20) -> Path:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -38,7 +37,8 @@ from rich.progress import Progress
 
 from ranking.retriever_inputs import EncodedItems, InputSpec
 from training.retriever_data import TrainingSet
-from training.two_tower import LossConfig, TwoTower, TwoTowerConfig, TwoTowerTrainTask
+from ranking.two_tower import TwoTower, TwoTowerConfig
+from training.two_tower import LossConfig, TwoTowerTrainTask
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 
@@ -195,7 +195,6 @@ def fit(
         raise InvalidInput("training set: no examples")
     device = device_for_training()
     ensure_process_group(device)
-    rank, world = dist.get_rank(), dist.get_world_size()
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(config.cpu_threads)
@@ -427,8 +426,8 @@ def train_retriever(
     import mlflow
 
     from ranking.ann import ann_recall, build_index
-    from ranking.retriever import REGISTERED_MODEL, save_retriever
-    from training.feature_store import service_name
+    from ranking.retriever import save_retriever
+    from feature_repo.store import service_name
     from training.retrieval_metrics import ranking_metrics, top_k_by_vectors
     from training.retriever_data import (
         FEATURE_SERVICE,
@@ -441,7 +440,7 @@ def train_retriever(
     )
     from ranking.retriever_inputs import encode_items, encode_users
     from vitrine.shop.store import read_items
-    from vitrine.tracking import configure, lineage
+    from vitrine.tracking import RETRIEVER_MODEL, configure, lineage, register_model
 
     device = device_for_training()
     ensure_process_group(device)
@@ -520,7 +519,7 @@ def train_retriever(
         mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_SUBDIR)
         result.model_dir, result.run_id, result.ann_recall_at_100, result.tags = model_dir, run_id, recall, tags
         if register:
-            result.version = _register(REGISTERED_MODEL, f"{mlflow.get_artifact_uri()}/{MODEL_SUBDIR}", run_id or "", tags)
+            result.version = register_model(RETRIEVER_MODEL, f"{mlflow.get_artifact_uri()}/{MODEL_SUBDIR}", run_id or "", tags)
     finally:
         mlflow.end_run()
     return result
@@ -545,20 +544,6 @@ def _read_positives(data: DataDir, history_days: int | None, rank: int, world: i
         dist.barrier()
     assert positives is not None
     return positives
-
-
-def _register(name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
-    """A new version of `name` pointing at the run's retriever artifacts, tagged with the lineage."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="Two-tower retriever: user tower + FAISS index of item vectors.")
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-    return str(version.version)
 
 
 def main(argv: list[str] | None = None) -> None:

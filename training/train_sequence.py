@@ -33,7 +33,8 @@ from ranking.sequence_tower import (
     SequenceTowerConfig,
     pad_histories,
 )
-from training.leave_last_out import Sequences, Task, evaluate_lists
+from feature_repo.sequences import Sequences
+from training.leave_last_out import Task, evaluate_lists
 from training.retrieval_metrics import top_k
 from vitrine.errors import InvalidInput
 

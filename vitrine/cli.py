@@ -1,16 +1,24 @@
-"""The `vitrine` command: one subcommand per job.
+"""The `vitrine` command: the stages' commands, known here by name only.
 
-Each stage package registers its own commands (`<package>/commands.py: register(cli)`), so this
-module only assembles them and maps the error tree to exit codes, in one place.
+Each stage owns its commands in its own `commands` module; this module maps command names to
+`"module:function"` strings (click's LazyGroup pattern) and imports a stage only when one of its
+commands runs or its help is shown. So the CLI sits on top of every stage while no stage imports
+it, and `vitrine --help` stays cheap (the command modules import only typer and rich at load time).
+
+It also maps the error tree (`vitrine.errors`) to exit codes, in one place.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from vitrine.errors import VitrineError
 
@@ -18,44 +26,83 @@ err = Console(stderr=True)
 
 
 @dataclass(frozen=True)
-class Groups:
-    """The command groups a stage can add to."""
+class Group:
+    """A command group: its help text and its commands (name -> "module:function" or a nested Group)."""
 
-    root: typer.Typer
-    train: typer.Typer
-    evaluate: typer.Typer
-    features: typer.Typer
-    pipeline: typer.Typer
+    help: str
+    commands: Mapping[str, "Entry"] = field(default_factory=dict)
 
 
-def build() -> typer.Typer:
-    root = typer.Typer(help="Vitrine: multimodal recommendations for online shops.", no_args_is_help=True)
-    groups = Groups(
-        root=root,
-        train=typer.Typer(help="Train a model and register it in MLflow.", no_args_is_help=True),
-        evaluate=typer.Typer(help="Evaluate a model against baselines (`--json` for figures).", no_args_is_help=True),
-        features=typer.Typer(help="Build, register and materialize Feast features.", no_args_is_help=True),
-        pipeline=typer.Typer(help="The scheduled training pipeline.", no_args_is_help=True),
-    )
-    root.add_typer(groups.train, name="train")
-    root.add_typer(groups.evaluate, name="evaluate")
-    root.add_typer(groups.features, name="features")
-    root.add_typer(groups.pipeline, name="pipeline")
+Entry = Union[str, Group]
 
-    # Imported here so that `vitrine --help` stays cheap and a broken stage names itself.
-    from embeddings import commands as embedding_commands
-    from ranking import commands as ranking_commands
-    from training import commands as training_commands
-    from vitrine.shop import commands as shop_commands
+COMMANDS: dict[str, Entry] = {
+    "generate": "vitrine.shop.commands:generate",
+    "ingest": "vitrine.shop.commands:ingest_command",
+    "import": Group("Import a real shop into the data contract.", {"amazon-reviews": "vitrine.shop.commands:amazon_reviews"}),
+    "embed": "embeddings.commands:embed_command",
+    "tag": "embeddings.commands:tag_command",
+    "search": "embeddings.commands:search_command",
+    "similar": "embeddings.commands:similar_command",
+    "features": Group(
+        "Build, register and materialize Feast features.",
+        {
+            "build": "feature_repo.commands:build_command",
+            "apply": "feature_repo.commands:apply_command",
+            "materialize": "feature_repo.commands:materialize_command",
+        },
+    ),
+    "train": Group(
+        "Train a model and register it in MLflow.",
+        {
+            "encoder": "embeddings.commands:train_encoder_command",
+            "retriever": "training.retriever_commands:train",
+            "ranker": "training.ranker_commands:train",
+        },
+    ),
+    "evaluate": Group(
+        "Evaluate a model against baselines (`--json` for figures).",
+        {
+            "encoder": "embeddings.commands:evaluate_encoder_command",
+            "retriever": "training.retriever_commands:evaluate",
+            "ranker": "training.ranker_commands:evaluate",
+        },
+    ),
+    "pipeline": Group("The scheduled training pipeline.", {"run": "training.pipeline_commands:run_command"}),
+    "demo": "training.pipeline_commands:demo_command",
+    "serve": "ranking.commands:serve_command",
+    "recommend": "ranking.commands:recommend_command",
+}
 
-    for stage in (shop_commands, embedding_commands, training_commands, ranking_commands):
-        stage.register(groups)
-    return root
+
+class LazyGroup(TyperGroup):
+    """A Typer group whose commands are imported when they are looked up, not when the CLI starts."""
+
+    def __init__(self, *, entries: Mapping[str, Entry], **attrs: Any) -> None:
+        super().__init__(no_args_is_help=True, **attrs)
+        self.entries = entries
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.entries)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        entry = self.entries.get(cmd_name)
+        if entry is None:
+            return None
+        if isinstance(entry, Group):
+            return LazyGroup(name=cmd_name, help=entry.help, entries=entry.commands)
+        module, _, attr = entry.partition(":")
+        app = typer.Typer(add_completion=False)
+        app.command(cmd_name)(getattr(importlib.import_module(module), attr))
+        return typer.main.get_command(app)
+
+
+def build() -> LazyGroup:
+    return LazyGroup(name="vitrine", help="Vitrine: multimodal recommendations for online shops.", entries=COMMANDS)
 
 
 def main() -> None:
     try:
-        build()(standalone_mode=False)
+        build().main(prog_name="vitrine", standalone_mode=False)
     except VitrineError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         sys.exit(exc.exit_code)
@@ -64,13 +111,12 @@ def main() -> None:
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click's usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:  # usage errors (a bad option, a missing argument) arrive here
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", 2)
+        if show is None:
+            raise
+        show()
+        sys.exit(code)
 
 
 if __name__ == "__main__":

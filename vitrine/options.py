@@ -1,4 +1,4 @@
-"""CLI options that every `vitrine` subcommand shares, declared once."""
+"""CLI options that every `vitrine` subcommand shares, declared once, and the choices behind them."""
 
 from __future__ import annotations
 
@@ -6,18 +6,24 @@ import json
 import math
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import typer
 
-from ranking.online_features import AS_OF_ENV, parse_as_of
+from vitrine.as_of import AS_OF_ENV, parse_as_of
+from vitrine.errors import InvalidInput
 from vitrine.paths import DATA_DIR_ENV, DataDir
+
+# The online stores the feature repo has a configuration for (`feature_repo/feature_store*.yaml`).
+OnlineKind = Literal["sqlite", "redis"]
+ONLINE_STORES: tuple[str, ...] = get_args(OnlineKind)
 
 DataDirOption = Annotated[
     Optional[Path],
     typer.Option("--data-dir", envvar=DATA_DIR_ENV, help="Data dir (default ./data).", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+OnlineOption = Annotated[str, typer.Option("--online", help="Online store: sqlite (embedded) or redis ($VITRINE_REDIS).")]
 AsOfOption = Annotated[
     Optional[str],
     typer.Option(
@@ -31,6 +37,17 @@ AsOfOption = Annotated[
 
 def data_dir(option: Path | None) -> DataDir:
     return DataDir.resolve(option)
+
+
+def online_store(value: str) -> OnlineKind:
+    """`--online` checked against the configured stores.
+
+    Raises:
+        InvalidInput: not one of ONLINE_STORES.
+    """
+    if value not in ONLINE_STORES:
+        raise InvalidInput(f"--online: {value!r} is not one of {', '.join(ONLINE_STORES)}")
+    return value  # type: ignore[return-value]
 
 
 def as_of(option: str | None) -> datetime | None:

@@ -1,9 +1,12 @@
-"""MLflow set-up and lineage, shared by every stage that trains or evaluates.
+"""MLflow set-up, lineage and the model registry's names, shared by every stage that trains, evaluates or serves.
 
 The embedded default tracks into SQLite and a local artifact folder under the data dir; setting
 `MLFLOW_TRACKING_URI` (e.g. `postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow`, or an `http://`
 server) sends everything there instead. The registry lives with the tracking store. Name the
 `+psycopg2` driver: SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, which is not installed.
+
+The registry is where training hands models to serving: the model names and aliases below are the
+only spelling of them, and `register_model` the only code that creates versions.
 """
 
 from __future__ import annotations
@@ -13,9 +16,28 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import mlflow
-
 from vitrine.paths import DataDir
+
+# Registered models, one per trained stage.
+ENCODER_MODEL = "vitrine-encoder"
+RETRIEVER_MODEL = "vitrine-retriever"
+RANKER_MODEL = "vitrine-ranker"
+MODEL_DESCRIPTIONS = {
+    ENCODER_MODEL: "Item encoder (CLIP-style dual encoder) for `vitrine embed`.",
+    RETRIEVER_MODEL: "Retriever: user tower + FAISS index of item vectors.",
+    RANKER_MODEL: "LightGBM LambdaRank reranker.",
+}
+# What serving follows; moving it is the deployment.
+CHAMPION_ALIAS = "champion"
+# The champion an alias move replaced, kept so that an operator can roll back with one command:
+# `mlflow` alias `previous` -> `champion`.
+PREVIOUS_ALIAS = "previous"
+# The last version the pipeline evaluated, promoted or not: lets an operator inspect a rejected one.
+CHALLENGER_ALIAS = "challenger"
+# The evaluated challenger a refit `@champion` was trained again from (`training.promotion.install_refit`).
+# The refit has seen every day, those of the next run's split too, so the next evaluation scores this
+# version in the champion's place: both sides of the comparison then never saw the test days.
+VALIDATED_ALIAS = "validated"
 
 # Packages whose versions decide whether a model can be reproduced or even loaded.
 LINEAGE_PACKAGES = ("vitrine", "torch", "torchrec", "fbgemm-gpu-cpu", "feast", "lightgbm", "transformers", "faiss-cpu", "mlflow")
@@ -27,6 +49,8 @@ def configure(data: DataDir, experiment: str = "vitrine") -> str:
     Returns the tracking URI. Artifacts of a new experiment go under `data/mlflow/artifacts`
     unless the tracking server decides (http URIs).
     """
+    import mlflow
+
     uri = data.mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
         data.mlflow.mkdir(parents=True, exist_ok=True)
@@ -83,3 +107,26 @@ def lineage(data: DataDir) -> dict[str, str]:
     tags = {"git_commit": git_commit(), "data_snapshot": data_snapshot(data)}
     tags.update({f"version.{name}": version for name, version in package_versions().items()})
     return tags
+
+
+def register_model(name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
+    """A new version of registered model `name` (created when absent) for the artifacts at `source`.
+
+    Args:
+        name: one of the model names above.
+        source: the artifact URI of the model folder (a plain folder: the stages save their own formats).
+        run_id: the MLflow run that produced it.
+        tags: lineage and figures, copied onto the version.
+
+    Returns:
+        The new version number, as text.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=MODEL_DESCRIPTIONS.get(name, ""))
+    return str(client.create_model_version(name, source=source, run_id=run_id, tags=tags).version)

@@ -4,33 +4,30 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import typer
-from typer.testing import CliRunner
+from collections.abc import Callable
 
-from embeddings import commands
+import pytest
+
 from embeddings.dual_encoder import DualEncoderSpec, build_dual_encoder
-from vitrine.cli import Groups
+from tests.conftest import CliRunner
 from vitrine.errors import ModelUnavailable
 from vitrine.paths import DataDir
 
 
-def _cli() -> typer.Typer:
-    root = typer.Typer()
-    groups = Groups(root=root, train=typer.Typer(), evaluate=typer.Typer(), features=typer.Typer(), pipeline=typer.Typer())
-    root.add_typer(groups.train, name="train")
-    root.add_typer(groups.evaluate, name="evaluate")
-    commands.register(groups)
-    return root
+@pytest.fixture
+def run_json(vitrine_cli: CliRunner) -> Callable[..., dict]:
+    """`vitrine <args>` that must succeed; its stdout parsed as JSON."""
+
+    def run(*args: str) -> dict:
+        code, out, err = vitrine_cli(*args)
+        assert code == 0, err
+        return json.loads(out)
+
+    return run
 
 
-def _run(*args: str) -> dict:
-    result = CliRunner().invoke(_cli(), list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def test_embed_search_similar_tag_and_evaluate_print_json(shop: DataDir, tiny_spec: DualEncoderSpec) -> None:
+def test_embed_search_similar_tag_and_evaluate_print_json(shop: DataDir, tiny_spec: DualEncoderSpec, run_json: Callable[..., dict]) -> None:
+    _run = run_json
     build_dual_encoder(tiny_spec, seed=0).save(shop.models / "encoder")
     where = ("--data-dir", str(shop.root), "--json")
 
@@ -59,9 +56,9 @@ def test_embed_search_similar_tag_and_evaluate_print_json(shop: DataDir, tiny_sp
     assert tagged["attributes"]["colour"]["labels"] == figures["zero_shot"]["colour"]["labels"] == colours
 
 
-def test_embed_without_a_trained_encoder_says_what_to_run(shop: DataDir) -> None:
-    with pytest.raises(ModelUnavailable, match="vitrine train encoder"):
-        CliRunner().invoke(_cli(), ["embed", "--data-dir", str(shop.root)], catch_exceptions=False)
+def test_embed_without_a_trained_encoder_says_what_to_run(shop: DataDir, vitrine_cli: CliRunner) -> None:
+    code, _, err = vitrine_cli("embed", "--data-dir", str(shop.root))
+    assert code == ModelUnavailable.exit_code and "vitrine train encoder" in err
 
 
 def test_held_out_tag_accuracy_chooses_among_the_whole_catalogs_labels(shop: DataDir, tiny_spec: DualEncoderSpec) -> None:
@@ -81,10 +78,12 @@ def test_held_out_tag_accuracy_chooses_among_the_whole_catalogs_labels(shop: Dat
     assert report["attributes"]["colour"]["labels"] == items["colour"].dropna().nunique() > 1
 
 
-def test_search_table_prints_queries_with_brackets(shop: DataDir, tiny_spec: DualEncoderSpec) -> None:
+def test_search_table_prints_queries_with_brackets(
+    shop: DataDir, tiny_spec: DualEncoderSpec, run_json: Callable[..., dict], vitrine_cli: CliRunner
+) -> None:
     """The shopper's text is data, not rich markup: `[/bold]` in a query must not crash the table."""
     build_dual_encoder(tiny_spec, seed=0).save(shop.models / "encoder")
-    _run("embed", "--data-dir", str(shop.root), "--json")
-    result = CliRunner().invoke(_cli(), ["search", "wool scarf [/bold]", "--k", "2", "--data-dir", str(shop.root)])
-    assert result.exit_code == 0, result.output
-    assert "wool scarf [/bold]" in result.output
+    run_json("embed", "--data-dir", str(shop.root), "--json")
+    code, out, err = vitrine_cli("search", "wool scarf [/bold]", "--k", "2", "--data-dir", str(shop.root))
+    assert code == 0, err
+    assert "wool scarf [/bold]" in out

@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 
 from embeddings.dual_encoder import DualEncoderSpec
 from embeddings.encode import embed, load_encoder
-from embeddings.train_encoder import REGISTERED_MODEL, TrainEncoderConfig, train_encoder
+from embeddings.train_encoder import TrainEncoderConfig, train_encoder
 from embedding_shop import make_shop
 from vitrine.paths import DataDir
-from vitrine.shop.store import read_items, write_items
+from vitrine.tracking import CHAMPION_ALIAS, ENCODER_MODEL
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +34,7 @@ def test_short_training_lowers_the_loss_and_registers_the_model(shop: DataDir, t
     assert loaded.model_version == result["model_version"]
 
     client = mlflow.MlflowClient()
-    version = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    version = client.get_model_version_by_alias(ENCODER_MODEL, CHAMPION_ALIAS)
     assert version.tags["embedding_model_version"] == result["model_version"]
     assert "git_commit" in version.tags and "data_snapshot" in version.tags
     run = client.get_run(result["mlflow"]["run_id"])

@@ -8,8 +8,8 @@ import pytest
 import redis
 from tiny_shop import make_shop
 
-from training.build_features import build
-from training.feature_store import REDIS_ENV
+from feature_repo.snapshots.build import build
+from feature_repo.store import REDIS_ENV
 from vitrine.paths import DataDir
 
 # A Redis db no other test of Vitrine uses; flushed before and after each test that takes it.

@@ -10,11 +10,10 @@ import redis
 from tiny_shop import DAYS, START, make_shop
 from feast.cli.cli import cli as feast_cli
 from click.testing import CliRunner as ClickRunner
-from typer.testing import CliRunner
 
-from training import feature_store as fs
-from training.build_features import build
-from vitrine.cli import build as build_cli
+from feature_repo import store as fs
+from feature_repo.snapshots.build import build
+from tests.conftest import CliRunner
 from vitrine.paths import DataDir
 
 END = (START + pd.Timedelta(days=DAYS + 1)).strftime("%Y-%m-%dT%H:%M:%S")
@@ -52,21 +51,16 @@ def test_stock_feast_cli_in_both_configurations(tmp_path, redis_db: redis.Redis)
     assert sqlite_row["events_30d"].tolist() == redis_row["events_30d"].tolist() and sqlite_row["events_30d"].notna().all()
 
 
-def test_vitrine_features_commands_print_json(tmp_path, redis_db: redis.Redis) -> None:
+def test_vitrine_features_commands_print_json(tmp_path, redis_db: redis.Redis, vitrine_cli: CliRunner) -> None:
     data = make_shop(DataDir.resolve(tmp_path))
-    runner = CliRunner()
-    cli = build_cli()
-    built = runner.invoke(cli, ["features", "build", "--data-dir", str(data.root), "--json"])
-    assert built.exit_code == 0, built.output
-    assert json.loads(built.stdout)["rows"]["user_stats"] > 0
-    done = runner.invoke(
-        cli,
-        ["features", "materialize", "--data-dir", str(data.root), "--online", "redis", "--start", BEGIN, "--end", END,
-         "--view", "item_stats", "--json"],
-        env={"VITRINE_REDIS": "127.0.0.1:6379,db=13"},
-    )
-    assert done.exit_code == 0, done.output
-    assert list(json.loads(done.stdout)["views"]) == ["item_stats"]
+    code, out, err = vitrine_cli("features", "build", "--data-dir", str(data.root), "--json")
+    assert code == 0, err
+    assert json.loads(out)["rows"]["user_stats"] > 0
+    # redis_db points $VITRINE_REDIS at the tests' private db.
+    code, out, err = vitrine_cli("features", "materialize", "--data-dir", str(data.root), "--online", "redis", "--start", BEGIN,
+                                 "--end", END, "--view", "item_stats", "--json")
+    assert code == 0, err
+    assert list(json.loads(out)["views"]) == ["item_stats"]
     assert redis_db.dbsize() == 30  # one key per item
 
 

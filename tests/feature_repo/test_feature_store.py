@@ -4,7 +4,6 @@ materialization, TTLs, and bad input, in both configurations (embedded SQLite an
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -14,8 +13,8 @@ import pytest
 import redis
 from tiny_shop import DAYS, START, make_shop
 
-from training import feature_store as fs
-from training.build_features import build
+from feature_repo import store as fs
+from feature_repo.snapshots.build import build
 from vitrine.errors import FeatureUnavailable, InvalidInput
 from vitrine.paths import DataDir
 

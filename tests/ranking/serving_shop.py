@@ -1,7 +1,7 @@
 """A small served shop for the serving tests: shop, features in Feast, retriever and ranker @champion.
 
 Built once per test session (`served_shop()` caches it) through the stages' public functions:
-`generate_shop` + `ingest`, `training.build_features.build`, `training.feature_store.apply/materialize`,
+`generate_shop` + `ingest`, `feature_repo.snapshots.build.build`, `feature_repo.store.apply/materialize`,
 `training.train_retriever.train_retriever`, `training.train_ranker.train_ranker`. The item vectors
 are written directly (category direction + noise) instead of running an image encoder: serving only
 reads them from the feature store, and a real encoder would cost the test session a minute.
@@ -39,9 +39,10 @@ REPLAY_SHIFT_DAYS = 63
 
 def build_shop(root: Path) -> DataDir:
     """Shop + item vectors + features, applied and materialized into the embedded SQLite store."""
-    from training import feature_store
-    from training.build_features import build
-    from vitrine.shop.generate import DEMO, generate_shop
+    from feature_repo import store as feature_store
+    from feature_repo.snapshots.build import build
+    from vitrine.shop.generate import generate_shop
+    from vitrine.shop.spec import DEMO
     from vitrine.shop.ingest import ingest
     from vitrine.shop.store import read_items
 
@@ -84,7 +85,7 @@ def train_models(data: DataDir) -> None:
     from ranking.retriever import Retriever
     from training.train_ranker import RankerTrainConfig, RetrieverCandidates, train_ranker
     from training.train_retriever import TrainConfig, train_retriever
-    from training.two_tower import TwoTowerConfig
+    from ranking.two_tower import TwoTowerConfig
     from vitrine.tracking import configure
 
     run = train_retriever(
@@ -156,9 +157,10 @@ def replayed_shop() -> tuple[DataDir, datetime]:
     """
     import atexit
 
-    from training import feature_store
-    from training.build_features import build
-    from vitrine.shop.generate import DEMO, generate_shop
+    from feature_repo import store as feature_store
+    from feature_repo.snapshots.build import build
+    from vitrine.shop.generate import generate_shop
+    from vitrine.shop.spec import DEMO
     from vitrine.shop.ingest import ingest
     from vitrine.shop.store import read_items
 

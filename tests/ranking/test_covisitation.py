@@ -10,7 +10,7 @@ import pytest
 
 import ranking.covisitation as covisitation
 from ranking.covisitation import FEATURE_NAMES, CoVisitation, CoVisitConfig
-from training.leave_last_out import Sequences
+from feature_repo.sequences import Sequences
 from vitrine.errors import InvalidInput, ModelUnavailable
 
 # Float32 sums may be accumulated in a different order by a future optimisation of one path:

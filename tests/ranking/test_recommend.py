@@ -212,7 +212,7 @@ def test_watcher_refuses_broken_champions_and_takes_good_ones(registry_copy: Dat
     import faiss
     import mlflow
 
-    from training.feature_store import open_store
+    from feature_repo.store import open_store
 
     data = registry_copy
     state = ServingState()
@@ -266,7 +266,7 @@ def test_item_table_equals_feast_and_follows_materialization(registry_copy: Data
     from datetime import datetime, timedelta, timezone
 
     from ranking.ranker_features import ITEM_NUMERIC_COLUMNS
-    from training import feature_store
+    from feature_repo import store as feature_store
 
     data = registry_copy
     store = feature_store.open_store(data)
@@ -301,7 +301,7 @@ def download_version(data: DataDir, name: str, version: str, into: Path) -> Path
 
 
 def test_redis_outage_degrades_and_recovers_without_restart(data: DataDir, tmp_path: Path, known_users: list[str], monkeypatch) -> None:
-    from training import feature_store
+    from feature_repo import store as feature_store
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")

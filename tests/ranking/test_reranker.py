@@ -14,7 +14,6 @@ from ranking.ranker_features import FEATURE_NAMES
 from ranking.reranker import (
     META_FILE,
     MODEL_FILE,
-    REGISTERED_MODEL,
     BlendConfig,
     RankerMetadata,
     Reranker,
@@ -22,6 +21,7 @@ from ranking.reranker import (
 )
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
+from vitrine.tracking import RANKER_MODEL
 from vitrine.tracking import configure
 
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -115,13 +115,13 @@ def test_loads_the_champion_from_the_registry(model_dir: Path, tmp_path: Path, m
     client = mlflow.MlflowClient()
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(model_dir), artifact_path="ranker")
-    client.create_registered_model(REGISTERED_MODEL)
-    version = client.create_model_version(REGISTERED_MODEL, source=f"{run.info.artifact_uri}/ranker", run_id=run.info.run_id)
+    client.create_registered_model(RANKER_MODEL)
+    version = client.create_model_version(RANKER_MODEL, source=f"{run.info.artifact_uri}/ranker", run_id=run.info.run_id)
     with pytest.raises(ModelUnavailable, match="champion"):
         Reranker.from_registry(data)
-    client.set_registered_model_alias(REGISTERED_MODEL, "champion", version.version)
+    client.set_registered_model_alias(RANKER_MODEL, "champion", version.version)
     ranker = Reranker.from_registry(data)
-    assert ranker.version == f"{REGISTERED_MODEL}/{version.version}"
+    assert ranker.version == f"{RANKER_MODEL}/{version.version}"
     X, _, _ = tiny_training_set(seed=2, requests=1)
     np.testing.assert_array_equal(ranker.score(X), Reranker.load(model_dir).score(X))
 

@@ -13,7 +13,7 @@ import torch
 from ranking.ann import AnnConfig, ann_recall, build_index, index_kind, search
 from ranking.retriever import Candidate, Retriever, save_retriever
 from ranking.retriever_inputs import InputSpec, encode_items, encode_users
-from training.two_tower import TwoTower, TwoTowerConfig
+from ranking.two_tower import TwoTower, TwoTowerConfig
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
 

@@ -15,7 +15,8 @@ from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 from vitrine.shop.contract import EVENTS, ITEMS, USERS
 from vitrine.shop.catalogue import COLOUR_WORDS
-from vitrine.shop.generate import ShopSpec, generate_shop
+from vitrine.shop.generate import generate_shop
+from vitrine.shop.spec import ShopSpec
 from vitrine.shop.render import BACKGROUND_RGB
 
 # Small enough to generate in about a second, large enough for stable ratios (~30k events).

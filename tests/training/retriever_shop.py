@@ -46,8 +46,9 @@ def build_retriever_shop(root: Path) -> DataDir:
     """Generate, ingest, build features and write item vectors into `root`; returns the data dir."""
     from dataclasses import replace
 
-    from training.build_features import build
-    from vitrine.shop.generate import DEMO, generate_shop
+    from feature_repo.snapshots.build import build
+    from vitrine.shop.generate import generate_shop
+    from vitrine.shop.spec import DEMO
     from vitrine.shop.ingest import ingest
 
     data = DataDir.resolve(root)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.build_features import build
-from training.item_stats import PRIOR_STRENGTH
+from feature_repo.snapshots.build import build
+from feature_repo.snapshots.item_stats import PRIOR_STRENGTH
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 from vitrine.shop.store import write_events, write_items

@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from typer.testing import CliRunner
-
-from training.build_features import build, last_snapshot_day
-from vitrine.cli import build as build_cli
+from feature_repo.snapshots.build import build, last_snapshot_day
+from tests.conftest import CliRunner
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 from vitrine.shop.store import write_events, write_items
@@ -27,16 +25,15 @@ def old_shop(root: Path) -> DataDir:
     return data
 
 
-def test_materialize_without_end_ends_the_day_after_the_last_snapshot(tmp_path: Path) -> None:
+def test_materialize_without_end_ends_the_day_after_the_last_snapshot(tmp_path: Path, vitrine_cli: CliRunner) -> None:
     data = old_shop(tmp_path / "data")
-    runner, cli = CliRunner(), build_cli()
 
-    refused = runner.invoke(cli, ["features", "materialize", "--data-dir", str(data.root), "--json"])
-    assert isinstance(refused.exception, InvalidInput) and "vitrine features build" in str(refused.exception)  # nothing to end at
+    code, _, err = vitrine_cli("features", "materialize", "--data-dir", str(data.root), "--json")
+    assert code == InvalidInput.exit_code and "vitrine features build" in err  # nothing to end at
 
     build(data)
     assert last_snapshot_day(data) == (LAST_EVENT.normalize() + pd.Timedelta(days=1)).date()  # events before it
-    done = runner.invoke(cli, ["features", "materialize", "--data-dir", str(data.root), "--view", "item_stats", "--json"])
-    assert done.exit_code == 0, done.output
+    code, out, err = vitrine_cli("features", "materialize", "--data-dir", str(data.root), "--view", "item_stats", "--json")
+    assert code == 0, err
     # As the pipeline's feast step: the last snapshot day's rows are loaded, the range ends the day after.
-    assert json.loads(done.stdout)["end"] == "2019-03-12T00:00:00+00:00"
+    assert json.loads(out)["end"] == "2019-03-12T00:00:00+00:00"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.leave_last_out import LeaveLastOut, Sequences, evaluate_lists
+from feature_repo.sequences import Sequences
+from training.leave_last_out import LeaveLastOut, evaluate_lists
 
 CATALOG = ["a", "b", "c", "d", "e", "f"]
 

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.leave_last_out import LeaveLastOut, Sequences, Task, evaluate_lists
+from feature_repo.sequences import Sequences
+from training.leave_last_out import LeaveLastOut, Task, evaluate_lists
 from training.next_item_baselines import (
     LIST_DEPTH,
     KnnConfig,

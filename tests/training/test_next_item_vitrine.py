@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from ranking.covisitation import CoVisitation
-from training.leave_last_out import LeaveLastOut, Sequences
+from feature_repo.sequences import Sequences
+from training.leave_last_out import LeaveLastOut
 from training.next_item_vitrine import Sources, candidates, vitrine_rows
 from ranking.sequence_tower import SequenceTowerConfig
 from training.train_sequence import SequenceTrainConfig, fit

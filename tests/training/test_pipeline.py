@@ -161,7 +161,8 @@ def test_remote_postgres_tracking_store_holds_the_run_tree(tmp_path: Path, postg
 from dataclasses import replace  # noqa: E402
 
 from training.pipeline import STEPS  # noqa: E402
-from training.promotion import CHAMPION_ALIAS, RANKER_MODEL, REFIT_OF_RUN, REFIT_OF_VERSION, RETRIEVER_MODEL  # noqa: E402
+from training.promotion import REFIT_OF_RUN, REFIT_OF_VERSION  # noqa: E402
+from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL  # noqa: E402
 from training.retriever_data import choose_split_time  # noqa: E402
 
 # Large enough that Recall@100 is not trivial (100 of 400 items), small enough for seconds per stage.
@@ -205,7 +206,8 @@ def tiny_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DataDi
     """
     from embeddings.dual_encoder import build_dual_encoder
     from embeddings.encode import default_model_dir
-    from vitrine.shop.generate import DEMO, generate_shop
+    from vitrine.shop.generate import generate_shop
+    from vitrine.shop.spec import DEMO
 
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)

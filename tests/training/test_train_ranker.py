@@ -142,7 +142,7 @@ def tiny_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataDir, object
 
     from ranking.retriever import Retriever
     from training.train_retriever import TrainConfig, train_retriever
-    from training.two_tower import TwoTowerConfig
+    from ranking.two_tower import TwoTowerConfig
 
     from retriever_shop import build_retriever_shop  # tests/training/ is on sys.path (rootdir-relative import)
 
@@ -216,10 +216,10 @@ def Requests_of(requests, request):  # noqa: N802 - reads as a constructor
 def test_train_ranker_saves_logs_and_registers(tiny_shop):
     import mlflow
 
-    from ranking.reranker import REGISTERED_MODEL, Reranker
+    from ranking.reranker import Reranker
     from training.ranker_dataset import DatasetConfig
     from training.train_ranker import RetrieverCandidates, train_ranker
-    from vitrine.tracking import configure
+    from vitrine.tracking import RANKER_MODEL, configure
 
     data, retriever = tiny_shop
     config = RankerTrainConfig(train_days=12, valid_days=3, max_rounds=30, min_data_in_leaf=5, num_leaves=7,
@@ -233,7 +233,7 @@ def test_train_ranker_saves_logs_and_registers(tiny_shop):
 
     configure(data)
     client = mlflow.MlflowClient()
-    version = client.get_model_version(REGISTERED_MODEL, "1")
+    version = client.get_model_version(RANKER_MODEL, "1")
     assert version.tags["retriever_version"] == "test-retriever" and "ranker" in version.tags["feature_services"]
     assert "data_snapshot" in version.tags and "git_commit" in version.tags
     run = client.get_run(result.run_id)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
-from training.leave_last_out import LeaveLastOut, Sequences
+from feature_repo.sequences import Sequences
+from training.leave_last_out import LeaveLastOut
 from training.train_sequence import SequenceTrainConfig, evaluate, fit
 
 N_ITEMS = 40

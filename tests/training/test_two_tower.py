@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ranking.retriever_inputs import InputSpec, encode_items, encode_users
-from training.two_tower import LossConfig, TwoTower, TwoTowerConfig, TwoTowerTrainTask
+from ranking.two_tower import TwoTower, TwoTowerConfig
+from training.two_tower import LossConfig, TwoTowerTrainTask
 
 CONTENT_DIM = 8
 

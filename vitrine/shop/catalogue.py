@@ -12,7 +12,7 @@ shows the true category, colour and pattern; material and brand are only in the 
 text each carry something the other lacks.
 
 Example:
-    >>> from vitrine.shop.generate import ShopSpec
+    >>> from vitrine.shop.spec import ShopSpec
     >>> cat = make_catalogue(ShopSpec(items=100))
     >>> cat.items.columns[:3].tolist()
     ['item_id', 'title', 'description']
@@ -21,15 +21,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from vitrine.shop.render import PATTERNS
 
-if TYPE_CHECKING:
-    from vitrine.shop.generate import ShopSpec
+from vitrine.shop.spec import ShopSpec
 
 # --- The catalogue's vocabulary ------------------------------------------------------------------
 

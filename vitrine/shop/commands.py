@@ -1,4 +1,4 @@
-"""CLI commands of the shop stage, registered into `vitrine` by `vitrine.cli`.
+"""CLI commands of the shop stage, named in `vitrine.cli`, which imports them when they run.
 
     vitrine generate [--users N --items M --days D --seed S --start YYYY-MM-DD] [--scale]   (default: ends yesterday)
     vitrine import amazon-reviews --reviews F --meta F [--images DIR]
@@ -11,7 +11,6 @@ A file that is unusable as a whole exits 2 (`UnusableFile`), through `vitrine.cl
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import replace
 from datetime import date
@@ -26,7 +25,6 @@ from rich.table import Table
 from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
 if TYPE_CHECKING:
-    from vitrine.cli import Groups
     from vitrine.shop.ingest import IngestReport
 
 out = Console()
@@ -61,7 +59,8 @@ def generate(
     """Generate the synthetic multimodal shop, validate it and store it in the data dir."""
     # Imported here: the generator is heavy and only this command needs it.
     from vitrine.errors import InvalidInput
-    from vitrine.shop.generate import DEMO, SCALE, ending_yesterday, generate_shop
+    from vitrine.shop.generate import generate_shop
+    from vitrine.shop.spec import DEMO, SCALE, ending_yesterday
     from vitrine.shop.ingest import ingest
 
     base = SCALE if scale else DEMO
@@ -129,11 +128,3 @@ def amazon_reviews(
     if result.ingest is not None:
         _print_ingest(result.ingest)
 
-
-def register(cli: "Groups") -> None:
-    """Add this stage's commands to the `vitrine` CLI."""
-    cli.root.command("generate")(generate)
-    cli.root.command("ingest")(ingest_command)
-    imports = typer.Typer(help="Import a real shop into the data contract.", no_args_is_help=True)
-    imports.command("amazon-reviews")(amazon_reviews)
-    cli.root.add_typer(imports, name="import")

@@ -19,7 +19,6 @@ Everything is vectorised over a chunk of users: no Python loop runs per session 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,8 +28,7 @@ from vitrine.shop.catalogue import CATEGORIES, CATEGORY_NAMES, COLOUR_NAMES, COL
 from vitrine.shop.contract import EVENT_TYPES
 from vitrine.shop.render import PATTERNS
 
-if TYPE_CHECKING:
-    from vitrine.shop.generate import ShopSpec
+from vitrine.shop.spec import ShopSpec
 
 # --- Timeline ------------------------------------------------------------------------------------
 NEW_ARRIVAL_DAYS = 14  # the new-arrivals shelf shows items created within this many days

@@ -23,11 +23,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training.daily_windows import HORIZON_DAYS, NS_PER_DAY
-from training.event_log import Catalog, EventLog
-from training.item_stats import item_stats
-from training.recent_items import recent_items
-from training.user_stats import user_stats
+from feature_repo.snapshots.daily_windows import HORIZON_DAYS, NS_PER_DAY
+from feature_repo.snapshots.event_log import Catalog, EventLog
+from feature_repo.snapshots.item_stats import item_stats
+from feature_repo.snapshots.recent_items import recent_items
+from feature_repo.snapshots.user_stats import user_stats
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 from vitrine.shop.store import event_days, read_events, read_items

@@ -24,35 +24,19 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from training.daily_windows import NS_PER_DAY, WINDOWS, DailyCounts, day_start
-from training.event_log import Catalog, EventLog, names_of
+from feature_repo.columns import FUNNEL, RATE_NAMES, RATE_WINDOWS, arrow_schema
+from feature_repo.snapshots.daily_windows import NS_PER_DAY, WINDOWS, DailyCounts, day_start
+from feature_repo.snapshots.event_log import Catalog, EventLog, names_of
 
 # Pseudo-exposures of the Beta prior: an item needs ~20 views before its own rate outweighs the catalog's.
 PRIOR_STRENGTH = 20.0
 # Prior means when the whole catalog saw nothing in a window (first days of a shop).
 FALLBACK_RATES = {"ctr": 0.05, "cart_rate": 0.02, "cvr": 0.01}
-# rate name -> funnel count it divides.
-RATES = {"ctr": "clicks", "cart_rate": "carts", "cvr": "purchases"}
-# Windows the smoothed rates are published for.
-RATE_WINDOWS = (7, 30)
-FUNNEL = ("views", "clicks", "carts", "purchases")
+# rate name (`feature_repo.columns.RATE_NAMES`) -> funnel count it divides.
+RATES = dict(zip(RATE_NAMES, ("clicks", "carts", "purchases")))
 _EVENT_OF = {"views": "view", "clicks": "click", "carts": "add_to_cart", "purchases": "purchase"}
 
-SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("event_timestamp", pa.timestamp("ns", tz="UTC")),
-        *[(f"{count}_{w}d", pa.int64()) for count in FUNNEL for w in WINDOWS],
-        *[(f"{rate}_{w}d", pa.float32()) for rate in RATES for w in RATE_WINDOWS],
-        ("price", pa.float32()),
-        ("age_days", pa.float32()),
-        ("popularity_rank", pa.int64()),
-        ("trend_7d_30d", pa.float32()),
-        ("category", pa.string()),
-        ("brand", pa.string()),
-        ("price_band", pa.int64()),
-    ]
-)
+SCHEMA = arrow_schema("item_stats")
 
 
 def item_stats(log: EventLog, catalog: Catalog, first_day: int, last_day: int) -> pa.Table:

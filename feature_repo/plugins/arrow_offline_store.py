@@ -15,7 +15,7 @@ layout and replaces the engine:
 Semantics, as Feast's file store: a row at entity time t gets the latest feature row with
 timestamp <= t and >= t - ttl (ttl 0: no lower bound); materialization windows include both ends.
 
-Selected in feature_store.yaml with `offline_store: {type: training.arrow_offline_store.ArrowOfflineStore}`.
+Selected in feature_store.yaml with `offline_store: {type: feature_repo.plugins.arrow_offline_store.ArrowOfflineStore}`.
 Writes (`offline_write_batch`, logging) are inherited from Feast's file store.
 """
 
@@ -48,7 +48,7 @@ DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL = "__dummy_id", ""
 class ArrowOfflineStoreConfig(DaskOfflineStoreConfig):
     """Offline store config: no options; the type names this module's store."""
 
-    type: Literal["training.arrow_offline_store.ArrowOfflineStore"] = "training.arrow_offline_store.ArrowOfflineStore"  # type: ignore[assignment]
+    type: Literal["feature_repo.plugins.arrow_offline_store.ArrowOfflineStore"] = "feature_repo.plugins.arrow_offline_store.ArrowOfflineStore"  # type: ignore[assignment]
     """Offline store type selector."""
 
 

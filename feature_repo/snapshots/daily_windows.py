@@ -18,11 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from feature_repo.columns import COUNT_WINDOWS
+
 SECONDS_PER_DAY = 86_400
 NS_PER_DAY = SECONDS_PER_DAY * 1_000_000_000
 
-# Windows of the contract (feature names end in _1d, _7d, _30d).
-WINDOWS: tuple[int, ...] = (1, 7, 30)
+# Windows of the published counts (feature names end in _1d, _7d, _30d).
+WINDOWS: tuple[int, ...] = COUNT_WINDOWS
 # The longest look-back of any feature: an incremental rebuild of day D reads events from D - 31
 # (the extra day emits the row on which a 30-day window empties).
 HORIZON_DAYS = max(WINDOWS)

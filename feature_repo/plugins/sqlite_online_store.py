@@ -6,7 +6,7 @@ stored. Vitrine promises the same in both configurations (materializing twice, o
 range, changes nothing), so this subclass reads the stored event time of each entity first and
 hands Feast's writer only the newer rows.
 
-Selected in feature_store.yaml with `online_store: {type: training.sqlite_online_store.NewestWinsSqliteOnlineStore}`.
+Selected in feature_store.yaml with `online_store: {type: feature_repo.plugins.sqlite_online_store.NewestWinsSqliteOnlineStore}`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ KEYS_PER_QUERY = 10_000
 class NewestWinsSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
     """As Feast's SQLite config; only the type differs."""
 
-    type: Literal["training.sqlite_online_store.NewestWinsSqliteOnlineStore"] = "training.sqlite_online_store.NewestWinsSqliteOnlineStore"  # type: ignore[assignment]
+    type: Literal["feature_repo.plugins.sqlite_online_store.NewestWinsSqliteOnlineStore"] = "feature_repo.plugins.sqlite_online_store.NewestWinsSqliteOnlineStore"  # type: ignore[assignment]
     """Online store type selector."""
 
 

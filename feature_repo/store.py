@@ -31,25 +31,26 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from vitrine.errors import FeatureUnavailable, InvalidInput
+from vitrine.options import ONLINE_STORES, OnlineKind
 from vitrine.paths import DATA_DIR_ENV, DataDir
 from vitrine.shop.store import utc
 
 if TYPE_CHECKING:  # feast is imported lazily so that `vitrine --help` stays fast
     import feast
 
-Online = Literal["sqlite", "redis"]
 
-# The Feast repository (definitions.py and both yaml files).
-REPO_DIR = Path(__file__).resolve().parent.parent / "feature_repo"
+# The Feast repository: this package (definitions.py and both yaml files ship in it, in a wheel too).
+REPO_DIR = Path(__file__).resolve().parent
 # One configuration file per online store; both keep registry and SQLite under the data dir.
-CONFIG_FILES: dict[str, str] = {"sqlite": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+CONFIG_FILES: dict[OnlineKind, str] = {"sqlite": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+assert set(CONFIG_FILES) == set(ONLINE_STORES), "one configuration per online store"
 # The registry each configuration writes (must match the yaml files).
-REGISTRY_FILES: dict[str, str] = {"sqlite": "registry.db", "redis": "registry_redis.db"}
+REGISTRY_FILES: dict[OnlineKind, str] = {"sqlite": "registry.db", "redis": "registry_redis.db"}
 # Environment variable holding Feast's Redis connection string (host:port[,db=N][,password=..]).
 REDIS_ENV = "VITRINE_REDIS"
 # This machine's Redis; Feast's own default would be localhost:6379.
@@ -64,7 +65,7 @@ TIMESTAMP = "event_timestamp"
 _ROW = "__vitrine_row"
 
 
-def open_store(data: DataDir, online: Online = "sqlite") -> "feast.FeatureStore":
+def open_store(data: DataDir, online: OnlineKind = "sqlite") -> "feast.FeatureStore":
     """A Feast store over `data` with the chosen online store.
 
     Args:
@@ -127,7 +128,7 @@ def definitions(data: DataDir) -> list[Any]:
     return [value for value in vars(module).values() if isinstance(value, kinds)]
 
 
-def apply(data: DataDir, online: Online = "sqlite") -> None:
+def apply(data: DataDir, online: OnlineKind = "sqlite") -> None:
     """`feast apply` of feature_repo/definitions.py into this data dir's registry.
 
     Sources need not exist yet (their schemas are declared): apply works before the first
@@ -150,7 +151,7 @@ def materialize(
     data: DataDir,
     start: datetime | None,
     end: datetime,
-    online: Online = "sqlite",
+    online: OnlineKind = "sqlite",
     views: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Load the latest value per entity in [start, end) of each view into the online store.
@@ -207,7 +208,7 @@ def materialize(
     return stats
 
 
-def historical_features(data: DataDir, entity_df: pd.DataFrame, service: str, online: Online = "sqlite") -> pd.DataFrame:
+def historical_features(data: DataDir, entity_df: pd.DataFrame, service: str, online: OnlineKind = "sqlite") -> pd.DataFrame:
     """Point-in-time correct features of `service` for each row of `entity_df`.
 
     A row at time t gets, per view, the latest snapshot with event_timestamp <= t (and within the
@@ -381,7 +382,6 @@ def _utc(moment: datetime) -> datetime:
 
 
 __all__ = [
-    "Online",
     "SERVICES",
     "apply",
     "feature_columns",

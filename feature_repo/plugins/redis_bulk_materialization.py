@@ -15,7 +15,7 @@ Contract, as Feast's Redis store:
   Feast's own local engine (same results, stock speed).
 
 Selected in feature_store.redis.yaml with
-`batch_engine: {type: training.redis_bulk_materialization.RedisBulkComputeEngine}`.
+`batch_engine: {type: feature_repo.plugins.redis_bulk_materialization.RedisBulkComputeEngine}`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ ROWS_PER_PIPELINE = 20_000
 class RedisBulkComputeEngineConfig(LocalComputeEngineConfig):
     """Batch engine config: as Feast's local engine (whose path it falls back to)."""
 
-    type: Literal["training.redis_bulk_materialization.RedisBulkComputeEngine"] = "training.redis_bulk_materialization.RedisBulkComputeEngine"  # type: ignore[assignment]
+    type: Literal["feature_repo.plugins.redis_bulk_materialization.RedisBulkComputeEngine"] = "feature_repo.plugins.redis_bulk_materialization.RedisBulkComputeEngine"  # type: ignore[assignment]
     """Batch engine type selector."""
 
 

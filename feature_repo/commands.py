@@ -1,4 +1,4 @@
-"""`vitrine features build | apply | materialize`, registered into `vitrine` by `vitrine.cli`.
+"""`vitrine features build | apply | materialize`, named in `vitrine.cli`, which imports them when they run.
 
     vitrine features build [--since 2026-02-01] [--json]     daily snapshots -> data/features (Feast sources)
     vitrine features apply [--online sqlite|redis]           feast apply of feature_repo/definitions.py
@@ -12,18 +12,15 @@ from __future__ import annotations
 import contextlib
 import sys
 from datetime import date, datetime, time, timedelta, timezone
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
+from vitrine.options import DataDirOption, JsonOption, OnlineOption, data_dir, online_store, print_json
 from vitrine.paths import DataDir
 
-if TYPE_CHECKING:
-    from vitrine.cli import Groups
 
-OnlineOption = Annotated[str, typer.Option("--online", help="Online store: sqlite (embedded) or redis ($VITRINE_REDIS).")]
 err = Console(stderr=True)
 
 
@@ -35,7 +32,7 @@ def build_command(
     as_json: JsonOption = False,
 ) -> None:
     """Compute item_stats, user_stats and user_recent_items snapshots from the event log."""
-    from training.build_features import build
+    from feature_repo.snapshots.build import build
     from vitrine.errors import InvalidInput
 
     try:
@@ -51,9 +48,9 @@ def build_command(
 
 def apply_command(data_dir_option: DataDirOption = None, online: OnlineOption = "sqlite") -> None:
     """Register entities, sources, feature views and services (feast apply)."""
-    from training.feature_store import apply
+    from feature_repo.store import apply
 
-    apply(data_dir(data_dir_option), online)  # type: ignore[arg-type]
+    apply(data_dir(data_dir_option), online_store(online))
     err.print(f"applied feature_repo/definitions.py to the {online} configuration")
 
 
@@ -73,7 +70,7 @@ def materialize_command(
     as_json: JsonOption = False,
 ) -> None:
     """Load the latest feature values into the online store (feast materialize)."""
-    from training.feature_store import materialize
+    from feature_repo.store import materialize
 
     data = data_dir(data_dir_option)
     # The watermark serving judges feature age by is this end: the data's, not the wall clock's,
@@ -82,7 +79,7 @@ def materialize_command(
     start_at = _moment(start, "--start") if start else None
     # Feast prints progress to stdout; keep stdout for the JSON.
     with contextlib.redirect_stdout(sys.stderr):
-        stats = materialize(data, start_at, end_at, online, views=view)  # type: ignore[arg-type]
+        stats = materialize(data, start_at, end_at, online_store(online), views=view)
     if as_json:
         print_json(stats)
     else:
@@ -95,7 +92,7 @@ def default_end(data: DataDir) -> datetime:
     Raises:
         InvalidInput: no snapshots built yet (then only `--end` says what to materialize up to).
     """
-    from training.build_features import last_snapshot_day
+    from feature_repo.snapshots.build import last_snapshot_day
     from vitrine.errors import InvalidInput
 
     last = last_snapshot_day(data)
@@ -113,9 +110,3 @@ def _moment(text: str, option: str) -> datetime:
         raise InvalidInput(f"{option} {text!r}: expected an ISO date or datetime") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
-
-def register(cli: "Groups") -> None:
-    """Add `features build`, `features apply` and `features materialize` to the `vitrine` CLI."""
-    cli.features.command("build")(build_command)
-    cli.features.command("apply")(apply_command)
-    cli.features.command("materialize")(materialize_command)

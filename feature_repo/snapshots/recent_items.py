@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from training.daily_windows import HORIZON_DAYS, change_days, day_start, gather_ranges, pack, ranges_before
-from training.event_log import Catalog, EventLog, names_of
+from feature_repo.columns import arrow_schema
+from feature_repo.snapshots.daily_windows import HORIZON_DAYS, change_days, day_start, gather_ranges, pack, ranges_before
+from feature_repo.snapshots.event_log import Catalog, EventLog, names_of
 
 # Length of the sequence the user tower reads.
 RECENT_ITEMS = 20
@@ -23,13 +24,7 @@ SCAN_CAP = 10 * RECENT_ITEMS
 # Snapshot rows handled at once: bounds the scan's memory at any scale.
 CHUNK_ROWS = 500_000
 
-SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("event_timestamp", pa.timestamp("ns", tz="UTC")),
-        ("recent_item_ids", pa.list_(pa.string())),
-    ]
-)
+SCHEMA = arrow_schema("user_recent_items")
 
 
 def recent_items(log: EventLog, catalog: Catalog, first_day: int, last_day: int) -> pa.Table:

@@ -23,10 +23,10 @@ last 31 days of events and gives the same rows as a full rebuild:
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-from training.daily_windows import (
+from feature_repo.columns import arrow_schema
+from feature_repo.snapshots.daily_windows import (
     HORIZON_DAYS,
     NS_PER_DAY,
     WINDOWS,
@@ -39,7 +39,7 @@ from training.daily_windows import (
     ranges_before,
     window_offsets,
 )
-from training.event_log import Catalog, EventLog, names_of
+from feature_repo.snapshots.event_log import Catalog, EventLog, names_of
 
 # Pseudo-events of the purchase-rate prior: a user needs ~10 events before its own rate dominates.
 PRIOR_STRENGTH = 10.0
@@ -53,27 +53,7 @@ AFFINITY_SCAN_CAP = 500
 # Snapshot rows whose affinities are computed at once: bounds the scan's memory (~1 GB) at any scale.
 AFFINITY_CHUNK_ROWS = 500_000
 
-SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("event_timestamp", pa.timestamp("ns", tz="UTC")),
-        *[(f"events_{w}d", pa.int64()) for w in WINDOWS],
-        ("views_30d", pa.int64()),
-        ("clicks_30d", pa.int64()),
-        ("carts_30d", pa.int64()),
-        ("purchases_30d", pa.int64()),
-        ("purchase_rate_30d", pa.float32()),
-        ("avg_price_paid", pa.float32()),
-        ("max_price_paid", pa.float32()),
-        ("days_since_last_event", pa.float32()),
-        ("days_since_last_purchase", pa.float32()),
-        ("affinity_categories", pa.list_(pa.string())),
-        ("affinity_category_shares", pa.list_(pa.float32())),
-        ("affinity_brands", pa.list_(pa.string())),
-        ("affinity_brand_shares", pa.list_(pa.float32())),
-        ("top_category", pa.string()),
-    ]
-)
+SCHEMA = arrow_schema("user_stats")
 
 
 def user_stats(log: EventLog, catalog: Catalog, first_day: int, last_day: int) -> pa.Table:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from training.daily_windows import day_of
+from feature_repo.snapshots.daily_windows import day_of
 from vitrine.errors import UnusableFile
 from vitrine.shop.contract import EVENT_TYPES
 
