@@ -24,7 +24,7 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q tests
-	$(BIN)/mypy vitrine embeddings training ranking
+	$(BIN)/mypy vitrine embeddings feature_repo ranking training
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR)

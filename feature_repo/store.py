@@ -38,6 +38,7 @@ import pandas as pd
 from vitrine.errors import FeatureUnavailable, InvalidInput
 from vitrine.options import ONLINE_STORES, OnlineKind
 from vitrine.paths import DATA_DIR_ENV, DataDir
+from vitrine.quiet import quiet_dependencies
 from vitrine.shop.store import utc
 
 if TYPE_CHECKING:  # feast is imported lazily so that `vitrine --help` stays fast
@@ -79,6 +80,7 @@ def open_store(data: DataDir, online: OnlineKind = "sqlite") -> "feast.FeatureSt
     """
     from feast import FeatureStore
 
+    quiet_dependencies()  # Feast's import just put its global "once" DeprecationWarning filter in front
     _check_online(online)
     data.feast.mkdir(parents=True, exist_ok=True)
     with _environment(data):

@@ -1,4 +1,8 @@
-"""Fixtures shared by every stage's tests: a fresh data dir, the real Redis, the real Amazon sample."""
+"""Fixtures shared by every stage's tests: a fresh data dir, the real Redis, the CLI run in-process.
+
+Each stage's folder has a conftest.py of its own for what only its tests use; every shop comes from
+`tests/shops.py`.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,6 @@ from vitrine.paths import DataDir
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 # Tests use their own Redis database so that they never touch a developer's DB 0.
 REDIS_TEST_DB = 15
-# The small real shop every stage must run on: a committed slice of Amazon Reviews 2018, Gift Cards
-# 5-core (tests/data/make_giftcards_sample.py), so that a clone without ../shared passes.
-AMAZON_SAMPLE = Path(__file__).resolve().parent / "data" / "amazon-giftcards-sample"
 
 
 @pytest.fixture
@@ -36,26 +37,6 @@ def redis_url() -> str:
     if not answer.startswith(b"+PONG"):
         pytest.fail(f"{REDIS_HOST}:{REDIS_PORT} answered {answer!r}, not Redis")
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
-
-
-@pytest.fixture(scope="session")
-def amazon_sample() -> Path:
-    """The dir with Gift_Cards_5.json, meta_Gift_Cards.json and images/ (read-only)."""
-    if not (AMAZON_SAMPLE / "Gift_Cards_5.json").is_file():
-        pytest.fail(f"the Amazon sample is missing at {AMAZON_SAMPLE}")
-    return AMAZON_SAMPLE
-
-
-@pytest.fixture(scope="session")
-def amazon_shop(amazon_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> DataDir:
-    """A data dir holding the imported Amazon sample, shared by the session: copy it before changing it."""
-    from vitrine.shop.amazon import import_amazon_reviews
-
-    data = DataDir.resolve(tmp_path_factory.mktemp("amazon") / "data")
-    import_amazon_reviews(
-        data, amazon_sample / "Gift_Cards_5.json", amazon_sample / "meta_Gift_Cards.json", amazon_sample / "images"
-    )
-    return data
 
 
 # `vitrine <args>` run in-process: (exit code, stdout, stderr).

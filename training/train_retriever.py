@@ -46,6 +46,9 @@ from vitrine.paths import DataDir
 MODEL_SUBDIR = "retriever"
 # Batches between progress updates.
 PROGRESS_EVERY = 20
+# Share of each device's memory the sharding planner keeps free for dense layers, optimizer state and
+# activations: the embedding tables here are a few hundred MB, so 15% (TorchRec's own default margin) is plenty.
+STORAGE_RESERVED_SHARE = 0.15
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,9 @@ def _fit(
 ) -> FitResult:
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.model_parallel import get_default_sharders
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+    from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+    from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
     from torchrec.distributed.types import ShardingType
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.keyed import KeyedOptimizerWrapper
@@ -235,7 +240,11 @@ def _fit(
     )
     # Table-wise sharding for every table, so that two ranks really hold different tables.
     constraints = {t.name: ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value]) for t in tables}
-    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=device.type), constraints=constraints)
+    # The factory resolves the hardware's capacities; a fixed share of memory is kept for the dense
+    # layers (TorchRec's heuristic reservation mis-sizes them without materialised tensors, and says so).
+    topology = TopologyFactory.create_topology(trainer_config=TrainerConfig(world_size=world), kernel_config=KernelConfig(compute_device=device.type))
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints,
+                                       storage_reservation=FixedPercentageStorageReservation(STORAGE_RESERVED_SHARE))
     plan = planner.collective_plan(task, get_default_sharders(), dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(task, device=device, plan=plan)
     dense = KeyedOptimizerWrapper(

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, CLIPConfig, CLIPM
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from embeddings.dual_encoder import DualEncoderSpec, minilm_dir
-from embedding_shop import make_shop
+from tests.shops import pictured
 from vitrine.paths import DataDir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,4 +61,4 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def shop(tmp_path: Path) -> DataDir:
     """120 items with an image each; MLflow tracks into the tmp data dir."""
-    return make_shop(tmp_path / "data", n_items=120)
+    return pictured(tmp_path / "data", n_items=120)

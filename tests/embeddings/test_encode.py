@@ -11,7 +11,7 @@ import pytest
 
 from embeddings.dual_encoder import DualEncoderSpec, build_dual_encoder
 from embeddings.encode import EMBEDDING_VALID_FROM, ItemVectors, embed, read_item_embeddings
-from embedding_shop import make_shop
+from tests.shops import pictured
 from vitrine.paths import DataDir
 from vitrine.shop.store import read_items, write_items
 
@@ -44,7 +44,7 @@ def _save(spec: DualEncoderSpec, folder: Path, seed: int) -> str:
 
 
 def test_embed_survives_corrupt_and_missing_images_and_is_deterministic(tiny_spec: DualEncoderSpec, tmp_path: Path) -> None:
-    data = make_shop(tmp_path / "data", n_items=30)
+    data = pictured(tmp_path / "data", n_items=30)
     items = read_items(data)
     (data.shop / items.loc[0, "image_path"]).write_bytes(b"not a png at all")  # corrupt
     items.loc[1, "image_path"] = "images/nowhere.png"  # missing
@@ -70,7 +70,7 @@ def test_embed_survives_corrupt_and_missing_images_and_is_deterministic(tiny_spe
 
 
 def test_a_new_model_replaces_the_file_and_never_mixes_versions(tiny_spec: DualEncoderSpec, tmp_path: Path) -> None:
-    data = make_shop(tmp_path / "data", n_items=12)
+    data = pictured(tmp_path / "data", n_items=12)
     old = embed(data, _save(tiny_spec, tmp_path / "old", seed=0))
     new = embed(data, _save(tiny_spec, tmp_path / "new", seed=1))
     assert new["model_version"] != old["model_version"]
@@ -80,7 +80,7 @@ def test_a_new_model_replaces_the_file_and_never_mixes_versions(tiny_spec: DualE
 
 
 def test_catalog_without_any_image_embeds_from_text(tiny_spec: DualEncoderSpec, tmp_path: Path) -> None:
-    data = make_shop(tmp_path / "data", n_items=10, image_share=0.0)
+    data = pictured(tmp_path / "data", n_items=10, image_share=0.0)
     items = read_items(data).drop(columns=["image_path"])
     write_items(data, items)
     result = embed(data, _save(tiny_spec, tmp_path / "enc", seed=0))
@@ -95,7 +95,7 @@ def _stored(data: DataDir) -> dict[str, np.ndarray]:
 
 
 def test_second_embed_encodes_only_the_changed_and_new_items(tiny_spec: DualEncoderSpec, tmp_path: Path) -> None:
-    data = make_shop(tmp_path / "data", n_items=20)
+    data = pictured(tmp_path / "data", n_items=20)
     model = _save(tiny_spec, tmp_path / "enc", seed=0)
     first = embed(data, model)
     assert (first["mode"], first["encoded"], first["reused"], first["removed"]) == ("full", 20, 0, 0)
@@ -133,7 +133,7 @@ def test_second_embed_encodes_only_the_changed_and_new_items(tiny_spec: DualEnco
 
 
 def test_a_changed_image_file_is_re_encoded(tiny_spec: DualEncoderSpec, tmp_path: Path) -> None:
-    data = make_shop(tmp_path / "data", n_items=8)
+    data = pictured(tmp_path / "data", n_items=8)
     model = _save(tiny_spec, tmp_path / "enc", seed=0)
     embed(data, model)
     before = _stored(data)
@@ -155,7 +155,7 @@ def test_a_changed_image_file_is_re_encoded(tiny_spec: DualEncoderSpec, tmp_path
 
 
 def test_a_new_model_version_or_image_weight_re_encodes_everything(tiny_spec: DualEncoderSpec, tmp_path: Path) -> None:
-    data = make_shop(tmp_path / "data", n_items=10)
+    data = pictured(tmp_path / "data", n_items=10)
     old = embed(data, _save(tiny_spec, tmp_path / "old", seed=0))
     new = embed(data, _save(tiny_spec, tmp_path / "new", seed=1))
     assert (new["mode"], new["encoded"], new["reused"]) == ("full", 10, 0)

@@ -11,7 +11,7 @@ import torch
 from embeddings.dual_encoder import DualEncoderSpec
 from embeddings.encode import embed, load_encoder
 from embeddings.train_encoder import TrainEncoderConfig, train_encoder
-from embedding_shop import make_shop
+from tests.shops import pictured
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, ENCODER_MODEL
 
@@ -55,7 +55,7 @@ def test_frozen_text_tower_is_unchanged(shop: DataDir, tiny_spec: DualEncoderSpe
 
 
 def test_catalog_without_images_still_gets_a_text_encoder(tmp_path: Path, tiny_spec: DualEncoderSpec) -> None:
-    data = make_shop(tmp_path / "data", n_items=15, image_share=0.0)
+    data = pictured(tmp_path / "data", n_items=15, image_share=0.0)
     result = train_encoder(data, TrainEncoderConfig(spec=tiny_spec, track=False))
     assert result["epochs_run"] == 0 and result["train_pairs"] == 0
     assert embed(data)["text_only"] == 15

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from tiny_shop import make_shop
 
 from feature_repo.snapshots.build import build
+from tests.shops import hand_made
 from feature_repo.store import REDIS_ENV
 from vitrine.paths import DataDir
 
@@ -20,7 +20,7 @@ TEST_REDIS = f"127.0.0.1:6379,db={TEST_REDIS_DB}"
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> DataDir:
     """A built shop shared by a module's read-only tests."""
-    data = make_shop(DataDir.resolve(tmp_path_factory.mktemp("shop")))
+    data = hand_made(DataDir.resolve(tmp_path_factory.mktemp("shop")))
     build(data)
     return data
 

@@ -7,7 +7,9 @@ import sys
 
 import pandas as pd
 import redis
-from tiny_shop import DAYS, START, make_shop
+
+from tests.shops import HAND_MADE_DAYS as DAYS, HAND_MADE_START as START
+from tests.shops import hand_made
 from feast.cli.cli import cli as feast_cli
 from click.testing import CliRunner as ClickRunner
 
@@ -34,7 +36,7 @@ def _feast(data: DataDir, *args: str, redis_url: str | None = None) -> str:
 
 
 def test_stock_feast_cli_in_both_configurations(tmp_path, redis_db: redis.Redis) -> None:
-    data = make_shop(DataDir.resolve(tmp_path))
+    data = hand_made(DataDir.resolve(tmp_path))
     build(data)
     _feast(data, "apply")
     _feast(data, "materialize", BEGIN, END, "--views", "user_stats")
@@ -52,7 +54,7 @@ def test_stock_feast_cli_in_both_configurations(tmp_path, redis_db: redis.Redis)
 
 
 def test_vitrine_features_commands_print_json(tmp_path, redis_db: redis.Redis, vitrine_cli: CliRunner) -> None:
-    data = make_shop(DataDir.resolve(tmp_path))
+    data = hand_made(DataDir.resolve(tmp_path))
     code, out, err = vitrine_cli("features", "build", "--data-dir", str(data.root), "--json")
     assert code == 0, err
     assert json.loads(out)["rows"]["user_stats"] > 0
@@ -72,7 +74,7 @@ def test_feast_ui_serves_the_registry(tmp_path) -> None:
     import time
     import urllib.request
 
-    data = make_shop(DataDir.resolve(tmp_path))
+    data = hand_made(DataDir.resolve(tmp_path))
     build(data)
     _feast(data, "apply")
     with socket.socket() as probe:

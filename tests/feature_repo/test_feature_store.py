@@ -11,7 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
-from tiny_shop import DAYS, START, make_shop
+
+from tests.shops import HAND_MADE_DAYS as DAYS, HAND_MADE_START as START
+from tests.shops import hand_made
 
 from feature_repo import store as fs
 from feature_repo.snapshots.build import build
@@ -81,8 +83,8 @@ def test_a_future_event_never_leaks_into_features(tmp_path) -> None:
             "price": 500.0,
         }
     )
-    clean = make_shop(DataDir.resolve(tmp_path / "clean"))
-    dirty = make_shop(DataDir.resolve(tmp_path / "dirty"), extra_events=planted)
+    clean = hand_made(DataDir.resolve(tmp_path / "clean"))
+    dirty = hand_made(DataDir.resolve(tmp_path / "dirty"), extra_events=planted)
     for data in (clean, dirty):
         build(data)
         write_embeddings(data)
@@ -201,7 +203,7 @@ def test_bad_input_fails_clearly_and_keeps_the_online_store(shop_with_vectors: D
 
 
 def test_missing_embeddings_keep_apply_working_and_name_the_file(tmp_path) -> None:
-    data = make_shop(DataDir.resolve(tmp_path))
+    data = hand_made(DataDir.resolve(tmp_path))
     build(data)
     fs.apply(data)
     stats = fs.materialize(data, WINDOW_START, END, views=["user_stats", "item_stats", "user_recent_items"])

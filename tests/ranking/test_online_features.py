@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import pytest
@@ -23,7 +21,7 @@ from ranking.online_features import (
 )
 from vitrine.errors import FeatureUnavailable
 
-from serving_shop import free_port, start_redis
+from tests.servers import start_redis
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 VIEWS = ("user_stats", "user_recent_items")
@@ -156,17 +154,6 @@ def test_redis_reader_equals_feast_get_online_features(redis_store) -> None:
 def test_timeouts_are_finite_and_short() -> None:
     assert 0 < REDIS_SOCKET_TIMEOUT_S <= 0.1
     assert 0 < REDIS_CONNECT_TIMEOUT_S <= 0.5
-
-
-@pytest.fixture
-def private_redis(tmp_path) -> Iterator[int]:
-    """A redis-server on a free port that the test can stop and start again."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    start_redis(port, tmp_path)
-    yield port
-    subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=10)
 
 
 def test_redis_down_fails_fast_and_reconnects_without_restart(private_redis, tmp_path) -> None:

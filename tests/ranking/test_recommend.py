@@ -20,12 +20,13 @@ from ranking.recommender import MAX_K, Purchases, Recommender, check_id
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 
-from serving_shop import free_port, register_dir, served_shop, start_redis
+from tests.servers import free_port, start_redis
+from tests.shops import register_dir
 
 
 @pytest.fixture(scope="module")
-def data() -> DataDir:
-    return served_shop()
+def data(served: DataDir) -> DataDir:
+    return served
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +406,7 @@ def test_recommend_users_command_writes_the_file_and_prints_json(
 @pytest.fixture(scope="module")
 def replayed() -> tuple[DataDir, datetime]:
     """A shop whose features end REPLAY_SHIFT_DAYS ago (older than the ttl), and the moment to replay."""
-    from serving_shop import replayed_shop
+    from tests.shops import replayed_shop
 
     return replayed_shop()
 

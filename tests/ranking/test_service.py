@@ -19,7 +19,8 @@ from ranking.recommender import MAX_K
 from ranking.service import ServiceConfig, create_app
 from vitrine.paths import DataDir
 
-from serving_shop import free_port, served_shop
+from tests.servers import free_port
+from tests.shops import served_shop
 
 # A cold uvicorn process imports torch, torchrec, Feast and MLflow and loads both models: allow for
 # a busy CI machine.
@@ -34,7 +35,7 @@ def data() -> DataDir:
 @pytest.fixture(scope="module")
 def replayed() -> tuple[DataDir, datetime]:
     """A shop whose features end long before today (older than the ttl), and the moment to replay."""
-    from serving_shop import replayed_shop
+    from tests.shops import replayed_shop
 
     return replayed_shop()
 

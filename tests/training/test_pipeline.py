@@ -158,7 +158,7 @@ def test_remote_postgres_tracking_store_holds_the_run_tree(tmp_path: Path, postg
 # The held-out latest days are always the clean ones, as they are in real life: today's events
 # are what the models are judged on.
 
-from dataclasses import replace  # noqa: E402
+from datetime import date  # noqa: E402
 
 from training.pipeline import STEPS  # noqa: E402
 from training.promotion import REFIT_OF_RUN, REFIT_OF_VERSION  # noqa: E402
@@ -206,14 +206,14 @@ def tiny_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DataDi
     """
     from embeddings.dual_encoder import build_dual_encoder
     from embeddings.encode import default_model_dir
-    from vitrine.shop.generate import generate_shop
-    from vitrine.shop.spec import DEMO
+    from tests.shops import generated
 
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.delenv("MLFLOW_RUN_ID", raising=False)
         data = DataDir(tmp_path_factory.mktemp("pipeline") / "data")
-        generate_shop(data, replace(DEMO, **TINY_SHOP), progress=False)  # type: ignore[arg-type]
+        # Left in incoming/: the pipeline's validate step ingests it, with fixed dates (a replayable shop).
+        generated(data, start=date(2026, 1, 1), ingest=False, **TINY_SHOP)
         build_dual_encoder(TINY_VIT).save(Path(default_model_dir(data)))
         clean = read_incoming_events(data)
         yield data, clean

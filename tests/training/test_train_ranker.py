@@ -136,7 +136,7 @@ def test_request_windows_grow_back_where_days_are_sparse():
 
 
 @pytest.fixture(scope="module")
-def tiny_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataDir, object]:
+def tiny_shop(retriever_data: DataDir) -> tuple[DataDir, object]:
     """A generated shop with features and stand-in item vectors, and a one-epoch retriever."""
     import os
 
@@ -144,10 +144,8 @@ def tiny_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataDir, object
     from training.train_retriever import TrainConfig, train_retriever
     from ranking.two_tower import TwoTowerConfig
 
-    from retriever_shop import build_retriever_shop  # tests/training/ is on sys.path (rootdir-relative import)
-
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    data = build_retriever_shop(tmp_path_factory.mktemp("ranker-shop") / "data")
+    data = retriever_data
     run = train_retriever(
         data,
         TrainConfig(epochs=1, batch_size=256, random_negatives=32, validation_days=0),

@@ -33,14 +33,13 @@ from vitrine.paths import DataDir
 from vitrine.shop.store import read_events, read_items
 
 sys.path.insert(0, str(Path(__file__).parent))
-from retriever_shop import build_retriever_shop  # noqa: E402
 
 TINY = TrainConfig(epochs=2, batch_size=128, random_negatives=32, validation_days=3)
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> DataDir:
-    return build_retriever_shop(tmp_path_factory.mktemp("retriever-shop") / "data")
+def shop(retriever_data: DataDir) -> DataDir:
+    return retriever_data
 
 
 def test_examples_carry_features_as_of_their_day_only(shop: DataDir) -> None:
