@@ -25,6 +25,7 @@ demo: install
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q tests
 	$(BIN)/mypy vitrine embeddings feature_repo ranking training
+	$(BIN)/ruff check vitrine embeddings feature_repo ranking training tests benchmarks
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR)

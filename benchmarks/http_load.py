@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
-
 from recommend_latency import request_users  # benchmarks/ is sys.path[0]; it puts the repo root on the path
 
 # Requests in flight at most: 200 req/s x 25 ms = 5 in flight when healthy; 64 leaves room for

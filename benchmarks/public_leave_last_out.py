@@ -42,12 +42,11 @@ import typer
 from feature_repo.sequences import Sequences
 from training.leave_last_out import CUTOFFS, MIN_ITEMS, LeaveLastOut, Task, evaluate_lists
 from training.next_item_baselines import LIST_DEPTH, run_baselines
+from training.next_item_vitrine import vitrine_rows
 from training.retriever_data import positive_interactions
 from vitrine.options import print_json
 from vitrine.paths import DataDir
 from vitrine.shop.store import read_events, read_items
-
-from training.next_item_vitrine import vitrine_rows
 
 EXPERIMENT = "public-leave-last-out"
 # The row Vitrine's lift is measured for, and the word no baseline's name may contain.

@@ -72,8 +72,8 @@ def prepare(data: Any, users: int, items: int, days: int) -> dict[str, Any]:
 
     from training.pipeline import PipelineConfig, run_pipeline
     from vitrine.shop.generate import generate_shop
-    from vitrine.shop.spec import DEMO, SCALE
     from vitrine.shop.ingest import ingest
+    from vitrine.shop.spec import DEMO, SCALE
 
     started = time.perf_counter()
     base = SCALE if users >= SCALE.users else DEMO

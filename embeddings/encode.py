@@ -46,9 +46,10 @@ from tqdm import tqdm
 from embeddings.catalog import CatalogView, ImageReport, catalog_view, open_image
 from embeddings.encoder import ENCODE_BATCH_SIZE, ItemEncoder, normalise
 from vitrine.errors import ModelUnavailable, UnusableFile
+from vitrine.options import bar_shown
 from vitrine.paths import DataDir
-from vitrine.tracking import CHAMPION_ALIAS, ENCODER_MODEL, configure
 from vitrine.shop.store import read_items
+from vitrine.tracking import CHAMPION_ALIAS, ENCODER_MODEL, configure
 
 # The weight of the image side in the fused vector when the model carries none (an untrained or hub
 # model). On the demo shop's validation items, mean of search and similar-item recall@10 by weight:
@@ -126,7 +127,7 @@ def encode_items(
         text = np.zeros((len(chosen), encoder.dim), dtype=np.float32)
     image = np.zeros_like(text)
     has_image = np.zeros(len(chosen), dtype=bool)
-    bar = tqdm(total=len(chosen), desc="embedding images", unit="item", disable=not progress)
+    bar = tqdm(total=len(chosen), desc="embedding images", unit="item", disable=not bar_shown(progress))
     for start in range(0, len(chosen), ENCODE_BATCH_SIZE):
         batch = chosen[start : start + ENCODE_BATCH_SIZE]
         opened: list[tuple[int, Image.Image]] = []

@@ -40,6 +40,7 @@ from embeddings.encode import EXPERIMENT, default_model_dir, image_weight_of, lo
 from embeddings.encoder import ItemEncoder
 from embeddings.evaluate import choose_image_weight, evaluate_vectors, split_vectors
 from vitrine.errors import InvalidInput
+from vitrine.options import bar_shown
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, ENCODER_MODEL, configure, lineage, register_model
 
@@ -274,7 +275,7 @@ def fit(task: EncoderTrainTask, train: Pairs, validation: Pairs, progress: bool,
     initial_validation = best_loss
     curve: list[dict[str, float]] = []
     best_epoch, stale, step = 0, 0, 0
-    bar = tqdm(range(1, config.epochs + 1), desc="training encoder", unit="epoch", disable=not progress)
+    bar = tqdm(range(1, config.epochs + 1), desc="training encoder", unit="epoch", disable=not bar_shown(progress))
     for epoch in bar:
         task.set_mode(True)
         epoch_losses = []

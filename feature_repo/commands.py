@@ -20,7 +20,6 @@ from rich.console import Console
 from vitrine.options import DataDirOption, JsonOption, OnlineOption, data_dir, online_store, print_json
 from vitrine.paths import DataDir
 
-
 err = Console(stderr=True)
 
 

@@ -358,7 +358,6 @@ def _check_source(store: "feast.FeatureStore", view_name: str) -> None:
 def _check_redis(store: "feast.FeatureStore") -> None:
     """Redis answers PING within REDIS_CONNECT_TIMEOUT_S, or FeatureUnavailable naming the address."""
     import redis
-
     from feast.infra.online_stores.redis import RedisOnlineStore
 
     connection = store.config.online_store.connection_string

@@ -24,8 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vitrine.options import OnlineKind
 from vitrine.errors import InvalidInput, ModelUnavailable
+from vitrine.options import OnlineKind
 from vitrine.paths import DataDir
 
 # Users scored per `recommend_batch` call: big enough to amortise the tower pass and the LightGBM

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from ranking.online_features import open_reader
-from vitrine.options import OnlineKind
 from ranking.ranker_features import ItemTable
+from vitrine.options import OnlineKind
 
 if TYPE_CHECKING:
     from feast import FeatureStore

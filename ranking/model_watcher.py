@@ -32,9 +32,9 @@ from typing import Any, Callable
 
 from ranking.item_table import materialization_version
 from ranking.online_features import Freshness, StaleView, open_reader, stale_reason
-from vitrine.options import OnlineKind
 from ranking.recommender import USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle, load_items, read_freshness
 from vitrine.errors import VitrineError
+from vitrine.options import OnlineKind
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL
 

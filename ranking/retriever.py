@@ -36,8 +36,8 @@ from safetensors.torch import load_file, save_file
 
 from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
 from ranking.retriever_inputs import FeatureRows, InputSpec, encode_users
-from ranking.user_tower import UserTower
 from ranking.two_tower import TwoTower, TwoTowerConfig
+from ranking.user_tower import UserTower
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, RETRIEVER_MODEL

@@ -47,10 +47,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
 from ranking.model_watcher import POLL_INTERVAL_S, ModelWatcher, ServingState
-from vitrine.options import OnlineKind
-from vitrine.as_of import AS_OF_ENV, as_of_from_environment
 from ranking.recommender import ID_PATTERN, MAX_CATEGORY_LENGTH, MAX_ID_LENGTH, MAX_K, STAGES, RecommendationList, check_id
+from vitrine.as_of import AS_OF_ENV, as_of_from_environment
 from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable, VitrineError
+from vitrine.options import OnlineKind
 from vitrine.paths import DataDir
 
 log = logging.getLogger(__name__)

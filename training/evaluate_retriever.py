@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ranking.retriever_inputs import InputSpec, encode_users
+from ranking.two_tower import TwoTowerConfig
 from training.baselines import AlsBaseline, popularity_scores
 from training.retrieval_metrics import MAX_K, ranking_metrics, top_k, top_k_by_vectors
 from training.retriever_data import (
@@ -41,7 +42,6 @@ from training.retriever_data import (
     time_split,
 )
 from training.train_retriever import TrainConfig, fit, item_vectors, user_vectors
-from ranking.two_tower import TwoTowerConfig
 from training.two_tower import LossConfig
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir

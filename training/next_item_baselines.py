@@ -37,10 +37,11 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from training.baselines import AlsConfig
 from feature_repo.sequences import Sequences
+from training.baselines import AlsConfig
 from training.leave_last_out import CUTOFFS, LeaveLastOut, Task, evaluate_lists
 from training.retrieval_metrics import SCORE_CHUNK, top_k
+from vitrine.options import bar_shown
 
 # Deepest cut-off of the protocol: every list has this many entries.
 LIST_DEPTH = max(CUTOFFS)
@@ -179,7 +180,7 @@ def choose(
     if not grid:
         raise ValueError("choose: empty grid")
     table = []
-    for config in tqdm(grid, desc=name or "grid", disable=not show_progress, leave=False):
+    for config in tqdm(grid, desc=name or "grid", disable=not bar_shown(show_progress), leave=False):
         table.append((config, evaluate_lists(top_of(validation, config), validation.targets, validation.train.n_items)))
     best = max(range(len(table)), key=lambda n: (table[n][1][SELECTION_METRIC], table[n][1][TIE_BREAK_METRIC], -n))
     return table[best][0], table[best][1], table

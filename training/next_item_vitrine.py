@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from feature_repo.sequences import Sequences
 from ranking.covisitation import CoVisitation
 from ranking.sequence_tower import SequenceTowerConfig
-from feature_repo.sequences import Sequences
 from training.leave_last_out import LeaveLastOut, evaluate_lists
 from training.train_sequence import LIST_DEPTH, FitResult, SequenceTrainConfig, default_max_length, fit, scores_top
 

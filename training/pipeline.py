@@ -566,9 +566,9 @@ def evaluate_models(ctx: StepContext) -> dict[str, Any]:
     import tempfile
 
     from training.promotion import champion_to_evaluate, champion_version
-    from vitrine.tracking import CHALLENGER_ALIAS, RETRIEVER_MODEL
     from training.split_evaluation import LatestSplit, evaluate_pair, plot_recall_curves
     from vitrine.errors import ModelUnavailable
+    from vitrine.tracking import CHALLENGER_ALIAS, RETRIEVER_MODEL
 
     config = ctx.stage_config("evaluate") or {}
     latest = LatestSplit.of(ctx.data, split_time(ctx), max_requests=config.get("max_requests"))

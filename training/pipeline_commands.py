@@ -16,7 +16,6 @@ from training.promotion import DEFAULT_RANKER_RULE, DEFAULT_RETRIEVER_RULE, Metr
 from vitrine.errors import InvalidInput, VitrineError
 from vitrine.options import DataDirOption, JsonOption, OnlineOption, data_dir, online_store, print_json
 
-
 out = Console()
 err = Console(stderr=True)
 

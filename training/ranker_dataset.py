@@ -45,6 +45,7 @@ from rich.progress import Progress
 
 from ranking.ranker_features import FEATURE_NAMES, ItemTable, UserContext, build_features
 from vitrine.errors import InvalidInput
+from vitrine.options import bar_shown
 
 # Label grade of each event type; the contract's funnel order (vitrine.shop.contract.EVENT_TYPES).
 LABEL_GRADES: Mapping[str, int] = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}
@@ -287,7 +288,7 @@ def build_dataset(
     positives = np.zeros(len(frame), dtype=np.int64)
     records = user_rows.to_dict(orient="records")
     tables: dict[pd.Timestamp, ItemTable] = {}
-    with Progress(disable=not progress, transient=True) as bar:
+    with Progress(disable=not bar_shown(progress), transient=True) as bar:
         task = bar.add_task("ranker features", total=len(frame))
         for index in range(len(frame)):
             day = pd.Timestamp(frame.at[index, "day"])

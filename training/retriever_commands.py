@@ -15,7 +15,6 @@ from rich.table import Table
 
 from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 
-
 console = Console()
 
 
@@ -31,8 +30,8 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train the two-tower retriever (DMP), save it, log it to MLflow and register it as vitrine-retriever."""
-    from training.train_retriever import TrainConfig, train_retriever
     from ranking.two_tower import TwoTowerConfig
+    from training.train_retriever import TrainConfig, train_retriever
 
     config = TrainConfig()
     overrides: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "validation_days": validation_days,

@@ -36,10 +36,11 @@ import torch.distributed as dist
 from rich.progress import Progress
 
 from ranking.retriever_inputs import EncodedItems, InputSpec
-from training.retriever_data import TrainingSet
 from ranking.two_tower import TwoTower, TwoTowerConfig
+from training.retriever_data import TrainingSet
 from training.two_tower import LossConfig, TwoTowerTrainTask
 from vitrine.errors import InvalidInput
+from vitrine.options import bar_shown
 from vitrine.paths import DataDir
 
 # Where `vitrine train retriever` writes its model dir, under data/models/.
@@ -260,7 +261,7 @@ def _fit(
     batches_per_rank = max(1, (n // config.batch_size) // world) if n >= config.batch_size * world else 1
     batch = min(config.batch_size, n // world) if n < config.batch_size * world else config.batch_size
     result = FitResult(model=None, plan=str(plan), rank=rank, world_size=world, local_tables=local_tables)
-    progress = Progress(disable=not show_progress or rank != 0, transient=True)
+    progress = Progress(disable=not bar_shown(show_progress) or rank != 0, transient=True)
     with progress:
         for epoch in range(config.epochs):
             dmp.train()
@@ -434,9 +435,10 @@ def train_retriever(
     """
     import mlflow
 
+    from feature_repo.store import service_name
     from ranking.ann import ann_recall, build_index
     from ranking.retriever import save_retriever
-    from feature_repo.store import service_name
+    from ranking.retriever_inputs import encode_items, encode_users
     from training.retrieval_metrics import ranking_metrics, top_k_by_vectors
     from training.retriever_data import (
         FEATURE_SERVICE,
@@ -447,7 +449,6 @@ def train_retriever(
         on_days,
         time_split,
     )
-    from ranking.retriever_inputs import encode_items, encode_users
     from vitrine.shop.store import read_items
     from vitrine.tracking import RETRIEVER_MODEL, configure, lineage, register_model
 
@@ -472,7 +473,7 @@ def train_retriever(
         train_examples, train_catalog = split.train, split.catalog
 
     spec = fit_spec(data, train_examples, items, content_dim(catalog), seed=config.seed)
-    with Progress(disable=not show_progress or rank != 0, transient=True) as progress:
+    with Progress(disable=not bar_shown(show_progress) or rank != 0, transient=True) as progress:
         task = progress.add_task("reading features", total=len(train_examples) // world)
         train = TrainingSet.read(
             data, train_examples, train_catalog, spec, items, shard=(rank, world),

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from feature_repo.sequences import Sequences
 from ranking.sequence_tower import (
     FULL_SOFTMAX_MAX_ITEMS,
     SequenceTower,
     SequenceTowerConfig,
     pad_histories,
 )
-from feature_repo.sequences import Sequences
 from training.leave_last_out import Task, evaluate_lists
 from training.retrieval_metrics import top_k
 from vitrine.errors import InvalidInput

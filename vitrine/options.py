@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, get_args
@@ -73,3 +74,8 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(item) for item in value]
     return value
+
+
+def bar_shown(requested: bool) -> bool:
+    """Progress bars only on a terminal: when asked for (not under --json) and stderr is a TTY, not a log or a pipe."""
+    return requested and sys.stderr.isatty()

@@ -30,7 +30,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-
 from feast.data_source import DataSource
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig

@@ -26,8 +26,6 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from feast.infra.common.materialization_job import MaterializationJobStatus, MaterializationTask
 from feast.infra.compute_engines.local.compute import LocalComputeEngine, LocalComputeEngineConfig
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
@@ -36,6 +34,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreCo
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String
 from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
 
 # Entities per pipeline round trip: ~10-40 MB of commands, large enough to keep Redis busy,
 # small enough to bound client memory and Redis's reply buffer.

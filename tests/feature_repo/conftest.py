@@ -8,8 +8,8 @@ import pytest
 import redis
 
 from feature_repo.snapshots.build import build
-from tests.shops import hand_made
 from feature_repo.store import REDIS_ENV
+from tests.shops import hand_made
 from vitrine.paths import DataDir
 
 # A Redis db no other test of Vitrine uses; flushed before and after each test that takes it.

@@ -7,15 +7,15 @@ import sys
 
 import pandas as pd
 import redis
-
-from tests.shops import HAND_MADE_DAYS as DAYS, HAND_MADE_START as START
-from tests.shops import hand_made
-from feast.cli.cli import cli as feast_cli
 from click.testing import CliRunner as ClickRunner
+from feast.cli.cli import cli as feast_cli
 
 from feature_repo import store as fs
 from feature_repo.snapshots.build import build
 from tests.conftest import CliRunner
+from tests.shops import HAND_MADE_DAYS as DAYS
+from tests.shops import HAND_MADE_START as START
+from tests.shops import hand_made
 from vitrine.paths import DataDir
 
 END = (START + pd.Timedelta(days=DAYS + 1)).strftime("%Y-%m-%dT%H:%M:%S")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+
 from feature_repo.snapshots.build import build, last_snapshot_day
 from tests.conftest import CliRunner
 from vitrine.errors import InvalidInput

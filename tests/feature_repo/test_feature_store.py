@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from tests.shops import HAND_MADE_DAYS as DAYS, HAND_MADE_START as START
-from tests.shops import hand_made
-
 from feature_repo import store as fs
 from feature_repo.snapshots.build import build
+from tests.shops import HAND_MADE_DAYS as DAYS
+from tests.shops import HAND_MADE_START as START
+from tests.shops import hand_made
 from vitrine.errors import FeatureUnavailable, InvalidInput
 from vitrine.paths import DataDir
 

@@ -19,9 +19,8 @@ from ranking.online_features import (
     SdkOnlineReader,
     open_reader,
 )
-from vitrine.errors import FeatureUnavailable
-
 from tests.servers import start_redis
+from vitrine.errors import FeatureUnavailable
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 VIEWS = ("user_stats", "user_recent_items")

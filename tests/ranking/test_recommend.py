@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -17,11 +17,10 @@ import pytest
 
 from ranking.model_watcher import ModelWatcher, ServingState
 from ranking.recommender import MAX_K, Purchases, Recommender, check_id
-from vitrine.errors import InvalidInput
-from vitrine.paths import DataDir
-
 from tests.servers import free_port, start_redis
 from tests.shops import register_dir
+from vitrine.errors import InvalidInput
+from vitrine.paths import DataDir
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +265,8 @@ def test_watcher_refuses_broken_champions_and_takes_good_ones(registry_copy: Dat
 def test_item_table_equals_feast_and_follows_materialization(registry_copy: DataDir) -> None:
     from datetime import datetime, timedelta, timezone
 
-    from ranking.ranker_features import ITEM_NUMERIC_COLUMNS
     from feature_repo import store as feature_store
+    from ranking.ranker_features import ITEM_NUMERIC_COLUMNS
 
     data = registry_copy
     store = feature_store.open_store(data)

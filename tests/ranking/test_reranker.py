@@ -21,8 +21,7 @@ from ranking.reranker import (
 )
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
-from vitrine.tracking import RANKER_MODEL
-from vitrine.tracking import configure
+from vitrine.tracking import RANKER_MODEL, configure
 
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 GAIN = (0.0, 1.0, 3.0, 10.0)

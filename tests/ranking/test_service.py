@@ -17,10 +17,9 @@ from fastapi.testclient import TestClient
 
 from ranking.recommender import MAX_K
 from ranking.service import ServiceConfig, create_app
-from vitrine.paths import DataDir
-
 from tests.servers import free_port
 from tests.shops import served_shop
+from vitrine.paths import DataDir
 
 # A cold uvicorn process imports torch, torchrec, Feast and MLflow and loads both models: allow for
 # a busy CI machine.

@@ -13,11 +13,11 @@ from PIL import Image
 
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
-from vitrine.shop.contract import EVENTS, ITEMS, USERS
 from vitrine.shop.catalogue import COLOUR_WORDS
+from vitrine.shop.contract import EVENTS, ITEMS, USERS
 from vitrine.shop.generate import generate_shop
-from vitrine.shop.spec import ShopSpec
 from vitrine.shop.render import BACKGROUND_RGB
+from vitrine.shop.spec import ShopSpec
 
 # Small enough to generate in about a second, large enough for stable ratios (~30k events).
 SMALL = ShopSpec(users=400, items=300, days=21, seed=7)

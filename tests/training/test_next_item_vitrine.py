@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ranking.covisitation import CoVisitation
 from feature_repo.sequences import Sequences
+from ranking.covisitation import CoVisitation
+from ranking.sequence_tower import SequenceTowerConfig
 from training.leave_last_out import LeaveLastOut
 from training.next_item_vitrine import Sources, candidates, vitrine_rows
-from ranking.sequence_tower import SequenceTowerConfig
 from training.train_sequence import SequenceTrainConfig, fit
 
 N_ITEMS = 60

@@ -162,8 +162,8 @@ from datetime import date  # noqa: E402
 
 from training.pipeline import STEPS  # noqa: E402
 from training.promotion import REFIT_OF_RUN, REFIT_OF_VERSION  # noqa: E402
-from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL  # noqa: E402
 from training.retriever_data import choose_split_time  # noqa: E402
+from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL  # noqa: E402
 
 # Large enough that Recall@100 is not trivial (100 of 400 items), small enough for seconds per stage.
 TINY_SHOP = {"users": 300, "items": 300, "days": 14, "seed": 11}

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from training.promotion import REFIT_OF_VERSION, MetricRule, PromotionPolicy, champion_to_evaluate, champion_version, decide, install_refit, promote
+from training.promotion import (
+    REFIT_OF_VERSION,
+    MetricRule,
+    PromotionPolicy,
+    champion_to_evaluate,
+    champion_version,
+    decide,
+    install_refit,
+    promote,
+)
 from vitrine.tracking import CHALLENGER_ALIAS, CHAMPION_ALIAS, PREVIOUS_ALIAS, RANKER_MODEL, RETRIEVER_MODEL, VALIDATED_ALIAS
 
 POLICY = PromotionPolicy()

@@ -141,8 +141,8 @@ def tiny_shop(retriever_data: DataDir) -> tuple[DataDir, object]:
     import os
 
     from ranking.retriever import Retriever
-    from training.train_retriever import TrainConfig, train_retriever
     from ranking.two_tower import TwoTowerConfig
+    from training.train_retriever import TrainConfig, train_retriever
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     data = retriever_data

@@ -139,7 +139,8 @@ def test_two_process_torchrun_trains_one_sharded_model(shop: DataDir, tmp_path: 
     # Table-wise sharding: each rank holds tables, none holds them all, together they hold every table.
     assert rank0["local_tables"] and rank1["local_tables"]
     assert not set(rank0["local_tables"]) & set(rank1["local_tables"])
-    assert rank0["epochs"][0]["loss"] == pytest.approx(rank1["epochs"][0]["loss"])  # losses are all-reduced
+    # Losses are all-reduced: one sum on both ranks; 1e-6 relative covers gloo summing in another order.
+    assert rank0["epochs"][0]["loss"] == pytest.approx(rank1["epochs"][0]["loss"], rel=1e-6)
     # The gathered model (rank 0) is complete and serves.
     retriever = Retriever.load(rank0["model_dir"])
     found = retriever.retrieve("U-any", 10, user_features={"recent_item_ids": retriever.item_ids[:2]})

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
 from feature_repo.sequences import Sequences
+from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
 from training.leave_last_out import LeaveLastOut
 from training.train_sequence import SequenceTrainConfig, evaluate, fit
 

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from vitrine.shop.render import PATTERNS
-
 from vitrine.shop.spec import ShopSpec
 
 # --- The catalogue's vocabulary ------------------------------------------------------------------

@@ -60,8 +60,8 @@ def generate(
     # Imported here: the generator is heavy and only this command needs it.
     from vitrine.errors import InvalidInput
     from vitrine.shop.generate import generate_shop
-    from vitrine.shop.spec import DEMO, SCALE, ending_yesterday
     from vitrine.shop.ingest import ingest
+    from vitrine.shop.spec import DEMO, SCALE, ending_yesterday
 
     base = SCALE if scale else DEMO
     spec = replace(

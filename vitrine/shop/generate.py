@@ -48,13 +48,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from vitrine.options import bar_shown
 from vitrine.paths import DataDir
 from vitrine.shop import sessions as behaviour
 from vitrine.shop.catalogue import CATEGORY_NAMES, COLOUR_NAMES, DAY_S, Catalogue, make_catalogue
 from vitrine.shop.render import COLOUR_RGB, PATTERNS, SHAPES, Picture, draw_pictures
 from vitrine.shop.sessions import Shelves, draw_tastes, events_table, simulate_chunk, tastes_table, traffic_cdf
 from vitrine.shop.spec import ShopSpec
-
 
 PRE_PERIOD_USER_DAYS = 730  # users existing at the start signed up within this many days before it
 COLD_START_DAYS = 7  # items created in the last this-many days count as cold-start in the summary
@@ -100,7 +100,7 @@ def _render_images(cat: Catalogue, spec: ShopSpec, folder: Path, progress: bool)
                 PATTERNS[cat.pattern[i]], int(i))
         for i in np.flatnonzero(cat.has_image)
     ]
-    with tqdm(total=len(pictures), desc="images", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(pictures), desc="images", unit="img", disable=not bar_shown(progress)) as bar:
         return draw_pictures(pictures, folder, size=spec.image_size, seed=[spec.seed, STREAM_IMAGES],
                              progress=bar.update)
 
@@ -162,7 +162,7 @@ def generate_shop(data: DataDir, spec: ShopSpec, *, progress: bool = True) -> di
     session_offset = 0  # session ids stay unique across chunks
     items_with_events = np.zeros(spec.items, bool)
     truth_writer: pq.ParquetWriter | None = None
-    bar = tqdm(total=spec.users, desc="events", unit="user", disable=not progress)
+    bar = tqdm(total=spec.users, desc="events", unit="user", disable=not bar_shown(progress))
     try:
         for chunk, lo in enumerate(range(0, spec.users, spec.user_chunk)):
             hi = min(lo + spec.user_chunk, spec.users)

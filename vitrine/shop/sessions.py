@@ -27,7 +27,6 @@ import pyarrow as pa
 from vitrine.shop.catalogue import CATEGORIES, CATEGORY_NAMES, COLOUR_NAMES, COLOUR_SHARE, DAY_S, Catalogue
 from vitrine.shop.contract import EVENT_TYPES
 from vitrine.shop.render import PATTERNS
-
 from vitrine.shop.spec import ShopSpec
 
 # --- Timeline ------------------------------------------------------------------------------------
