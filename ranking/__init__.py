@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import vitrine  # noqa: F401  (first: installs the filters of our dependencies' deprecation notices)
+
 __all__ = ["Recommender", "recommend"]
 
 
