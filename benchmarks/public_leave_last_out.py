@@ -9,7 +9,7 @@ folder (`<Category>_5.json`, `meta_<Category>.json`, optional `images/`); `--gen
 default synthetic shop instead. It goes through the project's own import and ingest into a fresh
 data dir under the work dir (its MLflow store is kept, so reruns line up in one experiment), then:
 
-1. the stored events become positive interactions (`training.retriever_data.positive_interactions`),
+1. the stored events become positive interactions (`feature_repo.sequences.positive_interactions`),
    each user's distinct items in order (`Sequences`) and the two tasks of `LeaveLastOut`;
 2. rows: popularity, item-kNN and implicit ALS (`training.next_item_baselines`), RecBole's SASRec
    (`benchmarks/recbole_sasrec.py`, on the split written as files; `--skip-recbole` leaves it out)
@@ -39,11 +39,10 @@ import numpy as np
 import pandas as pd
 import typer
 
-from feature_repo.sequences import Sequences
+from feature_repo.sequences import Sequences, positive_interactions
 from training.leave_last_out import CUTOFFS, MIN_ITEMS, LeaveLastOut, Task, evaluate_lists
 from training.next_item_baselines import LIST_DEPTH, run_baselines
 from training.next_item_vitrine import vitrine_rows
-from training.retriever_data import positive_interactions
 from vitrine.options import print_json
 from vitrine.paths import DataDir
 from vitrine.shop.store import read_events, read_items

@@ -68,6 +68,16 @@ USER_STATS: tuple[Column, ...] = (
     Column("top_category", "string"),
 )
 USER_RECENT_ITEMS: tuple[Column, ...] = (Column("recent_item_ids", "string_list"),)
+# The user's distinct items in the order first met (`feature_repo.sequences.Sequences`), oldest first.
+USER_SEQUENCE: tuple[Column, ...] = (Column("sequence_item_ids", "string_list"),)
+# The item's co-visitation neighbours (`feature_repo.covisitation`), best first, and how many users' sequences hold it.
+ITEM_COVISITATION: tuple[Column, ...] = (
+    Column("cooc_item_ids", "string_list"),
+    Column("cooc_scores", "float32_list"),
+    Column("next_item_ids", "string_list"),
+    Column("next_scores", "float32_list"),
+    Column("sequence_users", "int64"),
+)
 ITEM_EMBEDDING: tuple[Column, ...] = (
     Column("embedding", "float32_list"),
     Column("has_image", "bool"),
@@ -79,6 +89,8 @@ VIEWS: dict[str, tuple[str, tuple[Column, ...]]] = {
     "item_stats": ("item_id", ITEM_STATS),
     "user_stats": ("user_id", USER_STATS),
     "user_recent_items": ("user_id", USER_RECENT_ITEMS),
+    "user_sequence": ("user_id", USER_SEQUENCE),
+    "item_covisitation": ("item_id", ITEM_COVISITATION),
     "item_embedding": ("item_id", ITEM_EMBEDDING),
 }
 

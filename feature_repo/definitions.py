@@ -1,18 +1,19 @@
 """Vitrine's Feast declarations: entities, offline sources, feature views and feature services.
 
 Every object is declared once, at module level, as in Feast's repo template; each view's typed
-columns come from `feature_repo/columns.py`, which the snapshot writers and the models read too. Infrastructure lives
-only in feature_store.yaml (embedded: SQLite) and feature_store.redis.yaml (Redis).
+columns come from `feature_repo/columns.py`, which the snapshot writers and the models read too.
+Infrastructure lives only in feature_store.yaml (embedded: SQLite) and feature_store.redis.yaml (Redis).
 
 Sources are Parquet under the data dir named by $VITRINE_DATA_DIR (the same variable the yaml
 files use for the registry and the SQLite file); `vitrine features ...` sets it from --data-dir.
-`vitrine features build` writes the three stats folders; `vitrine embed` writes the embeddings file.
+`vitrine features build` writes the snapshot folders; `vitrine embed` writes the embeddings file.
 
 TTLs. A snapshot row stays valid for the view's `ttl` after its event_timestamp; afterwards a
 point-in-time join returns null. User rows are emitted on change days only, the last one 31 days
 after the user's last activity (all 30-day windows empty), so a 30-day ttl makes an inactive user's
-features disappear 61 days after the last event, offline, and the Redis key_ttl_seconds of the same
-30 days (feature_store.redis.yaml) does the same online: both age out together, no skew.
+features disappear 61 days after the last event, offline, and serving applies the same ttl as a
+maximum age online (`ranking.online_features`): both age out together, no skew. A user's sequence
+(`user_sequence`) serves for a year after their last new item, and Redis keeps the user's key as long.
 Items get a row every day while in the catalog, so the ttl only removes delisted items. Item vectors
 do not expire (ttl 0): an image does not go stale; the item's Redis key is kept alive by the daily
 item_stats writes.
@@ -31,6 +32,10 @@ from vitrine.paths import DataDir
 SNAPSHOT_TTL = timedelta(days=30)
 # Embeddings never go stale by age; a new model version replaces them.
 NO_TTL = timedelta(0)
+# A user's sequence keeps serving for a year after their last new item: the last purchases of a
+# shopper who comes back after months are still the best evidence of the next one. Redis keeps a
+# user's key as long (feature_store.redis.yaml), while serving judges each stats view by its own ttl.
+SEQUENCE_TTL = timedelta(days=365)
 
 
 # The data dir the sources live in: $VITRINE_DATA_DIR, else ./data (as every `vitrine` command).
@@ -53,6 +58,8 @@ def _snapshots(view: str, writer: str) -> FileSource:
 item_stats_source = _snapshots("item_stats", "feature_repo/snapshots/item_stats.py, one row per item per day")
 user_stats_source = _snapshots("user_stats", "feature_repo/snapshots/user_stats.py, rows on change days")
 user_recent_items_source = _snapshots("user_recent_items", "feature_repo/snapshots/recent_items.py, rows on change days")
+user_sequence_source = _snapshots("user_sequence", "feature_repo/snapshots/user_sequence.py, rows on change days")
+item_covisitation_source = _snapshots("item_covisitation", "feature_repo/snapshots/item_covisitation.py, one table per build")
 item_embedding_source = FileSource(
     name="item_embedding_source",
     path=str(DATA.item_embeddings),
@@ -90,6 +97,26 @@ user_recent_items = FeatureView(
     tags={"team": "vitrine", "snapshot": "on-change"},
 )
 
+user_sequence = FeatureView(
+    name="user_sequence",
+    entities=[user],
+    ttl=SEQUENCE_TTL,
+    schema=feast_fields("user_sequence"),
+    online=True,
+    source=user_sequence_source,
+    tags={"team": "vitrine", "snapshot": "on-change"},
+)
+
+item_covisitation = FeatureView(
+    name="item_covisitation",
+    entities=[item],
+    ttl=SNAPSHOT_TTL,
+    schema=feast_fields("item_covisitation"),
+    online=True,
+    source=item_covisitation_source,
+    tags={"team": "vitrine", "snapshot": "daily"},
+)
+
 item_embedding = FeatureView(
     name="item_embedding",
     entities=[item],
@@ -107,6 +134,12 @@ retriever_v1 = FeatureService(
     features=[user_stats, user_recent_items, item_stats, item_embedding],
     tags={"consumer": "retriever", "version": "1"},
     description="Two-tower retriever: user tower (stats, recent items) and item tower (stats, CLIP vector).",
+)
+next_item_v1 = FeatureService(
+    name="next_item_v1",
+    features=[user_sequence, user_stats, item_covisitation, item_stats, item_embedding],
+    tags={"consumer": "next_item", "version": "1"},
+    description="Next-item recommender: the user's sequence and stats, the candidates' neighbours, stats and vectors.",
 )
 ranker_v1 = FeatureService(
     name="ranker_v1",

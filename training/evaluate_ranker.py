@@ -174,11 +174,12 @@ def split_retriever(data: "DataDir", test_days: int, epochs: int | None, progres
     """The multimodal two-tower trained on interactions before T, as a `ranking.retriever.Retriever`."""
     from dataclasses import replace
 
+    from feature_repo.sequences import positive_interactions
     from ranking.ann import build_index
     from ranking.retriever import Retriever
     from ranking.retriever_inputs import InputSpec
     from training.evaluate_retriever import MODELS
-    from training.retriever_data import PointInTime, TrainingSet, content_dim, end_of_log, positive_interactions, time_cutoff, time_split
+    from training.retriever_data import PointInTime, TrainingSet, content_dim, end_of_log, time_cutoff, time_split
     from training.train_retriever import TrainConfig, fit, item_vectors
     from training.two_tower import LossConfig
     from vitrine.shop.store import read_events, read_items
@@ -228,9 +229,10 @@ def evaluate_ranker(data: "DataDir", config: RankerEvaluationConfig = RankerEval
 
     import pandas as pd
 
+    from feature_repo.sequences import positive_interactions
     from ranking.reranker import BlendConfig, Reranker
     from training.ranker_dataset import DatasetConfig, build_dataset, label_requests
-    from training.retriever_data import positive_interactions, time_cutoff
+    from training.retriever_data import time_cutoff
     from training.train_ranker import RankerTrainConfig, RetrieverCandidates, load_retriever, point_in_time_features, train_ranker
     from vitrine.shop.store import read_events, read_items
 

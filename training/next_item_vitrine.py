@@ -4,7 +4,7 @@ The full system is what the served recommender does, on the benchmark's split:
 
 1. candidate sources, each fitted on what the models may learn from: the sequence tower's
    nearest items (ANN over the tied item vectors), co-visitation and transition neighbours of the
-   user's last items (`ranking.covisitation`), and the popular items;
+   user's last items (`feature_repo.covisitation`), and the popular items;
 2. one LightGBM LambdaRank reranker over their union, whose features make the sources comparable
    (`candidate_features`);
 3. the top 20 after the rerank.
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from feature_repo.covisitation import CoVisitation
 from feature_repo.sequences import Sequences
-from ranking.covisitation import CoVisitation
 from ranking.sequence_tower import SequenceTowerConfig
 from training.leave_last_out import LeaveLastOut, evaluate_lists
 from training.train_sequence import LIST_DEPTH, FitResult, SequenceTrainConfig, default_max_length, fit, scores_top

@@ -36,10 +36,7 @@ import pandas as pd
 from ranking.retriever_inputs import EncodedItems, EncodedUsers, InputSpec, encode_items, encode_users
 from vitrine.errors import FeatureUnavailable, InvalidInput
 from vitrine.paths import DataDir
-from vitrine.shop.contract import EVENT_TYPES
 
-# Example weight by the strongest event type of the interaction: each funnel step about doubles the evidence.
-EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 4.0}
 # The Feast feature service the retriever reads (declared by the feature repo).
 FEATURE_SERVICE = "retriever"
 # Examples `TrainingSet.read` reads and encodes at once. Its memory is then one chunk's pandas objects
@@ -51,47 +48,6 @@ CHUNK_EXAMPLES = 1_000_000
 SPEC_SAMPLE = 500_000
 # Most of a log that a latest time split may hold out (`choose_split_time`): training keeps the rest.
 MAX_TEST_SHARE = 0.5
-
-assert set(EVENT_WEIGHTS) == set(EVENT_TYPES), "every event type needs a weight"
-
-
-def positive_interactions(events: pd.DataFrame) -> pd.DataFrame:
-    """One row per (user, item, session): the first moment and the strongest event's weight.
-
-    Without `session_id` the UTC day stands in for the session. Id columns may be strings or
-    categoricals (`read_events(..., categorical=True)`, how training reads a large log).
-
-    Returns:
-        user_id, item_id, timestamp (first event), weight, sorted by timestamp.
-    """
-    if events.empty:
-        raise InvalidInput("events: no events to learn from")
-    # Grouped by integer codes: grouping 25M rows by three string columns took gigabytes more.
-    users, user_ids = pd.factorize(events["user_id"])
-    items, item_ids = pd.factorize(events["item_id"])
-    has_session = "session_id" in events and events["session_id"].notna().any()
-    # Missing sessions share one code (-1), as one "" session.
-    sessions, _ = pd.factorize(events["session_id"] if has_session else events["timestamp"].dt.floor("D"))
-    frame = pd.DataFrame(
-        {"user": users, "item": items, "session": sessions, "timestamp": events["timestamp"].array,
-         "weight": events["event_type"].map(EVENT_WEIGHTS).to_numpy(np.float32)}
-    )  # fmt: skip
-    grouped = frame.groupby(["user", "item", "session"], sort=False)
-    out = grouped.agg(timestamp=("timestamp", "min"), weight=("weight", "max")).reset_index()
-    out = out.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    return pd.DataFrame(
-        {
-            "user_id": _strings(user_ids)[out["user"].to_numpy()],
-            "item_id": _strings(item_ids)[out["item"].to_numpy()],
-            "timestamp": out["timestamp"],
-            "weight": out["weight"].to_numpy(np.float32),
-        }
-    )
-
-
-def _strings(values: Any) -> np.ndarray:
-    """Distinct ids as an object array of `str`: indexing it shares one string object per id."""
-    return pd.Index(values).astype(str).to_numpy(dtype=object)
 
 
 @dataclass(frozen=True)

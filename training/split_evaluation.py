@@ -86,8 +86,9 @@ class LatestSplit:
     @classmethod
     def of(cls, data: DataDir, cutoff: pd.Timestamp, max_requests: int | None = None) -> "LatestSplit":
         """Read the shop and features for the split at T = `cutoff` (`latest_split_time`)."""
+        from feature_repo.sequences import positive_interactions
         from training.ranker_dataset import DEFAULT_MAX_REQUESTS, label_requests
-        from training.retriever_data import positive_interactions, time_split, with_features
+        from training.retriever_data import time_split, with_features
         from training.train_ranker import point_in_time_features
         from vitrine.shop.store import read_events, read_items
 

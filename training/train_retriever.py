@@ -541,7 +541,7 @@ def _read_positives(data: DataDir, history_days: int | None, rank: int, world: i
     Reading and grouping the 1M-user shop's 25M events peaks near 10 GB for a moment, while the
     examples kept are under 1 GB: in turns, two ranks peak near 11 GB together instead of 20.
     """
-    from training.retriever_data import positive_interactions
+    from feature_repo.sequences import positive_interactions
     from vitrine.shop.store import read_events
 
     positives = None

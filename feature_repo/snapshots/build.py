@@ -3,11 +3,14 @@
     data/features/item_stats/2026-01-02.parquet         rows with event_timestamp 2026-01-02 00:00 UTC
     data/features/user_stats/2026-01-02.parquet
     data/features/user_recent_items/2026-01-02.parquet
+    data/features/user_sequence/2026-01-02.parquet      the users' ordered items (whole history)
+    data/features/item_covisitation/2026-03-02.parquet  neighbours, one table at the last day
 
 A snapshot at day D holds values from events with timestamp < D, so the last snapshot is the day
 after the last event day. A full build replaces every file; `since=D` rebuilds snapshot days >= D
 only, reading events from D - 31 (the longest look-back plus the day a 30-day window empties) and
 leaving older files untouched. Both give byte-for-byte the same rows for the days they write.
+The two sequence views have no look-back: they read every positive interaction before the last day.
 """
 
 from __future__ import annotations
@@ -23,23 +26,35 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feature_repo.sequences import Sequences, positive_interactions
 from feature_repo.snapshots.daily_windows import HORIZON_DAYS, NS_PER_DAY
 from feature_repo.snapshots.event_log import Catalog, EventLog
+from feature_repo.snapshots.item_covisitation import item_covisitation
 from feature_repo.snapshots.item_stats import item_stats
 from feature_repo.snapshots.recent_items import recent_items
+from feature_repo.snapshots.user_sequence import user_sequence
 from feature_repo.snapshots.user_stats import user_stats
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 from vitrine.shop.store import event_days, read_events, read_items
 
 Builder = Callable[[EventLog, Catalog, int, int], pa.Table]
+SequenceBuilder = Callable[[Sequences, int, int], pa.Table]
 
-# Feature view name -> the function that computes its snapshots. Names match feature_repo/definitions.py.
+# Feature view name -> the function that computes its snapshots from the windowed event log.
+# Names match feature_repo/definitions.py.
 BUILDERS: dict[str, Builder] = {
     "item_stats": item_stats,
     "user_stats": user_stats,
     "user_recent_items": recent_items,
 }
+# Views computed from every user's whole sequence (`Sequences`), no look-back window.
+SEQUENCE_BUILDERS: dict[str, SequenceBuilder] = {
+    "user_sequence": user_sequence,
+    "item_covisitation": lambda sequences, first_day, last_day: item_covisitation(sequences, last_day),
+}
+# Event columns a sequence is made of (`positive_interactions`).
+SEQUENCE_COLUMNS = ["user_id", "item_id", "event_type", "session_id"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,34 @@ def build(data: DataDir, since: date | None = None, progress: Callable[[str], No
         report.seconds[view] = round(time.perf_counter() - started, 3)
         if progress:
             progress(f"{view}: {report.rows[view]:,} rows in {report.seconds[view]:.1f}s")
+    del log
+
+    started = time.perf_counter()
+    sequences = read_sequences(data, end=_timestamp(last_day * NS_PER_DAY))
+    report.seconds["sequences"] = round(time.perf_counter() - started, 3)
+    for view, sequence_builder in SEQUENCE_BUILDERS.items():
+        started = time.perf_counter()
+        table = sequence_builder(sequences, first_day, last_day)
+        _write_days(data, view, table, first_day, full=since is None)
+        report.rows[view] = table.num_rows
+        del table
+        report.seconds[view] = round(time.perf_counter() - started, 3)
+        if progress:
+            progress(f"{view}: {report.rows[view]:,} rows in {report.seconds[view]:.1f}s")
     return report
+
+
+def read_sequences(data: DataDir, end: pd.Timestamp | None = None) -> Sequences:
+    """Every user's sequence (`Sequences`) from the shop's events before `end`, in the catalog's rows."""
+    columns = [c for c in SEQUENCE_COLUMNS if c in _event_columns(data)]
+    events = read_events(data, end=end, columns=columns, categorical=True)
+    return Sequences.of(positive_interactions(events), read_items(data)["item_id"])
+
+
+def _event_columns(data: DataDir) -> list[str]:
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(data.events), format="parquet", partitioning="hive").schema.names
 
 
 def last_snapshot_day(data: DataDir) -> date | None:
@@ -118,7 +160,7 @@ def last_snapshot_day(data: DataDir) -> date | None:
 
     The day after it ends the materialization range (`vitrine features materialize`, the pipeline).
     """
-    days = [path.stem for view in BUILDERS for path in (data.features / view).glob("*.parquet")]
+    days = [path.stem for view in (*BUILDERS, *SEQUENCE_BUILDERS) for path in (data.features / view).glob("*.parquet")]
     return date.fromisoformat(max(days)) if days else None
 
 

@@ -111,7 +111,7 @@ def test_incremental_build_equals_full_build(tmp_path) -> None:
     ]
     data = _shop(tmp_path, events)
     build(data)
-    full = {v: _rows(data, v) for v in ("item_stats", "user_stats", "user_recent_items")}
+    full = {v: _rows(data, v) for v in ("item_stats", "user_stats", "user_recent_items", "user_sequence", "item_covisitation")}
     since = (T0 + 40 * DAY).date()
     files_before = {p.name: p.stat().st_mtime_ns for p in (data.features / "user_stats").glob("*.parquet")}
     report = build(data, since=since)

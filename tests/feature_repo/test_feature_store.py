@@ -152,10 +152,12 @@ def test_ttls_are_declared_and_applied_to_redis_keys(shop_with_vectors: DataDir,
         "item_stats": pd.Timedelta(days=30),
         "user_stats": pd.Timedelta(days=30),
         "user_recent_items": pd.Timedelta(days=30),
+        "user_sequence": pd.Timedelta(days=365),
+        "item_covisitation": pd.Timedelta(days=30),
         "item_embedding": pd.Timedelta(0),
     }
     key_ttl = store.config.online_store.key_ttl_seconds
-    assert key_ttl == 30 * 86_400
+    assert key_ttl == 365 * 86_400  # the longest view ttl: Redis never drops what a view still serves
     fs.materialize(data, WINDOW_START, END, "redis", views=["user_stats", "item_stats"])
     keys = list(redis_db.scan_iter(count=1000))
     assert any(b"user_id" in k for k in keys) and any(b"item_id" in k for k in keys)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feature_repo.covisitation import CoVisitation
 from feature_repo.sequences import Sequences
-from ranking.covisitation import CoVisitation
 from ranking.sequence_tower import SequenceTowerConfig
 from training.leave_last_out import LeaveLastOut
 from training.next_item_vitrine import Sources, candidates, vitrine_rows

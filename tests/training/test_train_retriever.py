@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from feature_repo.sequences import positive_interactions
 from ranking.retriever import Retriever
 from ranking.retriever_inputs import InputSpec
 from training.retriever_data import (
@@ -23,7 +24,6 @@ from training.retriever_data import (
     TrainingSet,
     choose_split_time,
     content_dim,
-    positive_interactions,
     time_split,
     with_features,
 )

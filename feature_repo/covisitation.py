@@ -42,16 +42,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
+from feature_repo.sequences import Sequences
 from vitrine.errors import InvalidInput, ModelUnavailable
-
-if TYPE_CHECKING:
-    # Only the type: the serving path must not import the training package (and its ranx) to score.
-    from feature_repo.sequences import Sequences
 
 # Window sizes of the summed ranker features (last 1 / 3 / 10 history items): the last item says
 # what the shopper wants now, 3 the current session's theme, 10 the longer taste.
@@ -177,6 +175,28 @@ class CoVisitation:
                                  decay=config.decay, source_power=1.0 - damping, target_power=damping,
                                  keep=config.neighbours)
         return cls(config, cooc, transition, np.asarray([str(i) for i in sequences.item_ids]))
+
+    @classmethod
+    def from_neighbours(
+        cls,
+        item_ids: Sequence[str] | np.ndarray,
+        cooc: tuple[Sequence[Any], Sequence[Any]],
+        transition: tuple[Sequence[Any], Sequence[Any]],
+        config: CoVisitConfig = CoVisitConfig(),
+    ) -> "CoVisitation":
+        """The matrices again from per-item neighbour lists (the `item_covisitation` view's rows).
+
+        Args:
+            item_ids: the catalog; row r of the matrices is item_ids[r].
+            cooc, transition: (neighbour ids, their scores), one entry per catalog row, None or empty
+                where the item has none. Ids outside the catalog (delisted since) are dropped.
+
+        Rows keep their entries in ascending column order, as `fit` leaves them, so every sum over
+        them runs in the same order and candidates and features come out the same as offline.
+        """
+        ids = np.asarray([str(i) for i in item_ids], dtype=object)
+        index = pd.Index(ids)
+        return cls(config, _csr(index, *cooc), _csr(index, *transition), ids)
 
     def candidates(self, history: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-n catalog rows not in `history` (oldest first), best first, and their scores.
@@ -443,6 +463,19 @@ def _fit_matrix(offsets: np.ndarray, items: np.ndarray, n_items: int, counts: np
     if not blocks:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
     return sp.vstack(blocks, format="csr")
+
+
+def _csr(index: pd.Index, ids: Sequence[Any], scores: Sequence[Any]) -> sp.csr_matrix:
+    """[items, items] float32 CSR from per-row neighbour ids and scores; unknown ids dropped, columns ascending."""
+    lengths = np.array([0 if row is None else len(row) for row in ids], dtype=np.int64)
+    flat_ids = [str(i) for row in ids if row is not None for i in row]
+    flat_scores = np.array([v for row in scores if row is not None for v in row], dtype=np.float32)
+    columns = index.get_indexer(flat_ids) if flat_ids else np.zeros(0, dtype=np.int64)
+    rows = np.repeat(np.arange(len(index)), lengths)
+    known = columns >= 0
+    matrix = sp.csr_matrix((flat_scores[known], (rows[known], columns[known])), shape=(len(index), len(index)), dtype=np.float32)
+    matrix.sort_indices()
+    return matrix
 
 
 def _top_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:

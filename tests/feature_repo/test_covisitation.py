@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ranking.covisitation as covisitation
+import feature_repo.covisitation as covisitation
+from feature_repo.covisitation import FEATURE_NAMES, CoVisitation, CoVisitConfig
 from feature_repo.sequences import Sequences
-from ranking.covisitation import FEATURE_NAMES, CoVisitation, CoVisitConfig
 from vitrine.errors import InvalidInput, ModelUnavailable
 
 # Float32 sums may be accumulated in a different order by a future optimisation of one path:
