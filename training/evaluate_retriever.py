@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from feature_repo.sequences import positive_interactions
 from ranking.retriever_inputs import InputSpec, encode_users
 from ranking.two_tower import TwoTowerConfig
 from training.baselines import AlsBaseline, popularity_scores
@@ -37,7 +38,6 @@ from training.retriever_data import (
     content_dim,
     end_of_log,
     leave_last_out_split,
-    positive_interactions,
     time_cutoff,
     time_split,
 )

@@ -31,8 +31,8 @@ NOISY_LOGGERS = ("torch.fx._symbolic_trace",)
 def quiet_dependencies() -> None:
     """Install the filters in front of the others (idempotent: `warnings` drops exact duplicates first)."""
     module = r"(" + "|".join(NOISY_PACKAGES) + r")(\.|$)"
-    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
-        warnings.filterwarnings("ignore", category=category, module=module)
+    for deprecation in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=deprecation, module=module)
     for category, message in NOISY_MESSAGES:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name in NOISY_LOGGERS:
