@@ -281,7 +281,7 @@ def benchmark(source: Path | None, work: Path, *, skip_recbole: bool, recbole_ca
     if not skip_recbole:
         rows.update(recbole_rows(split, work / "split", recbole_cache, show_progress))
     assert not any(VITRINE_ROW in row for row in rows), "a baseline's name must not contain 'vitrine'"
-    rows.update(vitrine_rows(split, items, show_progress))
+    rows.update(vitrine_rows(split, show_progress=show_progress))
     best, lift = comparison(rows)
     report: dict[str, Any] = {
         "dataset": dataset_counts(name, split, len(events)),

@@ -59,6 +59,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"covisit_cooc_last{k}" for k in FEATURE_DEPTHS),
     *(f"covisit_next_last{k}" for k in FEATURE_DEPTHS),
     "covisit_nearest_position",  # 0 = the last item; NaN when no read history item is related
+    "covisit_score",  # the candidate score of `candidates` (recency-weighted, both matrices); 0 when unrelated
 )
 # Item pairs materialised at once while fitting (~120 bytes each with their weights, indices and
 # the CSR built from them, measured): ~0.5 GB peak per block, whatever the catalog.
@@ -290,6 +291,10 @@ class CoVisitation:
                     sums[f"covisit_{name}_last{k}"] = np.bincount(
                         inverse, weights=np.where(near & matrix, gathered.values, 0.0), minlength=len(keys))
             sums["covisit_nearest_position"] = gathered.positions[first_seen].astype(np.float64)
+            read = gathered.positions < self.config.recent
+            weights = gathered.values * np.where(gathered.is_transition, self.config.transition_weight, 1.0)
+            sums["covisit_score"] = np.bincount(
+                inverse, weights=np.where(read, weights * self.config.recency ** gathered.positions, 0.0), minlength=len(keys))
             block = candidates[first : first + len(chunk)]
             valid = block >= 0
             wanted = (np.arange(len(chunk))[:, None] * self.n_items + block)[valid]

@@ -3,11 +3,14 @@
 A ranker directory holds two files, never a pickle:
 
     model.txt      the LightGBM booster in LightGBM's own text format
-    ranker.json    the exact ordered feature list, label gains, training lineage and blend defaults
+    ranker.json    its kind, the exact ordered feature list, label gains, training lineage and blend defaults
 
-`Reranker.load` refuses a directory whose feature list differs from the one
-`ranking.ranker_features.build_features` produces (ModelUnavailable naming the difference), because
-a booster applied to columns in another order returns confident nonsense.
+Two kinds of ranker, by what their features describe (`FEATURES_OF`): `session` rankers order the
+two-tower retriever's candidates for a session (`ranking.ranker_features.build_features`);
+`next-item` rankers order the union of the next-item sources (`ranking.next_item`). `Reranker.load`
+refuses a directory whose feature list differs from the one its kind's code produces
+(ModelUnavailable naming the difference), because a booster applied to columns in another order
+returns confident nonsense.
 
 The final score (`Reranker.score`) blends relevance with conversion; the operator picks the objective:
 
@@ -37,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ranking.next_item import FEATURE_NAMES as NEXT_ITEM_FEATURES
 from ranking.path_contributions import PathContributions
 from ranking.ranker_features import FEATURE_NAMES
 from vitrine.errors import InvalidInput, ModelUnavailable
@@ -54,6 +58,9 @@ SERVING_THREADS = 1
 
 Objective = Literal["engagement", "revenue"]
 OBJECTIVES: tuple[str, ...] = ("engagement", "revenue")
+# Ranker kind -> the ordered features its code builds.
+SESSION, NEXT_ITEM = "session", "next-item"
+FEATURES_OF: dict[str, tuple[str, ...]] = {SESSION: FEATURE_NAMES, NEXT_ITEM: NEXT_ITEM_FEATURES}
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class RankerMetadata:
         cvr_prior: CVR used when an item's is unknown (training median).
         best_iteration: the early-stopped iteration used for prediction.
         lineage: free-form tags (retriever version, feature service, data snapshot, git commit...).
+        kind: which candidates and features it ranks (`FEATURES_OF`).
     """
 
     feature_names: tuple[str, ...]
@@ -96,6 +104,7 @@ class RankerMetadata:
     best_iteration: int = 0
     lineage: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    kind: str = SESSION
 
     def to_json(self) -> str:
         payload = asdict(self)
@@ -115,6 +124,7 @@ class RankerMetadata:
                 best_iteration=int(payload.get("best_iteration", 0)),
                 lineage={str(k): str(v) for k, v in payload.get("lineage", {}).items()},
                 format_version=int(payload.get("format_version", FORMAT_VERSION)),
+                kind=str(payload.get("kind", SESSION)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelUnavailable(f"{source}: not a ranker metadata file ({exc})") from exc
@@ -171,13 +181,20 @@ class Reranker:
         self.metadata = metadata
         self.version = version
         self.blend = blend or BlendConfig()
-        self._cvr = FEATURE_NAMES.index("item_cvr_30d")
-        self._price = FEATURE_NAMES.index("item_price")
+        names = metadata.feature_names
+        self._cvr = names.index("item_cvr_30d") if "item_cvr_30d" in names else None
+        self._price = names.index("item_price") if "item_price" in names else None
+        if self.blend.objective == "revenue" and (self._cvr is None or self._price is None):
+            raise InvalidInput(f"blend revenue: a {metadata.kind} ranker has no conversion rate and price features to blend")
         self._paths = PathContributions(booster)  # tabulated at load, so no request pays for it
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         return self.metadata.feature_names
+
+    @property
+    def kind(self) -> str:
+        return self.metadata.kind
 
     @classmethod
     def load(cls, directory: str | Path, blend: BlendConfig | None = None, version: str | None = None) -> "Reranker":
@@ -194,7 +211,9 @@ class Reranker:
             if not path.is_file():
                 raise ModelUnavailable(f"{path}: missing; train one with `vitrine train ranker`")
         metadata = RankerMetadata.from_json(meta_path.read_text(), meta_path)
-        difference = feature_list_difference(metadata.feature_names)
+        if metadata.kind not in FEATURES_OF:
+            raise ModelUnavailable(f"{meta_path}: unknown ranker kind {metadata.kind!r}; this code knows {sorted(FEATURES_OF)}")
+        difference = feature_list_difference(metadata.feature_names, FEATURES_OF[metadata.kind])
         if difference is not None:
             raise ModelUnavailable(
                 f"{meta_path}: the model's features differ from the ones this code builds: {difference}; "
@@ -247,6 +266,8 @@ class Reranker:
 
     def with_blend(self, blend: BlendConfig) -> "Reranker":
         """The same model with another blend (no reload, and the contribution table is shared)."""
+        if blend.objective == "revenue" and (self._cvr is None or self._price is None):
+            raise InvalidInput(f"blend revenue: a {self.kind} ranker has no conversion rate and price features to blend")
         other = copy.copy(self)
         other.blend = blend
         return other
@@ -281,6 +302,7 @@ class Reranker:
         """P(relevant) x CVR x (price / reference_price)^alpha for one request's candidates."""
         shifted = np.exp(relevance - relevance.max())
         p_relevant = shifted / shifted.sum()
+        assert self._cvr is not None and self._price is not None  # refused at construction otherwise
         cvr = features[:, self._cvr].astype(np.float64)
         cvr = np.where(np.isfinite(cvr) & (cvr > 0), cvr, max(self.metadata.cvr_prior, 1e-6))
         price = features[:, self._price].astype(np.float64)
@@ -300,7 +322,10 @@ class Reranker:
 
 __all__ = [
     "BlendConfig",
+    "FEATURES_OF",
     "FORMAT_VERSION",
+    "NEXT_ITEM",
+    "SESSION",
     "RankerMetadata",
     "Reranker",
     "SERVING_THREADS",

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -130,7 +131,13 @@ class SequenceTower(nn.Module):
         return vectors
 
     def _id_embeddings(self, id_rows: torch.Tensor) -> torch.Tensor:
-        """Id embeddings through the TorchRec collection (one jagged feature of len(id_rows) values)."""
+        """Id embeddings through the TorchRec collection (one jagged feature of len(id_rows) values).
+
+        Inference reads the same table directly: building a KeyedJaggedTensor per request costs more
+        than the lookup, and a row copied out of the weight is the same row either way.
+        """
+        if not self.training and not torch.is_grad_enabled():
+            return F.embedding(id_rows, self.id_weight)
         flat = id_rows.reshape(-1)
         features = KeyedJaggedTensor.from_lengths_sync(
             keys=[FEATURE], values=flat, lengths=torch.tensor([len(flat)], dtype=torch.int32)

@@ -6,16 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feature_repo.covisitation import CoVisitation
 from feature_repo.sequences import Sequences
+from ranking.next_item import candidates
 from ranking.sequence_tower import SequenceTowerConfig
 from training.leave_last_out import LeaveLastOut
-from training.next_item_vitrine import Sources, candidates, vitrine_rows
+from training.next_item_vitrine import vitrine_rows
+from training.train_next_item import NextItemConfig, fit_sources, retriever_of
 from training.train_sequence import SequenceTrainConfig, fit
 
 N_ITEMS = 60
 SMALL = SequenceTowerConfig(embedding_dim=32, layers=1, heads=1, max_length=8, dropout=0.0, use_content=False)
 FAST = SequenceTrainConfig(max_epochs=30, patience=3, batch_size=64, learning_rate=5e-3)
+CONFIG = NextItemConfig(tower=SMALL, train=FAST, threads=1)
 
 
 def noisy_cycle_shop(users: int = 500, seed: int = 0) -> Sequences:
@@ -36,7 +38,7 @@ def split() -> LeaveLastOut:
 
 
 def test_every_row_is_named_vitrine_and_the_rerank_is_no_worse_than_its_best_source(split: LeaveLastOut) -> None:
-    rows = vitrine_rows(split, pd.DataFrame(), show_progress=False, model_config=SMALL, train_config=FAST)
+    rows = vitrine_rows(split, config=CONFIG, show_progress=False)
     assert all("vitrine" in name for name in rows)
     assert set(rows) >= {"vitrine", "vitrine_sequence", "vitrine_covisitation", "vitrine_popularity", "vitrine_sources_merged"}
     full = rows["vitrine"]["test"]["recall@5"]
@@ -50,8 +52,7 @@ def test_one_users_candidates_and_features_equal_the_batch_row(split: LeaveLastO
     """Serving computes one user at a time, training a whole task at once: the same numbers (skew test)."""
     task = split.test
     tower = fit(task.train, epochs=2, model_config=SMALL, train_config=FAST)
-    sources = Sources(task.train, tower, CoVisitation.fit(task.train),
-                      np.bincount(task.train.items, minlength=task.train.n_items).astype(np.float32))
+    sources = fit_sources(task.train, retriever_of(tower.model, task.train))
     histories = task.history()
     batch = candidates(sources, histories)
     for user in (0, 7, 42):

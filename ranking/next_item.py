@@ -1,0 +1,210 @@
+"""Next-item candidates and their ranker features: what the next-item recommender ranks, offline and online.
+
+Every user is a history: their distinct items, oldest first, as rows of the retriever's catalog.
+Three sources each propose items the user has not met:
+
+- `tower`: the sequence tower's nearest items (`ranking.sequence_retriever`, the FAISS index);
+- `covisitation`: co-occurrence and transition neighbours of the last items (`feature_repo.covisitation`);
+- `popular`: the items most users' sequences hold.
+
+Their union is tagged with each source's rank, and `candidate_features` describes every candidate
+in terms that make the sources comparable (tower score and its gap to the user's best,
+co-visitation scores with the last 1/3/10 items, source ranks and count, popularity, history
+length). The training of the reranker (`training.train_next_item`), the leave-last-out benchmark and
+serving (`ranking.recommender`) all call these functions, for one user or for all of them at once,
+so a feature is computed one way only (tested: one user's features equal the batch's).
+
+Example:
+    sources = CandidateSources(retriever, covisitation, popularity)
+    found = candidates(sources, histories)          # Candidates: rows [users, C], features frame
+    scores = ranker.predict(found.features[FEATURE_NAMES])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from feature_repo.covisitation import FEATURE_NAMES as COVISIT_FEATURES
+from feature_repo.covisitation import CoVisitation
+
+if TYPE_CHECKING:  # the reranker reads FEATURE_NAMES from here without loading torch
+    from ranking.sequence_retriever import SequenceRetriever
+
+# Candidates each source hands the reranker: deep enough to hold most next items (the union's
+# recall at this depth is the ceiling of the rerank), shallow enough to rank in a millisecond.
+TOWER_CANDIDATES = 100
+COVISIT_CANDIDATES = 100
+POPULAR_CANDIDATES = 20
+SOURCES = ("tower", "covisitation", "popular")
+# Reciprocal-rank constant of the merged order (the usual RRF value): the order without a reranker.
+RRF_K = 60
+
+# The reranker's inputs, in order (a saved ranker stores its list; a different one is refused).
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"{source}_rank" for source in SOURCES),  # 0-based position in the source's list, NaN when it did not propose it
+    "sources",  # how many sources proposed it
+    "tower_score",  # inner product of the user's tower state and the item vector
+    "tower_score_gap",  # tower_score minus the user's best candidate's: users differ in scale, trees split on values
+    *COVISIT_FEATURES,
+    "covisit_score_share",  # the candidate's co-visitation score over the user's best candidate's
+    "popularity",  # log(1 + users whose sequences hold it)
+    "last_item_popularity",  # the same for the user's last item: a popular last item has noisier neighbours
+    "history_length",  # items in the user's history
+)
+
+
+@dataclass(frozen=True)
+class CandidateSources:
+    """The sources, in the retriever's catalog rows.
+
+    Args:
+        retriever: the sequence tower and its index.
+        covisitation: fitted (or rebuilt from the online store) on the same catalog rows.
+        popularity: [items] users whose sequences hold each item.
+    """
+
+    retriever: "SequenceRetriever"
+    covisitation: CoVisitation
+    popularity: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.retriever.item_ids)
+        if self.covisitation.n_items != n or len(self.popularity) != n:
+            raise ValueError(f"sources disagree on the catalog: tower {n}, co-visitation {self.covisitation.n_items}, "
+                             f"popularity {len(self.popularity)} items")
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Per user, the union of the sources' candidates (-1 padded), and one feature row per valid candidate.
+
+    Attributes:
+        rows: [users, C] catalog rows, each user's in the order the sources met them.
+        features: FEATURE_NAMES columns (plus `rrf`), one row per valid cell of `rows`, row-major.
+        users: [rows of features] index of the user of each feature row.
+        items: [rows of features] catalog row of each feature row.
+    """
+
+    rows: np.ndarray
+    features: pd.DataFrame
+    users: np.ndarray
+    items: np.ndarray
+
+
+def source_lists(sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray) -> dict[str, np.ndarray]:
+    """Each source's ranked candidates [users, n] (-1 padded), none of them in the user's history.
+
+    Args:
+        vectors: [users, d] the tower's user vectors (`SequenceRetriever.vectors_of(histories)`).
+    """
+    covis_rows, _ = sources.covisitation.candidates_batch(histories, COVISIT_CANDIDATES)
+    return {"tower": _tower_top(sources.retriever, histories, vectors, TOWER_CANDIDATES), "covisitation": covis_rows,
+            "popular": _popular_top(sources.popularity, histories, POPULAR_CANDIDATES)}
+
+
+def candidates(sources: CandidateSources, histories: Sequence[np.ndarray]) -> Candidates:
+    """The union of every source's candidates per history, with the reranker's features."""
+    vectors = sources.retriever.vectors_of(histories)
+    lists = source_lists(sources, histories, vectors)
+    union = [_union(*(lists[s][u] for s in SOURCES)) for u in range(len(histories))]
+    width = max((len(u) for u in union), default=0)
+    rows = np.full((len(union), max(width, 1)), -1, dtype=np.int64)
+    for n, items in enumerate(union):
+        rows[n, : len(items)] = items
+    return Candidates(rows, *candidate_features(sources, histories, vectors, rows, lists))
+
+
+def candidate_features(
+    sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray, rows: np.ndarray, lists: dict[str, np.ndarray]
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """FEATURE_NAMES (and `rrf`) of every valid candidate in `rows` [users, C]; each row's user index and catalog row."""
+    valid = rows >= 0
+    safe = np.where(valid, rows, 0)
+    columns: dict[str, np.ndarray] = {}
+    rrf = np.zeros(rows.shape, dtype=np.float32)
+    for source in SOURCES:
+        rank = _rank_in(lists[source], safe)  # [U, C], NaN where the source did not propose it
+        columns[f"{source}_rank"] = rank
+        rrf += np.where(np.isnan(rank), 0.0, 1.0 / (RRF_K + np.nan_to_num(rank)))
+    columns["sources"] = sum((~np.isnan(columns[f"{s}_rank"])).astype(np.float32) for s in SOURCES)  # type: ignore[assignment]
+    item_vectors = sources.retriever.vectors
+    tower = np.einsum("ud,ucd->uc", vectors, item_vectors[safe])
+    columns["tower_score"] = tower
+    best = np.where(valid, tower, -np.inf).max(axis=1, keepdims=True)
+    columns["tower_score_gap"] = tower - np.where(np.isfinite(best), best, 0.0)
+    columns.update(sources.covisitation.features_batch(histories, rows))
+    score = columns["covisit_score"]
+    top = np.where(valid, score, 0.0).max(axis=1, keepdims=True)
+    columns["covisit_score_share"] = np.where(top > 0, score / np.maximum(top, 1e-30), 0.0)
+    columns["popularity"] = np.log1p(sources.popularity[safe])
+    last = np.array([h[-1] if len(h) else -1 for h in histories], dtype=np.int64)
+    last_popularity = np.where(last >= 0, np.log1p(sources.popularity[np.maximum(last, 0)]), np.nan)
+    columns["last_item_popularity"] = np.repeat(last_popularity[:, None], rows.shape[1], axis=1)
+    columns["history_length"] = np.repeat(np.array([len(h) for h in histories], np.float32)[:, None], rows.shape[1], axis=1)
+    frame = pd.DataFrame({name: np.asarray(columns[name], dtype=np.float32)[valid] for name in FEATURE_NAMES})
+    frame["rrf"] = rrf[valid]
+    users = np.repeat(np.arange(len(rows)), valid.sum(axis=1))
+    return frame, users, rows[valid]
+
+
+def _tower_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], vectors: np.ndarray, k: int) -> np.ndarray:
+    """[users, k] the index's best rows per user vector, the history dropped (searched k + its length deep)."""
+    out = np.full((len(histories), k), -1, dtype=np.int64)
+    if not len(histories):
+        return out
+    depth = min(len(retriever.item_ids), k + max(len(h) for h in histories))
+    found, _ = retriever.search(vectors, depth)
+    for n, (history, rows) in enumerate(zip(histories, found)):
+        if not len(histories[n]):
+            continue  # no sequence, no tower state: the other sources speak for this user
+        kept = rows[~np.isin(rows, history)][:k]
+        out[n, : len(kept)] = kept
+    return out
+
+
+def _popular_top(popularity: np.ndarray, histories: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """[users, k] the items most sequences hold, without each user's history."""
+    order = np.argsort(-popularity, kind="stable")
+    order = order[popularity[order] > 0]
+    head = order[: k + max((len(h) for h in histories), default=0)]
+    out = np.full((len(histories), k), -1, dtype=np.int64)
+    for n, history in enumerate(histories):
+        picked = head[~np.isin(head, history)][:k]
+        out[n, : len(picked)] = picked
+    return out
+
+
+def _rank_in(lists: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """[U, C] 0-based position of each rows[u, c] in lists[u] (NaN when absent)."""
+    out = np.full(rows.shape, np.nan, dtype=np.float32)
+    for u in range(len(rows)):
+        where = {int(item): n for n, item in enumerate(lists[u]) if item >= 0}
+        out[u] = [where.get(int(r), np.nan) for r in rows[u]]
+    return out
+
+
+def _union(*lists: np.ndarray) -> np.ndarray:
+    """Distinct valid rows of the lists, first occurrence first."""
+    joined = np.concatenate([lst[lst >= 0] for lst in lists])
+    _, first = np.unique(joined, return_index=True)
+    return joined[np.sort(first)]
+
+
+def merged_order(found: Candidates, depth: int) -> np.ndarray:
+    """[users, depth] candidates by summed reciprocal rank (no reranker), -1 padded: the sources merged."""
+    return order_by(found, -found.features["rrf"].to_numpy(), depth)
+
+
+def order_by(found: Candidates, keys: np.ndarray, depth: int) -> np.ndarray:
+    """[users, depth] each user's candidates sorted by `keys` (ascending; ties keep the union's order), -1 padded."""
+    frame = pd.DataFrame({"user": found.users, "item": found.items, "key": keys}).sort_values(["user", "key"], kind="stable")
+    frame["n"] = frame.groupby("user").cumcount()
+    frame = frame[frame["n"] < depth]
+    out = np.full((len(found.rows), depth), -1, dtype=np.int64)
+    out[frame["user"].to_numpy(), frame["n"].to_numpy()] = frame["item"].to_numpy()
+    return out

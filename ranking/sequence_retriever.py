@@ -1,0 +1,176 @@
+"""The sequence retriever at serving time: the SASRec-style user tower over a user's ordered items, plus the ANN index.
+
+A sequence retriever is a directory (the MLflow artifacts of a `vitrine-retriever` version whose
+`config.json` says `"kind": "sequence"`); it holds everything needed to serve, and no pickle:
+
+    config.json        kind, SequenceTowerConfig, item count, content width, ANN settings, lineage
+    model.safetensors  state dict of `SequenceTower` (its content buffer included)
+    item_ids.json      the catalog the tower was trained on: row r of every array is item_ids[r]
+    known.npy          [items] bool, items whose ids the tower trained on (others use the unknown row)
+    item_vectors.npy   [items, d] the item vectors the index holds (`SequenceTower.item_vectors(known=...)`)
+    index.faiss        FAISS inner-product index over item_vectors (`ranking.ann`)
+
+A user is their sequence (`user_sequence.sequence_item_ids`, oldest first): ids outside the
+tower's catalog read as unknown items, as an item first seen after training does offline.
+
+Example:
+    retriever = SequenceRetriever.load("data/models/retriever")
+    vectors = retriever.vectors_of([np.array([12, 7, 301])])       # histories as catalog rows
+    rows, scores = retriever.search(vectors, k=100)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
+from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
+from vitrine.errors import ModelUnavailable
+
+KIND = "sequence"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ITEM_IDS_FILE = "item_ids.json"
+KNOWN_FILE = "known.npy"
+VECTORS_FILE = "item_vectors.npy"
+INDEX_FILE = "index.faiss"
+# Users encoded per tower pass in batch work: [users, window, dim] activations stay a few MB.
+ENCODE_CHUNK = 1024
+
+
+def save_sequence_retriever(
+    path: Path,
+    model: SequenceTower,
+    item_ids: Sequence[str],
+    known: np.ndarray,
+    *,
+    ann: AnnConfig = AnnConfig(),
+    lineage: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a sequence retriever dir that `SequenceRetriever.load` serves from alone."""
+    retriever = SequenceRetriever.of(model, item_ids, known, ann=ann)
+    path.mkdir(parents=True, exist_ok=True)
+    vectors, index = retriever.vectors, retriever.index
+    config = {
+        "kind": KIND,
+        "model": model.config.to_json(),
+        "n_items": model.n_items,
+        "content_dim": int(model.content.shape[1]) if model.content_projection is not None else 0,
+        "ann": {**ann.__dict__, "kind": index_kind(index)},
+        "lineage": dict(lineage or {}),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    save_file({name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}, str(path / WEIGHTS_FILE))
+    (path / ITEM_IDS_FILE).write_text(json.dumps([str(i) for i in item_ids]))
+    np.save(path / KNOWN_FILE, np.asarray(known, dtype=bool))
+    np.save(path / VECTORS_FILE, vectors)
+    write_index(index, path / INDEX_FILE)
+    return path
+
+
+def is_sequence_retriever(path: Path) -> bool:
+    config = path / CONFIG_FILE
+    return config.exists() and json.loads(config.read_text()).get("kind") == KIND
+
+
+class SequenceRetriever:
+    """The trained tower (eval mode, CPU) and its index over the catalog it was trained on.
+
+    Attributes:
+        item_ids: catalog id of each row (the tower's rows, the index's rows).
+        known: [items] bool, ids the tower trained on.
+        index: the FAISS index over the item vectors.
+        version: registry version when from the registry, else the run id or dir name.
+    """
+
+    kind = KIND
+
+    def __init__(
+        self, tower: SequenceTower, item_ids: list[str], known: np.ndarray, vectors: np.ndarray, index: Any, config: dict[str, Any], version: str
+    ) -> None:
+        self.tower = tower.eval()
+        self.item_ids = item_ids
+        self.known = known
+        self._known = torch.from_numpy(known)
+        self.vectors = vectors
+        self.index = index
+        self.config = config
+        self.version = version
+        self.rows = pd.Index(item_ids)
+
+    @classmethod
+    def of(cls, tower: SequenceTower, item_ids: Sequence[str], known: np.ndarray, *, ann: AnnConfig = AnnConfig(),
+           version: str = "in-memory") -> "SequenceRetriever":
+        """A retriever over a freshly trained tower, its item vectors and index built in memory (what `save` writes)."""
+        if len(item_ids) != tower.n_items or len(known) != tower.n_items:
+            raise ValueError(f"{len(item_ids)} item ids and {len(known)} known flags for a {tower.n_items}-item tower")
+        known = np.asarray(known, dtype=bool)
+        tower.eval()
+        with torch.inference_mode():
+            vectors = tower.item_vectors(known=torch.from_numpy(known)).numpy().astype(np.float32)
+        return cls(tower, [str(i) for i in item_ids], known, vectors, build_index(vectors, ann), {"kind": KIND}, version)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.tower.config.max_length)
+
+    @classmethod
+    def load(cls, path: str | Path, *, version: str | None = None) -> "SequenceRetriever":
+        path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, ITEM_IDS_FILE, KNOWN_FILE, VECTORS_FILE, INDEX_FILE):
+            if not (path / name).exists():
+                raise ModelUnavailable(f"{path / name}: missing; not a sequence retriever dir")
+        config = json.loads((path / CONFIG_FILE).read_text())
+        if config.get("kind") != KIND:
+            raise ModelUnavailable(f"{path / CONFIG_FILE}: kind {config.get('kind')!r}, not {KIND!r}")
+        state = load_file(str(path / WEIGHTS_FILE))
+        content = state.get("content")
+        tower = SequenceTower(SequenceTowerConfig(**config["model"]), int(config["n_items"]),
+                              None if content is None or content.numel() == 0 else content.numpy())
+        try:
+            tower.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelUnavailable(f"{path / WEIGHTS_FILE}: does not fit the model in {CONFIG_FILE} ({exc})") from exc
+        item_ids = [str(i) for i in json.loads((path / ITEM_IDS_FILE).read_text())]
+        known = np.load(path / KNOWN_FILE)
+        vectors = np.load(path / VECTORS_FILE)
+        index = read_index(path / INDEX_FILE)
+        if not index.ntotal == len(known) == len(vectors) == len(item_ids):
+            raise ModelUnavailable(f"{path}: {index.ntotal} index rows, {len(known)} known flags and {len(vectors)} vectors "
+                                   f"for {len(item_ids)} item ids")
+        chosen = version or config.get("lineage", {}).get("run_id") or path.name
+        return cls(tower, item_ids, known, vectors, index, config, str(chosen))
+
+    def histories(self, sequences: Sequence[Sequence[str] | None]) -> list[np.ndarray]:
+        """Each user's sequence of ids (oldest first) as the tower's rows, ids outside its catalog dropped."""
+        out = []
+        for ids in sequences:
+            rows = self.rows.get_indexer(list(ids)) if ids is not None and len(ids) else np.zeros(0, dtype=np.int64)
+            out.append(rows[rows >= 0].astype(np.int64))
+        return out
+
+    @torch.inference_mode()
+    def vectors_of(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """[users, d] the tower's state after each history's last item (zeros for an empty history)."""
+        dim = int(self.tower.config.embedding_dim)
+        out = np.zeros((len(histories), dim), dtype=np.float32)
+        filled = [n for n, h in enumerate(histories) if len(h)]
+        for start in range(0, len(filled), ENCODE_CHUNK):
+            chunk = filled[start : start + ENCODE_CHUNK]
+            padded, lengths = pad_histories([histories[n] for n in chunk], self.max_length)
+            out[chunk] = self.tower.user_vectors(padded, lengths, self._known[padded]).numpy()
+        return out
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per user, the rows and scores of the k best items by inner product (FAISS), best first."""
+        return search(self.index, np.ascontiguousarray(vectors, dtype=np.float32), k)

@@ -1,0 +1,228 @@
+"""Fit the next-item recommender: the sequence tower, the co-visitation and popularity sources, and the reranker.
+
+Settings are chosen on each user's own last item, then everything is trained again on all of it:
+
+1. hold out: every user with two items or more loses their last one (the target);
+2. the tower (`training.train_sequence`) trains on what is left, stopping early on the held-out
+   items (or for exactly `epochs`);
+3. those sources (the tower just trained, co-visitation and popularity of what is left) propose
+   candidates for every held-out request (`ranking.next_item`), and LightGBM LambdaRank learns to
+   put the target first, stopping early on a tenth of the requests (or after exactly `rounds`);
+4. refit: the tower is trained again from scratch on every item for the chosen epochs, and the
+   co-visitation and popularity are counted on every item. The refit sources and the ranker are
+   what is served: the newest items of each user are the best evidence of the next one, and the
+   ranker's features describe the sources, not the items, so it carries over.
+
+The public leave-last-out benchmark and the pipeline both call `fit_next_item` on the events they
+may learn from; the benchmark scores the served lists on each user's next (test) item.
+
+Example:
+    fitted = fit_next_item(split.test.train, content)            # chooses epochs and rounds
+    lists = ranked(fitted.sources, fitted.ranker, split.test.history(), depth=20)
+    again = fit_next_item(more, content, epochs=fitted.epochs, rounds=fitted.rounds)  # the pipeline's refit
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from feature_repo.covisitation import CoVisitation, CoVisitConfig
+from feature_repo.sequences import Sequences
+from ranking.next_item import FEATURE_NAMES, Candidates, CandidateSources, candidates, order_by
+from ranking.sequence_retriever import SequenceRetriever
+from ranking.sequence_tower import SequenceTowerConfig
+from training.leave_last_out import Task
+from training.train_sequence import LIST_DEPTH, SequenceTrainConfig, default_max_length, fit
+from vitrine.errors import InvalidInput
+
+# Share of the ranker's training requests held out for its early stopping.
+RANKER_HOLDOUT = 0.1
+# LightGBM settings of the reranker. 63 leaves with 50 rows a leaf and a gentle learning rate: the
+# requests are a few thousand groups of ~200 rows with one positive each, so deeper or faster trees overfit.
+RANKER_PARAMS: dict[str, Any] = {
+    "objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.05,
+    "num_leaves": 63, "min_data_in_leaf": 50, "feature_fraction": 0.9, "bagging_fraction": 0.8,
+    "bagging_freq": 1, "lambdarank_truncation_level": 20, "verbose": -1, "seed": 0,
+}  # fmt: skip
+# Most boosting rounds, and rounds without a gain on the held-out requests before stopping.
+RANKER_ROUNDS, RANKER_PATIENCE = 1000, 30
+# Fewest users with a held-out item for anything to be chosen on them.
+MIN_HOLDOUT_USERS = 20
+
+
+@dataclass(frozen=True)
+class NextItemConfig:
+    """How the system is fitted (saved with it).
+
+    Args:
+        tower: the tower's shape; None = `SequenceTowerConfig` with the window read from the data
+            (`default_max_length`) and content when content vectors are given.
+        train: how the tower trains.
+        covisitation: how the co-visitation matrices are fitted and scored.
+        threads: LightGBM's threads while training (serving uses one).
+    """
+
+    tower: SequenceTowerConfig | None = None
+    train: SequenceTrainConfig = SequenceTrainConfig()
+    covisitation: CoVisitConfig = CoVisitConfig()
+    threads: int = 2
+
+
+@dataclass
+class NextItemFit:
+    """The served system and how it was chosen.
+
+    Attributes:
+        sources: the refit sources (tower, co-visitation, popularity over every given item).
+        ranker: the LightGBM booster (features: `ranking.next_item.FEATURE_NAMES`).
+        epochs: the tower's epochs (chosen on the held-out items, or given).
+        rounds: the ranker's boosting rounds (chosen, or given).
+        tower_config: the tower's shape.
+        holdout: figures on the held-out items: the tower alone (its best epoch), and the ranker's
+            NDCG@10 on its own early-stopping requests.
+        seconds: wall time of each part.
+    """
+
+    sources: CandidateSources
+    ranker: Any
+    epochs: int
+    rounds: int
+    tower_config: SequenceTowerConfig
+    holdout: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+
+def holdout_task(sequences: Sequences) -> Task:
+    """Every user with two items or more loses their last item, which becomes their target."""
+    users = np.flatnonzero(sequences.lengths >= 2)
+    return Task(users, sequences.truncated(1, users), sequences.items[sequences.offsets[1:][users] - 1])
+
+
+def fit_sources(sequences: Sequences, retriever: SequenceRetriever, config: CoVisitConfig = CoVisitConfig()) -> CandidateSources:
+    """The tower's retriever with co-visitation and popularity counted on the same sequences."""
+    return CandidateSources(retriever, CoVisitation.fit(sequences, config), np.bincount(sequences.items, minlength=sequences.n_items).astype(np.float32))
+
+
+def fit_next_item(
+    sequences: Sequences,
+    content: np.ndarray | None = None,
+    config: NextItemConfig = NextItemConfig(),
+    *,
+    epochs: int | None = None,
+    rounds: int | None = None,
+    show_progress: bool = False,
+) -> NextItemFit:
+    """Choose on each user's last item, train the ranker on those requests, refit the sources on everything.
+
+    Args:
+        sequences: what the system may learn from (catalog rows; `content` row-aligned).
+        content: [items, C] item content vectors (CLIP) or None.
+        epochs / rounds: train the tower / the ranker exactly this long instead of choosing (the refit
+            of a configuration chosen before).
+
+    Raises:
+        InvalidInput: too few users with two items to hold any out.
+    """
+    log = _logger(show_progress)
+    task = holdout_task(sequences)
+    if len(task.users) < MIN_HOLDOUT_USERS:
+        raise InvalidInput(f"next-item recommender: {len(task.users)} users have two items or more; "
+                           f"at least {MIN_HOLDOUT_USERS} are needed to choose anything on")
+    tower_config = config.tower or SequenceTowerConfig(max_length=default_max_length(task.train), use_content=content is not None)
+    seconds: dict[str, float] = {}
+
+    began = time.perf_counter()
+    log(f"sequence tower on {len(task.users):,} users' items but their last" + ("" if epochs else ": choosing epochs on the last"))
+    chosen = fit(task.train, content, validation=None if epochs else task, epochs=epochs, model_config=tower_config,
+                 train_config=config.train, show_progress=show_progress)
+    seconds["tower_holdout"] = round(time.perf_counter() - began, 1)
+
+    began = time.perf_counter()
+    held = fit_sources(task.train, retriever_of(chosen.model, task.train), config.covisitation)
+    requests = candidates(held, task.history())
+    log(f"reranker: LightGBM LambdaRank on {len(task.users):,} requests (the target among the candidates for "
+        f"{candidate_recall(requests, task.targets):.1%})")
+    ranker, valid_ndcg = fit_ranker([(requests, task.targets)], rounds=rounds, threads=config.threads)
+    seconds["ranker"] = round(time.perf_counter() - began, 1)
+
+    began = time.perf_counter()
+    log(f"refit: the tower for {chosen.epochs} epochs on every item")
+    refit = fit(sequences, content, epochs=chosen.epochs, model_config=tower_config, train_config=config.train, show_progress=show_progress)
+    sources = fit_sources(sequences, retriever_of(refit.model, sequences), config.covisitation)
+    seconds["refit"] = round(time.perf_counter() - began, 1)
+    holdout = {"users": int(len(task.users)), "tower": chosen.summary()["validation"], "ranker_valid_ndcg@10": valid_ndcg,
+               "candidate_recall": candidate_recall(requests, task.targets)}
+    return NextItemFit(sources, ranker, chosen.epochs, int(ranker.num_trees()), tower_config, holdout, seconds, chosen.curve)
+
+
+def retriever_of(model: Any, sequences: Sequences) -> SequenceRetriever:
+    """The served form of a fitted tower: its item vectors (items without training interactions via content) and index."""
+    known = np.bincount(sequences.items, minlength=sequences.n_items) > 0
+    return SequenceRetriever.of(model, [str(i) for i in sequences.item_ids], known)
+
+
+def ranked(sources: CandidateSources, ranker: Any, histories: Sequence[np.ndarray], depth: int = LIST_DEPTH) -> np.ndarray:
+    """[users, depth] the reranked candidates of each history (-1 padded): what serving answers, offline."""
+    found = candidates(sources, histories)
+    return order_by(found, -ranker.predict(found.features[list(FEATURE_NAMES)], num_threads=1), depth)
+
+
+def candidate_recall(found: Candidates, targets: np.ndarray) -> float:
+    """Share of requests whose target is among their candidates: the ceiling of any rerank."""
+    return round(float(np.mean([(row == t).any() for row, t in zip(found.rows, targets)])), 5) if len(targets) else 0.0
+
+
+def fit_ranker(requests: list[tuple[Candidates, np.ndarray]], *, rounds: int | None = None, threads: int = 2) -> tuple[Any, float | None]:
+    """LightGBM LambdaRank over the candidates of requests whose target is among them (label: the target).
+
+    Args:
+        requests: (candidates, targets) per set of requests.
+        rounds: train exactly this many rounds on every request; None: stop early on RANKER_HOLDOUT of them.
+
+    Returns:
+        The booster and its NDCG@10 on the early-stopping requests (None when `rounds` is given).
+    """
+    import lightgbm as lgb
+
+    frames, labels, groups, holdouts = [], [], [], []
+    rng = np.random.default_rng(0)
+    for found, targets in requests:
+        label = (found.items == targets[found.users]).astype(np.int32)
+        has_positive = np.bincount(found.users, weights=label, minlength=len(found.rows)) > 0
+        keep = has_positive[found.users]
+        frames.append(found.features.loc[keep, list(FEATURE_NAMES)])
+        labels.append(label[keep])
+        groups.append(np.bincount(found.users[keep], minlength=len(found.rows))[has_positive])
+        # Drawn for every request, positive or not, so a set of requests always splits the same way.
+        holdouts.append((rng.random(len(found.rows)) < RANKER_HOLDOUT)[has_positive])
+    features = pd.concat(frames, ignore_index=True)
+    label, group, holdout = np.concatenate(labels), np.concatenate(groups), np.concatenate(holdouts)
+    if not len(group):
+        raise InvalidInput("reranker: no request has its target among the candidates; nothing to learn an order from")
+    params = {**RANKER_PARAMS, "num_threads": threads}
+    if rounds is not None:
+        everything = lgb.Dataset(features, label, group=group, free_raw_data=False)
+        return lgb.train(params, everything, num_boost_round=max(rounds, 1)), None
+    in_holdout = np.repeat(holdout, group)
+    train = lgb.Dataset(features[~in_holdout], label[~in_holdout], group=group[~holdout], free_raw_data=False)
+    valid = lgb.Dataset(features[in_holdout], label[in_holdout], group=group[holdout], free_raw_data=False)
+    booster = lgb.train(params, train, num_boost_round=RANKER_ROUNDS, valid_sets=[valid],
+                        callbacks=[lgb.early_stopping(RANKER_PATIENCE, verbose=False)])
+    best = booster.best_score.get("valid_0", {}).get("ndcg@10")
+    return booster, None if best is None else round(float(best), 5)
+
+
+def _logger(show: bool) -> Any:
+    def log(message: str) -> None:
+        if show:
+            print(message, file=sys.stderr, flush=True)
+
+    return log
