@@ -473,9 +473,10 @@ def _fit_matrix(offsets: np.ndarray, items: np.ndarray, n_items: int, counts: np
 def _csr(index: pd.Index, ids: Sequence[Any], scores: Sequence[Any]) -> sp.csr_matrix:
     """[items, items] float32 CSR from per-row neighbour ids and scores; unknown ids dropped, columns ascending."""
     lengths = np.array([0 if row is None else len(row) for row in ids], dtype=np.int64)
-    flat_ids = [str(i) for row in ids if row is not None for i in row]
-    flat_scores = np.array([v for row in scores if row is not None for v in row], dtype=np.float32)
-    columns = index.get_indexer(flat_ids) if flat_ids else np.zeros(0, dtype=np.int64)
+    filled = [n for n, length in enumerate(lengths) if length]
+    flat_ids = np.concatenate([np.asarray(ids[n], dtype=object) for n in filled]) if filled else np.zeros(0, dtype=object)
+    flat_scores = np.concatenate([np.asarray(scores[n], dtype=np.float32) for n in filled]) if filled else np.zeros(0, np.float32)
+    columns = index.get_indexer(flat_ids.astype(str)) if len(flat_ids) else np.zeros(0, dtype=np.int64)
     rows = np.repeat(np.arange(len(index)), lengths)
     known = columns >= 0
     matrix = sp.csr_matrix((flat_scores[known], (rows[known], columns[known])), shape=(len(index), len(index)), dtype=np.float32)

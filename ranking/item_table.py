@@ -34,7 +34,15 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 # Item views that the ranker's ItemTable reads (stats and the CLIP vector).
-ITEM_VIEWS: tuple[str, ...] = ("item_stats", "item_embedding")
+TABLE_VIEWS: tuple[str, ...] = ("item_stats", "item_embedding")
+# The next-item sources' item view: co-visitation neighbours and how many sequences hold the item.
+NEIGHBOURS_VIEW = "item_covisitation"
+# Every item view serving reads in bulk: a new materialization of any of them rebuilds the table.
+ITEM_VIEWS: tuple[str, ...] = (*TABLE_VIEWS, NEIGHBOURS_VIEW)
+# Items whose neighbour lists are read and turned into arrays at once: one pipeline of the bulk
+# reader's size, so that the Python lists of only this many items exist at a time (the whole
+# table of a 100k-item shop as Python objects would take gigabytes).
+NEIGHBOUR_CHUNK = 2_000
 # An item needs this many views in 30 days before its 7d/30d trend means anything: below it, one
 # view more or less swings the ratio wildly and a brand-new item would "trend" on two visits.
 MIN_TREND_VIEWS_30D = 20
@@ -56,6 +64,7 @@ class ServingItems:
         categories: (n,) item category, None when unknown (category filter).
         cold_start: (n,) row indices, best first: popular and trending items interleaved, then
             items without statistics (newest first).
+        neighbours: the `item_covisitation` rows of the items, when that view is materialized.
     """
 
     version: str
@@ -63,6 +72,7 @@ class ServingItems:
     titles: np.ndarray
     categories: np.ndarray
     cold_start: np.ndarray
+    neighbours: "Neighbours | None" = None
     # Cold-start order per requested category, computed on first use (a 100k-item mask costs ~1 ms).
     _cold_by_category: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -90,6 +100,53 @@ class ServingItems:
             if len(self._cold_by_category) < MAX_CACHED_CATEGORIES:
                 self._cold_by_category[category] = cached
         return cached
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Each table row's `item_covisitation` values as arrays (empty where the item has none).
+
+    Attributes:
+        cooc_ids, next_ids: per row, neighbour ids (object arrays), best first.
+        cooc_scores, next_scores: per row, their float32 scores.
+        sequence_users: (n,) how many users' sequences hold the item (0 where unknown).
+    """
+
+    cooc_ids: list[np.ndarray]
+    cooc_scores: list[np.ndarray]
+    next_ids: list[np.ndarray]
+    next_scores: list[np.ndarray]
+    sequence_users: np.ndarray
+
+    def at(self, rows: np.ndarray) -> "Neighbours":
+        """The values of `rows` (table rows; -1 = an item the table lacks, which gets none)."""
+        empty_ids, empty_scores = np.zeros(0, dtype=object), np.zeros(0, dtype=np.float32)
+
+        def pick(values: list[np.ndarray], empty: np.ndarray) -> list[np.ndarray]:
+            return [values[r] if r >= 0 else empty for r in rows]
+
+        return Neighbours(pick(self.cooc_ids, empty_ids), pick(self.cooc_scores, empty_scores), pick(self.next_ids, empty_ids),
+                          pick(self.next_scores, empty_scores), np.where(rows >= 0, self.sequence_users[np.maximum(rows, 0)], 0))
+
+
+def read_neighbours(
+    store: "FeatureStore", ids: Sequence[str], *, online: OnlineKind | None = None, as_of: datetime | None = None
+) -> Neighbours:
+    """The `item_covisitation` rows of `ids` from the online store, NEIGHBOUR_CHUNK items at a time."""
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in ("cooc_item_ids", "cooc_scores", "next_item_ids", "next_scores")}
+    users = np.zeros(len(ids), dtype=np.int64)
+    reader = open_reader(store, "item_id", (NEIGHBOURS_VIEW,), online=online, bulk=True)
+    try:
+        for start in range(0, len(ids), NEIGHBOUR_CHUNK):
+            for n, row in enumerate(reader.read(list(ids[start : start + NEIGHBOUR_CHUNK]), now=as_of), start=start):
+                row = row or {}
+                for name, values in columns.items():
+                    kind = object if name.endswith("ids") else np.float32
+                    values.append(np.asarray(row.get(name) or [], dtype=kind))
+                users[n] = int(row.get("sequence_users") or 0)
+    finally:
+        reader.close()
+    return Neighbours(columns["cooc_item_ids"], columns["cooc_scores"], columns["next_item_ids"], columns["next_scores"], users)
 
 
 # What `materialization_version` says of a view that is not in the registry.
@@ -143,7 +200,7 @@ def load_serving_items(
     version = _version(ends)
     ids = catalog["item_id"].astype(str).tolist()
     frame = pd.DataFrame({"item_id": ids})
-    present = [name for name, end in ends.items() if end != ABSENT]
+    present = [name for name, end in ends.items() if end != ABSENT and name in TABLE_VIEWS]
     if present and ids:
         reader = open_reader(store, "item_id", present, online=online, bulk=True)
         try:
@@ -163,12 +220,14 @@ def load_serving_items(
     categories = frame["category"].astype(object).where(frame["category"].notna(), None).to_numpy() if "category" in frame.columns else np.full(len(frame), None, dtype=object)
     titles = catalog["title"].astype(str).to_numpy(dtype=object) if "title" in catalog.columns else table.item_ids
     created = pd.to_datetime(catalog["created_at"], utc=True) if "created_at" in catalog.columns else None
+    neighbours = read_neighbours(store, ids, online=online, as_of=as_of) if ends.get(NEIGHBOURS_VIEW, ABSENT) != ABSENT and ids else None
     return ServingItems(
         version=version,
         table=table,
         titles=titles,
         categories=categories,
         cold_start=cold_start_order(frame, created),
+        neighbours=neighbours,
     )
 
 

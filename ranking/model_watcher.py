@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from ranking.item_table import materialization_version
 from ranking.online_features import Freshness, StaleView, open_reader, stale_reason
-from ranking.recommender import USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle, load_items, read_freshness
+from ranking.recommender import SERVED_VIEWS, USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle, load_items, read_freshness
 from vitrine.errors import VitrineError
 from vitrine.options import OnlineKind
 from vitrine.paths import DataDir
@@ -146,7 +146,9 @@ class ModelWatcher:
         """Check the registries once; load and swap when something changed. True when a swap happened."""
         try:
             probe = self.probe()
-            freshness = read_freshness(self.store)
+            live = self.state.recommender.bundle if self.state.recommender else None
+            # The views of the bundle in service (all served views before the first one loads).
+            freshness = read_freshness(self.store, live.views if live else SERVED_VIEWS)
         except Exception as exc:  # the tracking DB itself is unreachable: keep serving, say why
             self._refuse(None, f"cannot read the model registry: {exc}")
             return False
@@ -163,12 +165,14 @@ class ModelWatcher:
             self._refuse(probe, f"{type(exc).__name__}: {exc}")
             return False
         self._install(bundle, probe)
+        if live is None or live.views != bundle.views:
+            self._observe(read_freshness(self.store, bundle.views))  # the new bundle reads other views
         return True
 
     def _build(self, probe: Probe) -> ModelBundle:
         """The bundle for `probe`, reusing the live parts whose versions did not change."""
         from ranking.reranker import Reranker
-        from ranking.retriever import Retriever
+        from ranking.retriever import retriever_from_registry
 
         if not probe.retriever or not probe.ranker:
             missing = [name for name, v in ((RETRIEVER_MODEL, probe.retriever), (RANKER_MODEL, probe.ranker)) if not v]
@@ -176,7 +180,7 @@ class ModelWatcher:
         live = self.state.recommender.bundle if self.state.recommender else None
         loaded = self.state.loaded
         same = live is not None and loaded is not None
-        retriever = live.retriever if same and loaded.retriever == probe.retriever else Retriever.from_registry(self.data, alias=self.alias)  # type: ignore[union-attr]
+        retriever = live.retriever if same and loaded.retriever == probe.retriever else retriever_from_registry(self.data, alias=self.alias)  # type: ignore[union-attr]
         reranker = live.reranker if same and loaded.ranker == probe.ranker else Reranker.from_registry(self.data, alias=self.alias)  # type: ignore[union-attr]
         items = live.items if same and loaded.items == probe.items else load_items(self.data, self.store, online=self.online, as_of=self.state.as_of)  # type: ignore[union-attr]
         return check_bundle(ModelBundle(retriever, reranker, items))

@@ -111,12 +111,18 @@ def candidates(sources: CandidateSources, histories: Sequence[np.ndarray]) -> Ca
     """The union of every source's candidates per history, with the reranker's features."""
     vectors = sources.retriever.vectors_of(histories)
     lists = source_lists(sources, histories, vectors)
-    union = [_union(*(lists[s][u] for s in SOURCES)) for u in range(len(histories))]
-    width = max((len(u) for u in union), default=0)
-    rows = np.full((len(union), max(width, 1)), -1, dtype=np.int64)
+    rows = union_rows(lists)
+    return Candidates(rows, *candidate_features(sources, histories, vectors, rows, lists))
+
+
+def union_rows(lists: dict[str, np.ndarray]) -> np.ndarray:
+    """[users, C] the distinct rows of every source's list per user, first met first (sources in SOURCES order), -1 padded."""
+    users = len(lists[SOURCES[0]])
+    union = [_union(*(lists[s][u] for s in SOURCES)) for u in range(users)]
+    rows = np.full((users, max((len(u) for u in union), default=0) or 1), -1, dtype=np.int64)
     for n, items in enumerate(union):
         rows[n, : len(items)] = items
-    return Candidates(rows, *candidate_features(sources, histories, vectors, rows, lists))
+    return rows
 
 
 def candidate_features(

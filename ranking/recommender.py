@@ -3,9 +3,15 @@
 Per request, in this order (each stage is timed; the service exports the timings per stage):
 
 1. `features`   one online read of the user's Feast features (`ranking.online_features`);
-2. `retrieve`   user tower + FAISS search for `CANDIDATES` items (`ranking.retriever.Retriever`);
-3. `rank_features` item-side features by numpy indexing into the in-process item table
-                (`ranking.item_table`), user-side from the online row (`ranking.ranker_features`);
+2. `retrieve`   the candidates. A next-item bundle (a sequence retriever and a next-item ranker,
+                what the pipeline trains) asks three sources about the user's sequence: the sequence
+                tower + FAISS, co-visitation neighbours of the last items, the popular items
+                (`ranking.next_item`); a two-tower bundle runs its user tower + FAISS for
+                `CANDIDATES` items (`ranking.retriever.Retriever`);
+3. `rank_features` the ranker's features: for next-item candidates `ranking.next_item.candidate_features`
+                (the function training used); for two-tower candidates item-side features indexed
+                from the in-process item table (`ranking.item_table`), user-side from the online row
+                (`ranking.ranker_features`);
 4. `score`      LightGBM (`ranking.reranker.Reranker`, one thread);
 5. `filter`     business rules: drop purchased items, keep the requested category, pad from the
                 cold-start list so that k items come back whenever the catalog has k eligible ones.
@@ -47,7 +53,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from feature_repo.columns import names
 from ranking.item_table import ABSENT, ITEM_VIEWS, ServingItems, load_serving_items, materialization_ends
+from ranking.next_item import FEATURE_NAMES as NEXT_ITEM_FEATURES
+from ranking.next_item import SOURCES, CandidateSources, candidate_features, source_lists, union_rows
 from ranking.online_features import (
     Freshness,
     OnlineFeatureReader,
@@ -66,6 +75,7 @@ from vitrine.paths import DataDir
 if TYPE_CHECKING:
     from ranking.reranker import Reranker
     from ranking.retriever import Retriever
+    from ranking.sequence_retriever import SequenceRetriever
 
 # Candidates the retriever hands to the ranker: enough that the ranker's reordering matters and the
 # business filters rarely run short, few enough that features + LightGBM stay ~1 ms per request.
@@ -86,10 +96,16 @@ MAX_CATEGORY_LENGTH = 200
 # CANDIDATES), but by at most this much: a user with thousands of purchases must not turn one request into
 # a catalog scan (and HNSW's efSearch, raised to the widest k ever asked, would stay high for everyone).
 MAX_PURCHASE_SLACK = CANDIDATES
-# Feature views keyed by user that the retriever and the ranker read.
-USER_VIEWS: tuple[str, ...] = ("user_stats", "user_recent_items")
-# Every view an answer depends on: whose staleness degrades answers.
+# Feature views keyed by user that the retrievers and the rankers read.
+USER_VIEWS: tuple[str, ...] = ("user_stats", "user_recent_items", "user_sequence")
+# Every view an answer may depend on (whose staleness degrades answers), and those of each kind of bundle:
+# next-item answers read the sequence and the neighbours (item_stats orders the cold-start list), two-tower
+# answers the stats, the recent items and the item vectors.
 SERVED_VIEWS: tuple[str, ...] = USER_VIEWS + ITEM_VIEWS
+NEXT_ITEM_VIEWS: tuple[str, ...] = ("user_sequence", "item_covisitation", "item_stats")
+TWO_TOWER_VIEWS: tuple[str, ...] = ("user_stats", "user_recent_items", "item_stats", "item_embedding")
+# A two-tower user is known when one of its views has a fresh value for them.
+TWO_TOWER_USER_FEATURES: frozenset[str] = frozenset((*names("user_stats"), *names("user_recent_items")))
 STAGES: tuple[str, ...] = ("features", "retrieve", "rank_features", "score", "filter")
 
 
@@ -114,6 +130,8 @@ class Recommendation:
         retriever_score: the two-tower cosine score, None for items that did not come from retrieval.
         source: "ranked" (retrieved and reranked) or "popular" (cold start or padding).
         reasons: the top `REASONS_PER_ITEM` feature contributions, empty for popular items.
+        sources: the candidate sources that proposed a ranked item ("tower", "covisitation",
+            "popular" for next-item bundles, "retriever" for two-tower ones).
     """
 
     item_id: str
@@ -122,6 +140,7 @@ class Recommendation:
     retriever_score: float | None
     source: str
     reasons: tuple[Reason, ...] = ()
+    sources: tuple[str, ...] = ()
 
 
 class RecommendationList(list[Recommendation]):
@@ -162,26 +181,37 @@ class ModelBundle:
     """Everything one answer is computed from, swapped as one unit.
 
     Args:
-        retriever: the user tower + ANN index (`ranking.retriever.Retriever`).
-        reranker: the LightGBM ranker (`ranking.reranker.Reranker`).
+        retriever: the user tower + ANN index: a sequence tower (`ranking.sequence_retriever`) or a
+            two-tower one (`ranking.retriever.Retriever`).
+        reranker: the LightGBM ranker (`ranking.reranker.Reranker`) of the same kind.
         items: the in-process item table at one materialization.
 
     Attributes:
         index_ids: (n_index,) the item id of each ANN index row, as an array for fancy indexing.
         index_rows: (n_index,) the item-table row of each ANN index row, -1 for items no longer in the
             catalog; computed once per bundle so that a request maps candidates with numpy only.
+        sources: the next-item sources in the sequence retriever's rows (co-visitation and
+            popularity rebuilt from the item table's `item_covisitation` values); None for two-tower.
     """
 
-    retriever: "Retriever"
+    retriever: "Retriever | SequenceRetriever"
     reranker: "Reranker"
     items: ServingItems
     index_ids: np.ndarray = field(init=False, repr=False)
     index_rows: np.ndarray = field(init=False, repr=False)
+    sources: CandidateSources | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         ids = np.asarray(self.retriever.item_ids, dtype=object)
         object.__setattr__(self, "index_ids", ids)
         object.__setattr__(self, "index_rows", self.items.table.positions(ids))
+        if self.retriever.kind == "sequence":
+            object.__setattr__(self, "sources", next_item_sources(self.retriever, self.items, self.index_rows))  # type: ignore[arg-type]
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The feature views this bundle's answers read."""
+        return NEXT_ITEM_VIEWS if self.sources is not None else TWO_TOWER_VIEWS
 
     @property
     def versions(self) -> dict[str, str]:
@@ -190,6 +220,23 @@ class ModelBundle:
             "ranker": str(self.reranker.version),
             "items": self.items.version,
         }
+
+
+def next_item_sources(retriever: "SequenceRetriever", items: ServingItems, table_rows: np.ndarray) -> CandidateSources:
+    """The next-item sources in the retriever's rows: its tower and index, plus co-visitation and
+    popularity from the online store's `item_covisitation` values (`feature_repo.covisitation.CoVisitation.from_neighbours`).
+
+    Raises:
+        ModelUnavailable: the view is not materialized (the sources cannot be served).
+    """
+    from feature_repo.covisitation import CoVisitation
+
+    if items.neighbours is None:
+        raise ModelUnavailable("the item_covisitation view is not materialized: run `vitrine features build` and "
+                               "`vitrine features materialize` (the next-item sources read it)")
+    found = items.neighbours.at(table_rows)
+    covisitation = CoVisitation.from_neighbours(retriever.item_ids, (found.cooc_ids, found.cooc_scores), (found.next_ids, found.next_scores))
+    return CandidateSources(retriever, covisitation, found.sequence_users.astype(np.float32))
 
 
 def serving_threads() -> None:
@@ -352,7 +399,7 @@ class Recommender:
         store = open_feature_store(data, online)
         bundle = load_bundle(data, store, alias=alias, online=online, as_of=as_of)
         users = open_reader(store, "user_id", USER_VIEWS, online=online)
-        return cls(bundle, users, Purchases.from_shop(data), candidates=candidates, as_of=as_of, freshness=read_freshness(store))
+        return cls(bundle, users, Purchases.from_shop(data), candidates=candidates, as_of=as_of, freshness=read_freshness(store, bundle.views))
 
     def recommend(
         self, user_id: str, k: int = 20, *, exclude_purchased: bool = True, category: str | None = None, explain: bool = True
@@ -401,21 +448,13 @@ class Recommender:
         reason = "; ".join(p for p in problems if p) or None
         timer.lap("features")
 
-        known = [n for n, row in enumerate(rows) if row is not None]
         bought = [self.purchases.of(u) if exclude_purchased else frozenset() for u in ids]
-        candidates: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        if known:
-            # Plain dicts, not a DataFrame: building one costs more than the user tower (see `encode_users`).
-            frame = [{**rows[n], "user_id": ids[n]} for n in known]  # type: ignore[dict-item]
-            slack = min(max(len(bought[n]) for n in known), MAX_PURCHASE_SLACK)
-            found = retrieve(bundle, frame, self.candidates, slack)
-            candidates = {n: shortlist(*found[i], bought[n], self.candidates) for i, n in enumerate(known)}
-        timer.lap("retrieve")
-
-        matrices = {
-            n: build_features(bundle.items.table, UserContext.from_features(rows[n] or {}), *candidates[n]) for n in candidates
-        }
-        timer.lap("rank_features")
+        if bundle.sources is not None:
+            candidates, matrices = next_item_candidates(bundle.sources, bundle, rows, timer)
+            cold = [n not in candidates for n in range(len(ids))]  # no sequence: nothing to go on
+        else:
+            candidates, matrices = two_tower_candidates(bundle, rows, ids, bought, self.candidates, timer)
+            cold = [n not in candidates for n in range(len(ids))]
         scores = score_requests(bundle.reranker, matrices)
         timer.lap("score")
 
@@ -423,10 +462,9 @@ class Recommender:
         results = []
         for n, user_id in enumerate(ids):
             picked = self._pick(bundle, candidates.get(n), scores.get(n), matrices.get(n), k, bought[n], allowed, category, explain)
-            cold = rows[n] is None
             results.append(
                 RecommendationList(
-                    picked, user_id=user_id, cold_start=cold, degraded=reason is not None, reason=reason, versions=bundle.versions
+                    picked, user_id=user_id, cold_start=cold[n], degraded=reason is not None, reason=reason, versions=bundle.versions
                 )
             )
         timer.lap("filter")
@@ -437,7 +475,7 @@ class Recommender:
     def _pick(
         self,
         bundle: ModelBundle,
-        candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        candidates: "Found | None",
         scores: np.ndarray | None,
         matrix: np.ndarray | None,
         k: int,
@@ -451,10 +489,12 @@ class Recommender:
         out: list[Recommendation] = []
         taken: set[str] = set()
         if candidates is not None and scores is not None and matrix is not None and len(scores):
-            ids, retriever_scores, positions = candidates
+            ids, retriever_scores, positions, tags = candidates
             keep = positions >= 0  # items that left the catalog since the index was built
             if allowed is not None:
                 keep &= allowed[np.where(keep, positions, 0)]
+            if bought:  # older purchases than the served sequence holds (two-tower lists are already without them)
+                keep &= np.fromiter((i not in bought for i in ids), dtype=bool, count=len(ids))
             ranked = np.argsort(-scores, kind="stable")
             order = ranked[keep[ranked]][:k].tolist()
             reasons = explain_rows(bundle.reranker, matrix[order]) if explain and order else [()] * len(order)
@@ -468,6 +508,7 @@ class Recommender:
                         retriever_score=float(retriever_scores[o]),
                         source="ranked",
                         reasons=why,
+                        sources=tags[o],
                     )
                 )
         if len(out) < k:
@@ -484,6 +525,67 @@ class Recommender:
         return out
 
 
+# One user's candidates: item ids, retriever scores, item-table rows and the sources that proposed each.
+Found = tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, ...]]]
+
+
+def next_item_candidates(
+    sources: CandidateSources, bundle: ModelBundle, rows: Sequence[Mapping[str, Any] | None], timer: "_Timer"
+) -> tuple[dict[int, Found], dict[int, np.ndarray]]:
+    """Candidates and ranker matrices of the users with a sequence, by user position (`ranking.next_item`).
+
+    The sources, union and features are the functions training used, run on the users of this call
+    (one user or a batch: a user's numbers do not depend on the others, tested).
+    """
+    retriever = sources.retriever
+    histories_of = retriever.histories([None if row is None else row.get("sequence_item_ids") for row in rows])
+    users = [n for n, history in enumerate(histories_of) if len(history)]
+    if not users:
+        timer.lap("retrieve")
+        timer.lap("rank_features")
+        return {}, {}
+    histories = [histories_of[n] for n in users]
+    vectors = retriever.vectors_of(histories)
+    lists = source_lists(sources, histories, vectors)
+    union = union_rows(lists)
+    timer.lap("retrieve")
+    frame, owners, items = candidate_features(sources, histories, vectors, union, lists)
+    matrix = frame[list(NEXT_ITEM_FEATURES)].to_numpy(dtype=np.float32)
+    proposed = np.stack([frame[f"{name}_rank"].notna().to_numpy() for name in SOURCES], axis=1)
+    tower = frame["tower_score"].to_numpy(dtype=np.float32)
+    bounds = np.searchsorted(owners, np.arange(len(users) + 1))  # feature rows are user-major
+    candidates: dict[int, Found] = {}
+    matrices: dict[int, np.ndarray] = {}
+    for i, n in enumerate(users):
+        part = slice(bounds[i], bounds[i + 1])
+        found = items[part]
+        tags = [tuple(name for name, on in zip(SOURCES, row) if on) for row in proposed[part]]
+        candidates[n] = (bundle.index_ids[found], tower[part], bundle.index_rows[found], tags)
+        matrices[n] = matrix[part]
+    timer.lap("rank_features")
+    return candidates, matrices
+
+
+def two_tower_candidates(
+    bundle: ModelBundle, rows: Sequence[Mapping[str, Any] | None], ids: Sequence[str], bought: Sequence[frozenset[str]], n: int, timer: "_Timer"
+) -> tuple[dict[int, Found], dict[int, np.ndarray]]:
+    """The two-tower retriever's shortlist of `n` candidates per known user and their session-ranker matrices."""
+    known = [u for u, row in enumerate(rows) if row is not None and any(row.get(f) is not None for f in TWO_TOWER_USER_FEATURES)]
+    candidates: dict[int, Found] = {}
+    if known:
+        # Plain dicts, not a DataFrame: building one costs more than the user tower (see `encode_users`).
+        frame = [{**rows[u], "user_id": ids[u]} for u in known]  # type: ignore[dict-item]
+        slack = min(max(len(bought[u]) for u in known), MAX_PURCHASE_SLACK)
+        found = retrieve(bundle, frame, n, slack)
+        for i, u in enumerate(known):
+            shortlisted = shortlist(*found[i], bought[u], n)
+            candidates[u] = (*shortlisted, [("retriever",)] * len(shortlisted[0]))
+    timer.lap("retrieve")
+    matrices = {u: build_features(bundle.items.table, UserContext.from_features(rows[u] or {}), *c[:3]) for u, c in candidates.items()}
+    timer.lap("rank_features")
+    return candidates, matrices
+
+
 def retrieve(
     bundle: ModelBundle, frame: Sequence[Mapping[str, Any]] | pd.DataFrame, n: int, slack: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -495,7 +597,9 @@ def retrieve(
     Items no longer in the catalog are dropped here; FAISS's -1 padding never leaves `ann.search`.
     """
     from ranking.ann import search
+    from ranking.retriever import Retriever
 
+    assert isinstance(bundle.retriever, Retriever), "two-tower candidates need a two-tower retriever"
     vectors = bundle.retriever.user_vectors(frame)
     found_rows, found_scores = search(bundle.retriever.index, vectors, n + slack)
     out = []
@@ -585,9 +689,9 @@ def load_bundle(
     The item table's features are judged fresh or stale at `as_of` (None: the wall clock).
     """
     from ranking.reranker import Reranker
-    from ranking.retriever import Retriever
+    from ranking.retriever import retriever_from_registry
 
-    retriever = Retriever.from_registry(data, alias=alias)
+    retriever = retriever_from_registry(data, alias=alias)
     reranker = Reranker.from_registry(data, alias=alias)
     return check_bundle(ModelBundle(retriever, reranker, load_items(data, store, online=online, as_of=as_of)))
 
@@ -622,20 +726,29 @@ def check_bundle(bundle: ModelBundle) -> ModelBundle:
 
     Raises:
         ModelUnavailable: the retriever's index does not match its item ids, its vectors have another
-            dimension than its user tower, or the ranker's features differ from what this code builds.
+            dimension than its user tower, the ranker ranks another kind of candidates, or its features
+            differ from what this code builds.
     """
-    from ranking.reranker import feature_list_difference
+    from ranking.reranker import FEATURES_OF, NEXT_ITEM, SESSION, feature_list_difference
+    from ranking.retriever import Retriever
 
     retriever = bundle.retriever
     index_dim = int(retriever.index.d)
     if retriever.index.ntotal != len(retriever.item_ids):
         raise ModelUnavailable(f"retriever {retriever.version}: {retriever.index.ntotal} index rows for {len(retriever.item_ids)} item ids")
-    probe = retriever.user_vectors(pd.DataFrame({"user_id": ["__probe__"]}))
+    if isinstance(retriever, Retriever):
+        probe = retriever.user_vectors(pd.DataFrame({"user_id": ["__probe__"]}))
+    else:
+        probe = retriever.vectors_of([np.zeros(1, dtype=np.int64)])
     if probe.shape[1] != index_dim:
         raise ModelUnavailable(
             f"retriever {retriever.version}: user tower gives {probe.shape[1]}-d vectors, index holds {index_dim}-d"
         )
-    difference = feature_list_difference(tuple(bundle.reranker.feature_names))
+    wanted = NEXT_ITEM if retriever.kind == "sequence" else SESSION
+    if bundle.reranker.kind != wanted:
+        raise ModelUnavailable(f"ranker {bundle.reranker.version} ranks {bundle.reranker.kind} candidates; "
+                               f"a {retriever.kind} retriever needs a {wanted} ranker")
+    difference = feature_list_difference(tuple(bundle.reranker.feature_names), FEATURES_OF[wanted])
     if difference is not None:
         raise ModelUnavailable(f"ranker {bundle.reranker.version}: {difference}")
     known = bundle.items.table.positions(retriever.item_ids[: min(len(retriever.item_ids), 1000)])

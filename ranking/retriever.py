@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ from ranking.user_tower import UserTower
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, RETRIEVER_MODEL
+
+if TYPE_CHECKING:
+    from ranking.sequence_retriever import SequenceRetriever
 
 # Files of a retriever dir.
 CONFIG_FILE = "config.json"
@@ -131,6 +134,8 @@ class Retriever:
         .item_ids   catalog item id of each index row
     """
 
+    kind = "two-tower"
+
     def __init__(
         self, model: TwoTower, spec: InputSpec, item_ids: list[str], index: Any, config: dict[str, Any], version: str
     ) -> None:
@@ -167,18 +172,10 @@ class Retriever:
         Example:
             retriever = Retriever.from_registry(DataDir.resolve(), alias="champion")
         """
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        from vitrine.tracking import configure
-
-        configure(data)
-        try:
-            found = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-            local = mlflow.artifacts.download_artifacts(artifact_uri=found.source)
-        except MlflowException as exc:
-            raise ModelUnavailable(f"model registry: no {name}@{alias} ({exc.message})") from exc
-        return cls.load(local, version=str(found.version))
+        found = retriever_from_registry(data, alias, name)
+        if not isinstance(found, Retriever):
+            raise ModelUnavailable(f"{name}@{alias} is a {found.kind} retriever; this needs a two-tower one")
+        return found
 
     def user_vectors(self, frame: FeatureRows) -> np.ndarray:
         """[N, d] unit-norm vectors of the users in `frame` (user_id + retriever user features; a frame or dicts)."""
@@ -221,3 +218,31 @@ class Retriever:
             picked = [Candidate(self.item_ids[r], float(s)) for r, s in zip(found, score) if self.item_ids[r] not in skip]
             results.append(picked[:k])
         return results
+
+
+def load_retriever(path: str | Path, *, version: str | None = None) -> "Retriever | SequenceRetriever":
+    """The retriever in `path`, of whichever kind its config.json names (two-tower when it names none)."""
+    from ranking.sequence_retriever import SequenceRetriever, is_sequence_retriever
+
+    path = Path(path)
+    return SequenceRetriever.load(path, version=version) if is_sequence_retriever(path) else Retriever.load(path, version=version)
+
+
+def retriever_from_registry(data: DataDir, alias: str = CHAMPION_ALIAS, name: str = RETRIEVER_MODEL) -> "Retriever | SequenceRetriever":
+    """`name@alias` from the MLflow registry of `data`, of whichever kind it is.
+
+    Raises:
+        ModelUnavailable: no such alias, or its files do not load.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from vitrine.tracking import configure
+
+    configure(data)
+    try:
+        found = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=found.source)
+    except MlflowException as exc:
+        raise ModelUnavailable(f"model registry: no {name}@{alias} ({exc.message})") from exc
+    return load_retriever(local, version=str(found.version))

@@ -94,6 +94,7 @@ class ItemOut(BaseModel):
     score: float
     retriever_score: float | None
     source: Literal["ranked", "popular"]
+    sources: list[str] = []  # the candidate sources that proposed a ranked item (tower, covisitation, popular, retriever)
     reasons: list[ReasonOut]
 
 
@@ -142,6 +143,7 @@ def recommend_payload(result: RecommendationList, k: int) -> dict[str, Any]:
                 "score": _score(r.score),
                 "retriever_score": None if r.retriever_score is None else _score(r.retriever_score),
                 "source": r.source,
+                "sources": list(r.sources),
                 "reasons": [
                     {"feature": why.feature, "value": why.value, "contribution": _score(why.contribution)} for why in r.reasons
                 ],
