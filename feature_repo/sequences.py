@@ -129,13 +129,30 @@ class Sequences:
         """The same users with the last `drop_last` items of `users` (default: all) removed."""
         cut = np.zeros(len(self.user_ids), dtype=np.int64)
         cut[slice(None) if users is None else users] = drop_last
-        lengths = np.maximum(self.lengths - cut, 0)
+        return self.truncated_from(cut)
+
+    def truncated_to(self, counts: np.ndarray) -> "Sequences":
+        """The same users with only their first `counts[u]` items (what each knew at some moment)."""
+        return self.truncated_from(np.maximum(self.lengths - np.asarray(counts, dtype=np.int64), 0))
+
+    def truncated_from(self, drop: np.ndarray) -> "Sequences":
+        """The same users with their last `drop[u]` items removed (per-user counts)."""
+        lengths = np.maximum(self.lengths - np.asarray(drop, dtype=np.int64), 0)
         starts = self.offsets[:-1]
-        # Position of every kept item: its user's start plus its index among that user's kept items.
-        keep = np.repeat(starts, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+        keep = (np.repeat(starts, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))).astype(np.int64)
         offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        keep = keep.astype(np.int64)
         return Sequences(self.item_ids, self.user_ids, offsets, self.items[keep], None if self.moments is None else self.moments[keep])
+
+    def remapped(self, item_ids: Sequence[str] | np.ndarray) -> "Sequences":
+        """The same sequences in the rows of another catalog `item_ids`; items it lacks are dropped."""
+        ids = np.asarray([str(i) for i in item_ids], dtype=object)
+        if len(ids) == len(self.item_ids) and np.array_equal(ids, self.item_ids.astype(str)):
+            return Sequences(ids, self.user_ids, self.offsets, self.items, self.moments)
+        rows = pd.Index(ids).get_indexer(self.item_ids.astype(str))[self.items]
+        kept = rows >= 0
+        lengths = np.bincount(np.repeat(np.arange(len(self.user_ids)), self.lengths)[kept], minlength=len(self.user_ids))
+        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+        return Sequences(ids, self.user_ids, offsets, rows[kept].astype(np.int64), None if self.moments is None else self.moments[kept])
 
     def interactions(self) -> pd.DataFrame:
         """user (row), item (row), position: the long form, for count-based models."""

@@ -103,7 +103,7 @@ def source_lists(sources: CandidateSources, histories: Sequence[np.ndarray], vec
         vectors: [users, d] the tower's user vectors (`SequenceRetriever.vectors_of(histories)`).
     """
     covis_rows, _ = sources.covisitation.candidates_batch(histories, COVISIT_CANDIDATES)
-    return {"tower": _tower_top(sources.retriever, histories, vectors, TOWER_CANDIDATES), "covisitation": covis_rows,
+    return {"tower": tower_top(sources.retriever, histories, vectors, TOWER_CANDIDATES), "covisitation": covis_rows,
             "popular": _popular_top(sources.popularity, histories, POPULAR_CANDIDATES)}
 
 
@@ -158,7 +158,7 @@ def candidate_features(
     return frame, users, rows[valid]
 
 
-def _tower_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], vectors: np.ndarray, k: int) -> np.ndarray:
+def tower_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], vectors: np.ndarray, k: int) -> np.ndarray:
     """[users, k] the index's best rows per user vector, the history dropped (searched k + its length deep)."""
     out = np.full((len(histories), k), -1, dtype=np.int64)
     if not len(histories):

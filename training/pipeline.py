@@ -35,7 +35,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import mlflow
 import pandas as pd
@@ -95,8 +95,9 @@ class PipelineConfig:
     policy: PromotionPolicy = field(default_factory=PromotionPolicy)
     # MLflow experiment of the parent run.
     experiment: str = PIPELINE_EXPERIMENT
-    # Per-stage settings: "encoder" (TrainEncoderConfig), "retriever" (TrainConfig), "ranker"
-    # (RankerTrainConfig), each the stage's own config object, and "evaluate" ({"max_requests": n}).
+    # Per-stage settings: "encoder" (TrainEncoderConfig), "next_item" (NextItemConfig), "retriever"
+    # (TrainConfig), "ranker" (RankerTrainConfig), each the stage's own config object, and
+    # "evaluate" ({"max_requests": n}).
     # Absent: the stage's defaults.
     stage_configs: dict[str, Any] = field(default_factory=dict)
     # Show progress bars of the stages.
@@ -112,6 +113,11 @@ class PipelineConfig:
     # Online store the feast step materializes into: "sqlite" (embedded default) or "redis"
     # (`$VITRINE_REDIS`, host:port); the one the service reads.
     online: OnlineKind = "sqlite"
+    # What is trained and served: "next-item" (the sequence tower, co-visitation and popular
+    # sources and their reranker, `training.train_next_item`) or "two-tower" (the two-tower
+    # retriever and its session ranker). Stage settings: "next_item" (NextItemConfig), or
+    # "retriever" and "ranker" for two-tower.
+    recommender: Literal["next-item", "two-tower"] = "next-item"
 
 
 @dataclass
@@ -516,7 +522,27 @@ def _tag_challenger(ctx: StepContext, model: str, version: str) -> None:
     ctx.client.set_registered_model_alias(model, CHALLENGER_ALIAS, version)
 
 
+def train_next_item_step(ctx: StepContext) -> dict[str, Any]:
+    """Fit the next-item recommender on the events before the latest split; register its tower and ranker (challengers)."""
+    from training.train_next_item import NextItemConfig, train_next_item
+    from vitrine.tracking import RANKER_MODEL, RETRIEVER_MODEL
+
+    run = train_next_item(ctx.data, ctx.stage_config("next_item") or NextItemConfig(), end=split_time(ctx), show_progress=ctx.config.progress)
+    for model, version in run.versions.items():
+        _tag_challenger(ctx, model, version)
+    return {"model": RETRIEVER_MODEL, "version": run.versions[RETRIEVER_MODEL], "run_id": run.run_id,
+            "ranker_version": run.versions[RANKER_MODEL], "model_dir": str(run.model_dir), "epochs": run.fitted.epochs,
+            "rounds": run.fitted.rounds, "holdout": run.fitted.holdout, "seconds": run.fitted.seconds}
+
+
 def train_retriever_step(ctx: StepContext) -> dict[str, Any]:
+    """Train the retriever on the days before the latest split and register it (the next-item one brings its ranker)."""
+    if ctx.config.recommender == "next-item":
+        return train_next_item_step(ctx)
+    return train_two_tower_step(ctx)
+
+
+def train_two_tower_step(ctx: StepContext) -> dict[str, Any]:
     """Train the two-tower retriever on the days before the latest split and register it."""
     from dataclasses import replace
 
@@ -539,7 +565,16 @@ def train_retriever_step(ctx: StepContext) -> dict[str, Any]:
 
 
 def train_ranker_step(ctx: StepContext) -> dict[str, Any]:
-    """Train the LightGBM reranker on the challenger retriever's candidates, before the latest split."""
+    """Train the LightGBM reranker on the challenger retriever's candidates, before the latest split.
+
+    The next-item ranker was trained by the retriever step, on the candidates of the tower it held
+    each user's last item out from: this step records it.
+    """
+    if ctx.config.recommender == "next-item":
+        from vitrine.tracking import RANKER_MODEL
+
+        return {"model": RANKER_MODEL, "version": ctx.output("retriever", "ranker_version"), "run_id": ctx.output("retriever", "run_id"),
+                "best_iteration": ctx.output("retriever", "rounds"), "trained_by": "retriever step (next-item)"}
     from ranking.retriever import Retriever
     from training.train_ranker import RankerTrainConfig, RetrieverCandidates, train_ranker
     from vitrine.tracking import CHALLENGER_ALIAS, RANKER_MODEL
@@ -563,6 +598,45 @@ def train_ranker_step(ctx: StepContext) -> dict[str, Any]:
 
 def evaluate_models(ctx: StepContext) -> dict[str, Any]:
     """Challenger and current champion pairs, scored on the same latest time split."""
+    if ctx.config.recommender == "next-item":
+        return evaluate_next_item(ctx)
+    return evaluate_two_tower(ctx)
+
+
+def evaluate_next_item(ctx: StepContext) -> dict[str, Any]:
+    """The next-item challenger and champion, each served as at T, on every user's next new item after T."""
+    import tempfile
+
+    from training.promotion import champion_to_evaluate, champion_version
+    from training.split_evaluation import NextItemSplit, evaluate_next_item_pair, plot_recall_curves
+    from vitrine.errors import ModelUnavailable
+    from vitrine.tracking import CHALLENGER_ALIAS, RETRIEVER_MODEL
+
+    split = NextItemSplit.of(ctx.data, split_time(ctx))
+    challenger, challenger_curve = evaluate_next_item_pair(ctx.data, split, CHALLENGER_ALIAS)
+    curves = {"challenger": challenger_curve}
+    champion: dict[str, float] | None = None
+    champion_note = "no champion yet"
+    if champion_version(ctx.client, RETRIEVER_MODEL) is not None:
+        alias, champion_note = champion_to_evaluate(ctx.client)
+        try:
+            champion, curves["champion"] = evaluate_next_item_pair(ctx.data, split, alias)
+        except ModelUnavailable as exc:
+            # A champion of the other kind (two-tower) or one that no longer loads: the challenger is judged alone.
+            champion_note = f"champion not comparable: {exc}"
+    for role, figures in (("challenger", challenger), ("champion", champion or {})):
+        for name, value in figures.items():
+            ctx.client.log_metric(ctx.run_id, f"{role}.{name}", value)
+    with tempfile.TemporaryDirectory() as scratch:
+        plot = plot_recall_curves(curves, Path(scratch) / "recall_at_k.png", split.cutoff)
+        ctx.client.log_artifact(ctx.run_id, str(plot))
+    ctx.client.log_dict(ctx.run_id, {"challenger": challenger, "champion": champion, "curves": curves}, "evaluation.json")
+    return {"split_start": split.cutoff.isoformat(), "test_users": int(len(split.users)), "challenger": challenger,
+            "champion": champion, "champion_note": champion_note}
+
+
+def evaluate_two_tower(ctx: StepContext) -> dict[str, Any]:
+    """Challenger and current champion two-tower pairs, scored on the same latest time split."""
     import tempfile
 
     from training.promotion import champion_to_evaluate, champion_version
@@ -633,10 +707,50 @@ def refit_champion(ctx: StepContext) -> dict[str, Any]:
     (`training.promotion.install_refit`). Each refit version is tagged with the challenger version
     and run it was refit from. A rejected challenger is not refit: the champion stays.
     """
+    if ctx.config.recommender == "next-item":
+        return refit_next_item(ctx)
+    return refit_two_tower(ctx)
+
+
+def _install_refits(ctx: StepContext, refits: dict[str, str], refit_runs: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Tag each refit version with the challenger it is the refit of, then move `@champion` to the refits."""
+    from training.promotion import REFIT_OF_RUN, REFIT_OF_VERSION, install_refit
+    from vitrine.tracking import RANKER_MODEL, RETRIEVER_MODEL
+
+    validated = {RETRIEVER_MODEL: str(ctx.output("retriever", "version")), RANKER_MODEL: str(ctx.output("ranker", "version"))}
+    runs = {RETRIEVER_MODEL: str(ctx.output("retriever", "run_id")), RANKER_MODEL: str(ctx.output("ranker", "run_id"))}
+    last_day = str(ctx.output("validate", "last_event_day"))
+    for model, version in refits.items():
+        lineage = {REFIT_OF_VERSION: validated[model], REFIT_OF_RUN: runs[model], "split_start": "none: refit on every day",
+                   "trained_through": last_day}
+        _tag_lineage(ctx, model, version, lineage)
+        # Keyed by model: one run holds both models of a next-item refit.
+        ctx.client.log_param(refit_runs[model], f"{model}.{REFIT_OF_VERSION}", validated[model])
+        ctx.client.log_param(refit_runs[model], f"{model}.{REFIT_OF_RUN}", runs[model])
+    champions = install_refit(ctx.client, refits, validated)
+    console.print("  serving the refit: " + ", ".join(f"{m}@champion = v{v} (refit of v{validated[m]})" for m, v in refits.items()))
+    return champions, validated
+
+
+def refit_next_item(ctx: StepContext) -> dict[str, Any]:
+    """The promoted next-item configuration trained again on every day, same epochs and rounds, and served."""
+    from training.train_next_item import NextItemConfig, train_next_item
+
+    if not ctx.output("promote", "promote"):
+        return {"refit": False, "reason": "challenger not promoted: nothing refit, the champion stays"}
+    epochs, rounds = int(ctx.output("retriever", "epochs")), int(ctx.output("retriever", "rounds"))
+    run = train_next_item(ctx.data, ctx.stage_config("next_item") or NextItemConfig(), epochs=epochs, rounds=rounds,
+                          show_progress=ctx.config.progress)
+    champions, validated = _install_refits(ctx, dict(run.versions), {model: run.run_id for model in run.versions})
+    return {"refit": True, "versions": run.versions, "run_ids": {model: run.run_id for model in run.versions}, "refit_of": validated,
+            "champions": champions, "retriever_epochs": epochs, "ranker_rounds": rounds}
+
+
+def refit_two_tower(ctx: StepContext) -> dict[str, Any]:
+    """The promoted two-tower pair trained again through the last day, and served (see `refit_champion`)."""
     from dataclasses import replace
 
     from ranking.retriever import Retriever
-    from training.promotion import REFIT_OF_RUN, REFIT_OF_VERSION, install_refit
     from training.train_ranker import RankerRefit, RankerTrainConfig, RetrieverCandidates, train_ranker
     from training.train_retriever import TrainConfig, train_retriever
     from vitrine.tracking import RANKER_MODEL as RANKER
@@ -644,15 +758,13 @@ def refit_champion(ctx: StepContext) -> dict[str, Any]:
 
     if not ctx.output("promote", "promote"):
         return {"refit": False, "reason": "challenger not promoted: nothing refit, the champion stays"}
-    validated = {RETRIEVER: str(ctx.output("retriever", "version")), RANKER: str(ctx.output("ranker", "version"))}
-    runs = {RETRIEVER: str(ctx.output("retriever", "run_id")), RANKER: str(ctx.output("ranker", "run_id"))}
     epochs = int(ctx.output("retriever", "epochs"))
     config = replace(ctx.stage_config("retriever") or TrainConfig(), validation_days=0, validation_cutoff=None, epochs=epochs)
     run = train_retriever(ctx.data, config, show_progress=ctx.config.progress)
     if not run.version or run.model_dir is None:
         raise RuntimeError("train_retriever registered no vitrine-retriever version for the refit")
     rounds = int(ctx.output("ranker", "best_iteration"))
-    refit = RankerRefit(rounds, pd.Timestamp(ctx.output("ranker", "windows")["train_start"]), runs[RANKER])
+    refit = RankerRefit(rounds, pd.Timestamp(ctx.output("ranker", "windows")["train_start"]), str(ctx.output("ranker", "run_id")))
     retriever = Retriever.load(run.model_dir, version=run.version)
     result = train_ranker(ctx.data, ctx.stage_config("ranker") or RankerTrainConfig(), retriever=RetrieverCandidates(retriever),
                           refit=refit, progress=ctx.config.progress)
@@ -660,15 +772,7 @@ def refit_champion(ctx: StepContext) -> dict[str, Any]:
         raise RuntimeError("train_ranker registered no vitrine-ranker version for the refit")
     refits = {RETRIEVER: str(run.version), RANKER: str(result.registered_version)}
     refit_runs = {RETRIEVER: run.run_id or "", RANKER: result.run_id}
-    last_day = str(ctx.output("validate", "last_event_day"))
-    for model, version in refits.items():
-        lineage = {REFIT_OF_VERSION: validated[model], REFIT_OF_RUN: runs[model], "split_start": "none: refit on every day",
-                   "trained_through": last_day}
-        _tag_lineage(ctx, model, version, lineage)
-        ctx.client.log_param(refit_runs[model], REFIT_OF_VERSION, validated[model])
-        ctx.client.log_param(refit_runs[model], REFIT_OF_RUN, runs[model])
-    champions = install_refit(ctx.client, refits, validated)
-    console.print("  serving the refit: " + ", ".join(f"{m}@champion = v{v} (refit of v{validated[m]})" for m, v in refits.items()))
+    champions, validated = _install_refits(ctx, refits, refit_runs)
     return {"refit": True, "versions": refits, "run_ids": refit_runs, "refit_of": validated, "champions": champions,
             "retriever_epochs": epochs, "ranker_rounds": rounds, "ranker_windows": result.windows,
             "ranker_train_requests": result.train_summary["requests"]}
@@ -679,8 +783,8 @@ STEPS: tuple[Step, ...] = (
     Step("embed", embed_items, "item vectors (trains the encoder first when there is none)"),
     Step("features", build_features, "daily feature snapshots (incremental with --since)"),
     Step("feast", feast_apply_materialize, "feast apply + materialize into the online store"),
-    Step("retriever", train_retriever_step, "train + register the two-tower retriever (challenger)"),
-    Step("ranker", train_ranker_step, "train + register the LightGBM reranker on the challenger's candidates"),
+    Step("retriever", train_retriever_step, "train + register the retriever (challenger); the next-item one brings its ranker"),
+    Step("ranker", train_ranker_step, "the LightGBM reranker on the challenger's candidates (registered)"),
     Step("evaluate", evaluate_models, "challenger and champion on the same latest time split"),
     # The service (`ranking.service`) polls `@champion`: moving the alias is the deployment.
     Step("promote", promote_if_better, "move @champion to the challenger only if it beats the champion"),

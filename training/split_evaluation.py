@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from feature_repo.sequences import Sequences
 from vitrine.paths import DataDir
 
 # Cut-offs of the recall@K curve plot.
@@ -187,3 +188,75 @@ def plot_recall_curves(curves: dict[str, dict[int, float]], path: Path, cutoff: 
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+@dataclass
+class NextItemSplit:
+    """The latest split as the next-item recommender sees it: each user's sequence before T and their next item after it.
+
+    Attributes:
+        before: every user's sequence of the events before T (catalog rows; what a model served at T knows).
+        users: rows of `before`'s users with a history and a new item after T.
+        targets: [len(users)] each such user's first new item after T.
+    """
+
+    before: Sequences
+    users: np.ndarray
+    targets: np.ndarray
+    cutoff: pd.Timestamp
+
+    @classmethod
+    def of(cls, data: DataDir, cutoff: pd.Timestamp) -> "NextItemSplit":
+        from feature_repo.snapshots.build import read_sequences
+
+        everything = read_sequences(data)
+        assert everything.moments is not None
+        starts, lengths = everything.offsets[:-1], everything.lengths
+        # Per user, how many items came before T (each sequence is in time order, so they come first).
+        owner = np.repeat(np.arange(len(lengths)), lengths)
+        before_count = np.bincount(owner[everything.moments < pd.Timestamp(cutoff).value], minlength=len(lengths))
+        users = np.flatnonzero((before_count > 0) & (before_count < lengths))
+        targets = everything.items[starts[users] + before_count[users]]
+        before = everything.truncated_to(before_count)
+        return cls(before, users, targets, pd.Timestamp(cutoff))
+
+    def histories(self) -> list[np.ndarray]:
+        return [self.before.user(int(u)) for u in self.users]
+
+
+def evaluate_next_item_pair(data: DataDir, split: NextItemSplit, alias: str) -> tuple[dict[str, float], dict[int, float]]:
+    """Metrics of the next-item pair `@alias` served as it would have been at T, and the tower's recall curve.
+
+    The pair's tower and ranker come from the registry; co-visitation and popularity are counted
+    on the events before T (what the daily feature step would have served at T). Figures use the
+    names the promotion rules read: `retriever.recall_at_20/100/500`, `retriever.ndcg_at_10` (the
+    tower's list alone), `ranker.ndcg_at_10`, `ranker.recall_at_10/20` (the served list).
+
+    Raises:
+        ModelUnavailable: the alias does not exist, a model does not load, or they are not a next-item pair.
+    """
+    from ranking.next_item import tower_top
+    from ranking.reranker import NEXT_ITEM, Reranker
+    from ranking.retriever import retriever_from_registry
+    from ranking.sequence_retriever import SequenceRetriever
+    from training.leave_last_out import evaluate_lists
+    from training.retrieval_metrics import MAX_K, ranking_metrics
+    from training.train_next_item import fit_sources, ranked
+    from vitrine.errors import ModelUnavailable
+
+    retriever = retriever_from_registry(data, alias)
+    reranker = Reranker.from_registry(data, alias)
+    if not isinstance(retriever, SequenceRetriever) or reranker.kind != NEXT_ITEM:
+        raise ModelUnavailable(f"@{alias}: a {retriever.kind} retriever and a {reranker.kind} ranker, not a next-item pair")
+    before = split.before.remapped(retriever.item_ids)
+    to_own = pd.Index(retriever.item_ids).get_indexer(split.before.item_ids[split.targets].astype(str))
+    sources = fit_sources(before, retriever)
+    histories = [before.user(int(u)) for u in split.users]
+    tower = tower_top(retriever, histories, retriever.vectors_of(histories), min(MAX_K, len(retriever.item_ids)))
+    targets = [np.array([t]) if t >= 0 else np.zeros(0, dtype=np.int64) for t in to_own]
+    figures = {f"retriever.{name.replace('@', '_at_')}": value for name, value in ranking_metrics(tower, targets, len(retriever.item_ids)).items()}
+    served = ranked(sources, reranker.booster, histories)
+    for name, value in evaluate_lists(served, to_own, len(retriever.item_ids)).items():
+        if name.startswith(("recall@", "ndcg@")):
+            figures[f"ranker.{name.replace('@', '_at_')}"] = value
+    return figures, recall_curve(tower, targets)

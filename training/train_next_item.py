@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from ranking.sequence_tower import SequenceTowerConfig
 from training.leave_last_out import Task
 from training.train_sequence import LIST_DEPTH, SequenceTrainConfig, default_max_length, fit
 from vitrine.errors import InvalidInput
+from vitrine.paths import DataDir
 
 # Share of the ranker's training requests held out for its early stopping.
 RANKER_HOLDOUT = 0.1
@@ -226,3 +228,109 @@ def _logger(show: bool) -> Any:
             print(message, file=sys.stderr, flush=True)
 
     return log
+
+
+# Where `vitrine train next-item` writes its model dirs, under data/models/.
+MODEL_SUBDIR = "next_item"
+RETRIEVER_DIR, RANKER_DIR = "retriever", "ranker"
+# MLflow experiment of the next-item runs.
+EXPERIMENT = "vitrine-next-item"
+
+
+@dataclass
+class NextItemRun:
+    """What `train_next_item` produced: the fit, where it is saved, its MLflow run and registered versions."""
+
+    fitted: NextItemFit
+    model_dir: Path
+    run_id: str
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "model_dir": str(self.model_dir), "versions": self.versions, "epochs": self.fitted.epochs,
+                "rounds": self.fitted.rounds, "tower": self.fitted.tower_config.to_json(), "holdout": self.fitted.holdout,
+                "seconds": self.fitted.seconds}
+
+
+def content_vectors(data: DataDir, item_ids: Sequence[str] | np.ndarray) -> np.ndarray | None:
+    """[items, C] the item vectors of `vitrine embed`, row-aligned with `item_ids` (zeros where an item has none); None without them."""
+    if not data.item_embeddings.exists():
+        return None
+    frame = pd.read_parquet(data.item_embeddings, columns=["item_id", "embedding"])
+    if frame.empty:
+        return None
+    vectors = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+    rows = pd.Index(frame["item_id"].astype(str)).get_indexer([str(i) for i in item_ids])
+    out = np.zeros((len(item_ids), vectors.shape[1]), dtype=np.float32)
+    out[rows >= 0] = vectors[rows[rows >= 0]]
+    return out
+
+
+def save_next_item(fitted: NextItemFit, directory: Path, lineage: dict[str, str]) -> tuple[Path, Path]:
+    """The retriever dir (`ranking.sequence_retriever`) and the ranker dir (`ranking.reranker`) of a fit, under `directory`."""
+    from ranking.reranker import NEXT_ITEM, RankerMetadata, save_ranker
+    from ranking.sequence_retriever import save_sequence_retriever
+
+    retriever = fitted.sources.retriever
+    retriever_dir = save_sequence_retriever(directory / RETRIEVER_DIR, retriever.tower, retriever.item_ids, retriever.known,
+                                            lineage={**lineage, "epochs": str(fitted.epochs)})
+    metadata = RankerMetadata(feature_names=FEATURE_NAMES, label_gain=(0.0, 1.0), best_iteration=fitted.rounds,
+                              lineage={**lineage, "rounds": str(fitted.rounds)}, kind=NEXT_ITEM)
+    ranker_dir = save_ranker(fitted.ranker, directory / RANKER_DIR, metadata)
+    return retriever_dir, ranker_dir
+
+
+def train_next_item(
+    data: DataDir,
+    config: NextItemConfig = NextItemConfig(),
+    *,
+    end: pd.Timestamp | None = None,
+    epochs: int | None = None,
+    rounds: int | None = None,
+    register: bool = True,
+    show_progress: bool = True,
+) -> NextItemRun:
+    """Fit on the shop's events before `end` (all of them by default), save, log to MLflow and register both models.
+
+    Args:
+        end: learn only from events before this moment (the pipeline's challenger stops at its split).
+        epochs / rounds: the refit of a configuration chosen before (see `fit_next_item`).
+        register: new versions of `vitrine-retriever` and `vitrine-ranker` (False: only the run).
+    """
+    import mlflow
+
+    from feature_repo.snapshots.build import read_sequences
+    from vitrine.tracking import RANKER_MODEL, RETRIEVER_MODEL, configure, lineage, register_model
+
+    sequences = read_sequences(data, end=end)
+    content = content_vectors(data, sequences.item_ids)
+    if config.tower is None and content is None:
+        config = NextItemConfig(SequenceTowerConfig(max_length=default_max_length(holdout_task(sequences).train), use_content=False),
+                                config.train, config.covisitation, config.threads)
+    fitted = fit_next_item(sequences, content, config, epochs=epochs, rounds=rounds, show_progress=show_progress)
+    configure(data, EXPERIMENT)
+    tags = {**lineage(data), "events_before": "all" if end is None else pd.Timestamp(end).isoformat(),
+            "content": "item_embeddings" if content is not None else "none"}
+    with mlflow.start_run(run_name="next-item") as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params({**{f"tower.{k}": v for k, v in fitted.tower_config.to_json().items()},
+                           **{f"train.{k}": v for k, v in config.train.__dict__.items()},
+                           "epochs": fitted.epochs, "rounds": fitted.rounds, "users": len(sequences.user_ids), "items": sequences.n_items})
+        tower = fitted.holdout.get("tower") or {}
+        mlflow.log_metrics({f"holdout.tower.{k.replace('@', '_at_')}": float(v) for k, v in tower.items() if isinstance(v, (int, float))})
+        if fitted.holdout.get("ranker_valid_ndcg@10") is not None:
+            mlflow.log_metric("holdout.ranker.ndcg_at_10", float(fitted.holdout["ranker_valid_ndcg@10"]))
+        mlflow.log_metric("holdout.candidate_recall", float(fitted.holdout["candidate_recall"]))
+        for point in fitted.curve:
+            mlflow.log_metric("holdout.tower.recall_at_10", float(point["recall@10"]), step=int(point["epoch"]))
+        model_dir = data.models / MODEL_SUBDIR / run.info.run_id
+        save_next_item(fitted, model_dir, {**tags, "run_id": run.info.run_id})
+        mlflow.log_artifacts(str(model_dir / RETRIEVER_DIR), artifact_path=RETRIEVER_DIR)
+        mlflow.log_artifacts(str(model_dir / RANKER_DIR), artifact_path=RANKER_DIR)
+        versions: dict[str, str] = {}
+        if register:
+            base = run.info.artifact_uri.rstrip("/")
+            version_tags = {**tags, "kind": "next-item", "epochs": str(fitted.epochs), "rounds": str(fitted.rounds)}
+            versions[RETRIEVER_MODEL] = register_model(RETRIEVER_MODEL, f"{base}/{RETRIEVER_DIR}", run.info.run_id, version_tags)
+            versions[RANKER_MODEL] = register_model(RANKER_MODEL, f"{base}/{RANKER_DIR}", run.info.run_id, version_tags)
+    return NextItemRun(fitted, model_dir, run.info.run_id, versions)

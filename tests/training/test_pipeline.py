@@ -276,7 +276,7 @@ def test_better_data_replaces_the_champion_and_worse_data_never_does(tiny_shop: 
         assert tags[REFIT_OF_VERSION] == challenger and tags["promotion.decision"] == "refit"
         challenger_run = client.get_model_version(model, challenger).run_id
         assert tags[REFIT_OF_RUN] == challenger_run
-        assert client.get_run(client.get_model_version(model, version).run_id).data.params[REFIT_OF_VERSION] == challenger
+        assert client.get_run(client.get_model_version(model, version).run_id).data.params[f"{model}.{REFIT_OF_VERSION}"] == challenger
     retriever_refit = client.get_run(client.get_model_version(RETRIEVER_MODEL, served[RETRIEVER_MODEL]).run_id).data.params
     assert retriever_refit["train.validation_days"] == "0"  # trained through the last day
     assert retriever_refit["train.epochs"] == str(better.steps["retriever"].outputs["epochs"])
