@@ -11,10 +11,12 @@ Stages on top (each takes and returns the data dir):
   direction per category, colour and brand plus noise, unit length, so content carries the taste
   signal a CLIP vector does while no encoder runs (the embeddings stage has its own tests);
 - `with_features`: `vitrine features build`;  `materialized`: feast apply + materialize (SQLite);
-- `with_models`: a tiny retriever and ranker trained by the training stage, `@champion`.
+- `with_models`: a tiny two-tower retriever and session ranker trained by the training stage, `@champion`;
+- `with_next_item_models`: a tiny next-item recommender (sequence tower + ranker), `@champion`.
 
-`served_shop()` composes them all once per test session; `replayed_shop()` is the same shop and
-models with every event REPLAY_SHIFT_DAYS earlier (a shop older than the views' ttl).
+`served_shop()` composes them all once per test session (two-tower models); `served_next_item_shop()`
+is a copy of it serving next-item models; `replayed_shop()` is the same shop and two-tower models
+with every event REPLAY_SHIFT_DAYS earlier (a shop older than the views' ttl).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import tempfile
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -36,6 +39,9 @@ from PIL import Image, ImageDraw
 
 from vitrine.paths import DataDir
 from vitrine.shop.store import read_items, write_events, write_items
+
+if TYPE_CHECKING:
+    from training.train_next_item import NextItemConfig
 
 # --- Sizes -----------------------------------------------------------------------------------------
 # The served shop: small enough to train both models in seconds, big enough for every stage's rules.
@@ -228,6 +234,30 @@ def with_models(data: DataDir) -> DataDir:
     return data
 
 
+# A next-item recommender small enough to fit in seconds (the shop has 120 items).
+def tiny_next_item_config() -> "NextItemConfig":
+    from ranking.sequence_tower import SequenceTowerConfig
+    from training.train_next_item import NextItemConfig
+    from training.train_sequence import SequenceTrainConfig
+
+    return NextItemConfig(tower=SequenceTowerConfig(embedding_dim=16, layers=1, heads=1, max_length=10, dropout=0.1),
+                          train=SequenceTrainConfig(max_epochs=4, patience=2, batch_size=128, learning_rate=3e-3), threads=1)
+
+
+def with_next_item_models(data: DataDir) -> DataDir:
+    """The next-item recommender fitted on every event (`training.train_next_item`), both models `@champion`."""
+    import mlflow
+
+    from training.train_next_item import train_next_item
+    from vitrine.tracking import CHAMPION_ALIAS
+
+    run = train_next_item(data, tiny_next_item_config(), show_progress=False)
+    client = mlflow.MlflowClient()
+    for model, version in run.versions.items():
+        client.set_registered_model_alias(model, CHAMPION_ALIAS, version)
+    return data
+
+
 def register_dir(data: DataDir, name: str, directory: Path, alias: str | None = "champion") -> str:
     """Log `directory` as a run's artifacts, register it as a new version of `name`, move `alias` to it."""
     import mlflow
@@ -265,6 +295,17 @@ def served_shop() -> DataDir:
     today = datetime.now(timezone.utc).date()
     data = generated(DataDir.resolve(root / "data"), start=today - timedelta(days=SERVED["days"]), **SERVED)
     return with_models(materialized(with_features(with_item_vectors(data))))
+
+
+@functools.lru_cache(maxsize=1)
+def served_next_item_shop() -> DataDir:
+    """The served shop's data (shop, vectors, features in Feast) serving a next-item recommender instead."""
+    served = served_shop()
+    root = Path(tempfile.mkdtemp(prefix="vitrine-next-item-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    data = DataDir.resolve(root / "data")
+    shutil.copytree(served.root, data.root, ignore=shutil.ignore_patterns("mlflow", "models"))
+    return with_next_item_models(data)
 
 
 @functools.lru_cache(maxsize=1)
