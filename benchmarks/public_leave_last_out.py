@@ -12,9 +12,14 @@ data dir under the work dir (its MLflow store is kept, so reruns line up in one 
 1. the stored events become positive interactions (`feature_repo.sequences.positive_interactions`),
    each user's distinct items in order (`Sequences`) and the two tasks of `LeaveLastOut`;
 2. rows: popularity, item-kNN and implicit ALS (`training.next_item_baselines`), RecBole's SASRec
-   (`benchmarks/recbole_sasrec.py`, on the split written as files; `--skip-recbole` leaves it out)
-   and Vitrine's own rows (`training.next_item_vitrine`);
-3. per row: the test figures of `evaluate_lists`, the validation Recall@10/NDCG@10 of the chosen
+   (`benchmarks/recbole_sasrec.py`, on the split written as files; `--skip-recbole` leaves it out);
+3. Vitrine: the held-in events (every event but each scored user's test item) become a shop of
+   their own, `vitrine pipeline run` trains, evaluates, promotes and refits on it as on any shop,
+   and `Recommender.recommend_batch` serves every scored user as of the day after the held-in
+   events (`--as-of`): that list is the `vitrine` row. The ablation rows read the same served
+   models: the tower's list alone, each source alone, and their union without the reranker
+   (`training.next_item_evaluation.system_rows`);
+4. per row: the test figures of `evaluate_lists`, the validation Recall@10/NDCG@10 of the chosen
    setting, the setting, seconds; the best baseline by test Recall@10 and Vitrine's lift over it.
 
 Only the JSON goes to stdout (everything else, library output included, goes to stderr; progress
@@ -42,7 +47,6 @@ import typer
 from feature_repo.sequences import Sequences, positive_interactions
 from training.leave_last_out import CUTOFFS, MIN_ITEMS, LeaveLastOut, Task, evaluate_lists
 from training.next_item_baselines import LIST_DEPTH, run_baselines
-from training.next_item_vitrine import vitrine_rows
 from vitrine.options import print_json
 from vitrine.paths import DataDir
 from vitrine.shop.store import read_events, read_items
@@ -198,6 +202,75 @@ def recbole_rows(split: LeaveLastOut, split_dir: Path, cache_dir: Path | None, s
     }
 
 
+def held_in_shop(data: DataDir, split: LeaveLastOut, root: Path) -> DataDir:
+    """A data dir whose shop is `data`'s without each scored user's test item (all its events): what the served models may learn from."""
+    from vitrine.shop.store import write_events, write_items
+
+    served = fresh_data_dir(root)
+    sequences = split.sequences
+    test_pairs = pd.DataFrame({"user_id": sequences.user_ids[split.test.users].astype(str),
+                               "item_id": sequences.item_ids[split.test.targets].astype(str), "test": True})
+    events = read_events(data)
+    events = events.assign(user_id=events["user_id"].astype(str), item_id=events["item_id"].astype(str))
+    marked = events.merge(test_pairs, on=["user_id", "item_id"], how="left")
+    write_items(served, read_items(data))
+    if data.users.exists():
+        shutil.copy2(data.users, served.users)
+    if data.images.exists():
+        shutil.copytree(data.images, served.images, dirs_exist_ok=True)
+    write_events(served, marked[marked["test"].isna()].drop(columns=["test"]))
+    return served
+
+
+# Users a served batch recommends for at once: a few hundred thousand candidate rows of features.
+SERVE_BATCH = 1_000
+
+
+def served_rows(data: DataDir, split: LeaveLastOut, root: Path, show_progress: bool) -> dict[str, dict[str, Any]]:
+    """Vitrine's rows from the models `vitrine pipeline run` serves after learning from the held-in events only."""
+    from ranking.recommender import Recommender
+    from training.next_item_evaluation import system_rows
+    from training.pipeline import PipelineConfig, run_pipeline
+
+    began = time.perf_counter()
+    served = held_in_shop(data, split, root)
+    result = run_pipeline(served, PipelineConfig(progress=show_progress))
+    pipeline_seconds = {name: round(step.seconds, 1) for name, step in result.steps.items()}
+    as_of = (pd.Timestamp(read_events(served)["timestamp"].max()).normalize() + pd.Timedelta(days=1)).to_pydatetime()
+    recommender = Recommender.from_data(served, as_of=as_of)
+    bundle = recommender.bundle
+    if bundle.sources is None:
+        raise RuntimeError("the pipeline served a two-tower recommender; the benchmark scores the next-item one")
+    users = split.sequences.user_ids[split.test.users].astype(str).tolist()
+    began_serving = time.perf_counter()
+    answers = [listed for start in range(0, len(users), SERVE_BATCH)
+               for listed in recommender.recommend_batch(users[start : start + SERVE_BATCH], k=LIST_DEPTH)]
+    serving_seconds = time.perf_counter() - began_serving
+    catalog = pd.Index(split.sequences.item_ids.astype(str))
+    top = as_lists([catalog.get_indexer([r.item_id for r in listed]).tolist() for listed in answers])
+    n_items = split.sequences.n_items
+    # The served sources and ranker, on the same histories, for the ablation rows (in the tower's rows).
+    own = pd.Index(bundle.retriever.item_ids)
+    histories = [own.get_indexer(split.sequences.item_ids[h].astype(str)) for h in split.test.history()]
+    histories = [h[h >= 0] for h in histories]
+    targets = own.get_indexer(split.sequences.item_ids[split.test.targets].astype(str))
+    rows = system_rows(bundle.sources, bundle.reranker.booster, histories, targets, len(own))
+    offline = rows.pop("vitrine")
+    cold = sum(listed.cold_start for listed in answers)
+    rows["vitrine"] = {
+        "test": evaluate_lists(top, split.test.targets, n_items),
+        "served": {"as_of": as_of.isoformat(), "versions": bundle.versions, "cold_start_users": cold,
+                   "users_per_second": round(len(users) / max(serving_seconds, 1e-9), 1),
+                   "offline_rerank_recall@10": offline["test"]["recall@10"]},
+        "candidate_recall": offline["candidate_recall"], "ranker": offline["ranker"],
+        "pipeline": {"seconds": pipeline_seconds, "decision": result.decision.get("reason"),
+                     "epochs": result.steps["retriever"].outputs.get("epochs"), "rounds": result.steps["retriever"].outputs.get("rounds"),
+                     "challenger": result.steps["evaluate"].outputs.get("challenger")},
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    return rows
+
+
 def comparison(rows: dict[str, dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The best baseline by test Recall@10, and the `vitrine` row's relative lift over it."""
     baselines = {name: row for name, row in rows.items() if VITRINE_ROW not in name}
@@ -281,7 +354,7 @@ def benchmark(source: Path | None, work: Path, *, skip_recbole: bool, recbole_ca
     if not skip_recbole:
         rows.update(recbole_rows(split, work / "split", recbole_cache, show_progress))
     assert not any(VITRINE_ROW in row for row in rows), "a baseline's name must not contain 'vitrine'"
-    rows.update(vitrine_rows(split, show_progress=show_progress))
+    rows.update(served_rows(data, split, work / "served", show_progress))
     best, lift = comparison(rows)
     report: dict[str, Any] = {
         "dataset": dataset_counts(name, split, len(events)),

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,12 +71,16 @@ class CandidateSources:
     retriever: "SequenceRetriever"
     covisitation: CoVisitation
     popularity: np.ndarray
+    # The items some sequence holds, most popular first (ties: lower row): sorted once, not per request.
+    popular_order: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.retriever.item_ids)
         if self.covisitation.n_items != n or len(self.popularity) != n:
             raise ValueError(f"sources disagree on the catalog: tower {n}, co-visitation {self.covisitation.n_items}, "
                              f"popularity {len(self.popularity)} items")
+        order = np.argsort(-self.popularity, kind="stable")
+        object.__setattr__(self, "popular_order", order[self.popularity[order] > 0])
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def source_lists(sources: CandidateSources, histories: Sequence[np.ndarray], vec
     """
     covis_rows, _ = sources.covisitation.candidates_batch(histories, COVISIT_CANDIDATES)
     return {"tower": tower_top(sources.retriever, histories, vectors, TOWER_CANDIDATES), "covisitation": covis_rows,
-            "popular": _popular_top(sources.popularity, histories, POPULAR_CANDIDATES)}
+            "popular": _popular_top(sources.popular_order, histories, POPULAR_CANDIDATES)}
 
 
 def candidates(sources: CandidateSources, histories: Sequence[np.ndarray]) -> Candidates:
@@ -173,10 +177,8 @@ def tower_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], v
     return out
 
 
-def _popular_top(popularity: np.ndarray, histories: Sequence[np.ndarray], k: int) -> np.ndarray:
-    """[users, k] the items most sequences hold, without each user's history."""
-    order = np.argsort(-popularity, kind="stable")
-    order = order[popularity[order] > 0]
+def _popular_top(order: np.ndarray, histories: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """[users, k] the first items of `order` (most popular first) without each user's history."""
     head = order[: k + max((len(h) for h in histories), default=0)]
     out = np.full((len(histories), k), -1, dtype=np.int64)
     for n, history in enumerate(histories):

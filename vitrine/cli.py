@@ -55,6 +55,7 @@ COMMANDS: dict[str, Entry] = {
         "Train a model and register it in MLflow.",
         {
             "encoder": "embeddings.commands:train_encoder_command",
+            "next-item": "training.next_item_commands:train",
             "retriever": "training.retriever_commands:train",
             "ranker": "training.ranker_commands:train",
         },
@@ -63,6 +64,7 @@ COMMANDS: dict[str, Entry] = {
         "Evaluate a model against baselines (`--json` for figures).",
         {
             "encoder": "embeddings.commands:evaluate_encoder_command",
+            "next-item": "training.next_item_commands:evaluate",
             "retriever": "training.retriever_commands:evaluate",
             "ranker": "training.ranker_commands:evaluate",
         },

@@ -10,7 +10,7 @@ from feature_repo.sequences import Sequences
 from ranking.next_item import candidates
 from ranking.sequence_tower import SequenceTowerConfig
 from training.leave_last_out import LeaveLastOut
-from training.next_item_vitrine import vitrine_rows
+from training.next_item_evaluation import vitrine_rows
 from training.train_next_item import NextItemConfig, fit_sources, retriever_of
 from training.train_sequence import SequenceTrainConfig, fit
 
