@@ -13,7 +13,7 @@ point-in-time join returns null. User rows are emitted on change days only, the 
 after the user's last activity (all 30-day windows empty), so a 30-day ttl makes an inactive user's
 features disappear 61 days after the last event, offline, and serving applies the same ttl as a
 maximum age online (`ranking.online_features`): both age out together, no skew. A user's sequence
-(`user_sequence`) serves for a year after their last new item, and Redis keeps the user's key as long.
+(`user_sequence`) never expires, so Redis keeps user keys without an expiry.
 Items get a row every day while in the catalog, so the ttl only removes delisted items. Item vectors
 do not expire (ttl 0): an image does not go stale; the item's Redis key is kept alive by the daily
 item_stats writes.
@@ -32,10 +32,10 @@ from vitrine.paths import DataDir
 SNAPSHOT_TTL = timedelta(days=30)
 # Embeddings never go stale by age; a new model version replaces them.
 NO_TTL = timedelta(0)
-# A user's sequence keeps serving for a year after their last new item: the last purchases of a
-# shopper who comes back after months are still the best evidence of the next one. Redis keeps a
-# user's key as long (feature_store.redis.yaml), while serving judges each stats view by its own ttl.
-SEQUENCE_TTL = timedelta(days=365)
+# A user's sequence never goes stale by age: the last purchases of a shopper who comes back after a
+# year (a gift bought each December) are still the best evidence of the next one. Redis keeps user
+# keys without expiry for it (feature_store.redis.yaml); serving judges each stats view by its own ttl.
+SEQUENCE_TTL = NO_TTL
 
 
 # The data dir the sources live in: $VITRINE_DATA_DIR, else ./data (as every `vitrine` command).

@@ -143,7 +143,7 @@ def test_online_equals_offline_and_materialize_is_idempotent(shop_with_vectors: 
     assert frame_values(again, columns) == frame_values(online_frame, columns)
 
 
-def test_ttls_are_declared_and_applied_to_redis_keys(shop_with_vectors: DataDir, redis_db: redis.Redis) -> None:
+def test_ttls_are_declared_and_redis_keys_never_expire(shop_with_vectors: DataDir, redis_db: redis.Redis) -> None:
     data = shop_with_vectors
     fs.apply(data, "redis")
     store = fs.open_store(data, "redis")
@@ -152,17 +152,17 @@ def test_ttls_are_declared_and_applied_to_redis_keys(shop_with_vectors: DataDir,
         "item_stats": pd.Timedelta(days=30),
         "user_stats": pd.Timedelta(days=30),
         "user_recent_items": pd.Timedelta(days=30),
-        "user_sequence": pd.Timedelta(days=365),
+        "user_sequence": pd.Timedelta(0),
         "item_covisitation": pd.Timedelta(days=30),
         "item_embedding": pd.Timedelta(0),
     }
-    key_ttl = store.config.online_store.key_ttl_seconds
-    assert key_ttl == 365 * 86_400  # the longest view ttl: Redis never drops what a view still serves
+    # No expiry: a user's sequence never goes stale (ttl 0), and all of a user's views share one key.
+    assert store.config.online_store.key_ttl_seconds is None
     fs.materialize(data, WINDOW_START, END, "redis", views=["user_stats", "item_stats"])
     keys = list(redis_db.scan_iter(count=1000))
     assert any(b"user_id" in k for k in keys) and any(b"item_id" in k for k in keys)
     for key in keys:
-        assert 0 < redis_db.ttl(key) <= key_ttl
+        assert redis_db.ttl(key) == -1
 
 
 def _redis_snapshot(client: redis.Redis) -> dict[bytes, dict[bytes, bytes]]:
