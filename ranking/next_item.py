@@ -17,7 +17,7 @@ so a feature is computed one way only (tested: one user's features equal the bat
 Example:
     sources = CandidateSources(retriever, covisitation, popularity)
     found = candidates(sources, histories)          # Candidates: rows [users, C], features frame
-    scores = ranker.predict(found.features[FEATURE_NAMES])
+    scores = ranker.predict(found.frame())
 """
 
 from __future__ import annotations
@@ -89,15 +89,25 @@ class Candidates:
 
     Attributes:
         rows: [users, C] catalog rows, each user's in the order the sources met them.
-        features: FEATURE_NAMES columns (plus `rrf`), one row per valid cell of `rows`, row-major.
-        users: [rows of features] index of the user of each feature row.
-        items: [rows of features] catalog row of each feature row.
+        matrix: [n, len(FEATURE_NAMES)] float32, one row per valid cell of `rows`, row-major (users in order).
+        rrf: [n] the summed reciprocal ranks: the merged order's key.
+        users: [n] index of the user of each feature row.
+        items: [n] catalog row of each feature row.
     """
 
     rows: np.ndarray
-    features: pd.DataFrame
+    matrix: np.ndarray
+    rrf: np.ndarray
     users: np.ndarray
     items: np.ndarray
+
+    def frame(self) -> pd.DataFrame:
+        """The matrix with its column names (what LightGBM trains on)."""
+        return pd.DataFrame(self.matrix, columns=list(FEATURE_NAMES))
+
+    def proposed_by(self) -> np.ndarray:
+        """[n, len(SOURCES)] bool: which sources proposed each candidate."""
+        return ~np.isnan(self.matrix[:, : len(SOURCES)])
 
 
 def source_lists(sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray) -> dict[str, np.ndarray]:
@@ -131,8 +141,8 @@ def union_rows(lists: dict[str, np.ndarray]) -> np.ndarray:
 
 def candidate_features(
     sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray, rows: np.ndarray, lists: dict[str, np.ndarray]
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """FEATURE_NAMES (and `rrf`) of every valid candidate in `rows` [users, C]; each row's user index and catalog row."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """FEATURE_NAMES of every valid candidate in `rows` [users, C], row-major: the matrix, rrf, each row's user and catalog row."""
     valid = rows >= 0
     safe = np.where(valid, rows, 0)
     columns: dict[str, np.ndarray] = {}
@@ -156,10 +166,9 @@ def candidate_features(
     last_popularity = np.where(last >= 0, np.log1p(sources.popularity[np.maximum(last, 0)]), np.nan)
     columns["last_item_popularity"] = np.repeat(last_popularity[:, None], rows.shape[1], axis=1)
     columns["history_length"] = np.repeat(np.array([len(h) for h in histories], np.float32)[:, None], rows.shape[1], axis=1)
-    frame = pd.DataFrame({name: np.asarray(columns[name], dtype=np.float32)[valid] for name in FEATURE_NAMES})
-    frame["rrf"] = rrf[valid]
+    matrix = np.stack([np.asarray(columns[name], dtype=np.float32)[valid] for name in FEATURE_NAMES], axis=1)
     users = np.repeat(np.arange(len(rows)), valid.sum(axis=1))
-    return frame, users, rows[valid]
+    return matrix, rrf[valid], users, rows[valid]
 
 
 def tower_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], vectors: np.ndarray, k: int) -> np.ndarray:
@@ -188,12 +197,19 @@ def _popular_top(order: np.ndarray, histories: Sequence[np.ndarray], k: int) -> 
 
 
 def _rank_in(lists: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """[U, C] 0-based position of each rows[u, c] in lists[u] (NaN when absent)."""
-    out = np.full(rows.shape, np.nan, dtype=np.float32)
-    for u in range(len(rows)):
-        where = {int(item): n for n, item in enumerate(lists[u]) if item >= 0}
-        out[u] = [where.get(int(r), np.nan) for r in rows[u]]
-    return out
+    """[U, C] 0-based position of each rows[u, c] (>= 0) in lists[u] (NaN when absent); each list's rows are distinct."""
+    users, depth = lists.shape
+    stride = int(max(lists.max(initial=0), rows.max(initial=0))) + 1
+    listed = lists >= 0
+    keys = (np.arange(users)[:, None] * stride + lists)[listed]
+    positions = np.broadcast_to(np.arange(depth), lists.shape)[listed]
+    order = np.argsort(keys, kind="stable")
+    keys, positions = keys[order], positions[order]
+    wanted = np.arange(len(rows))[:, None] * stride + rows
+    if not len(keys):
+        return np.full(rows.shape, np.nan, dtype=np.float32)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[at] == wanted, positions[at], np.nan).astype(np.float32)
 
 
 def _union(*lists: np.ndarray) -> np.ndarray:
@@ -205,7 +221,7 @@ def _union(*lists: np.ndarray) -> np.ndarray:
 
 def merged_order(found: Candidates, depth: int) -> np.ndarray:
     """[users, depth] candidates by summed reciprocal rank (no reranker), -1 padded: the sources merged."""
-    return order_by(found, -found.features["rrf"].to_numpy(), depth)
+    return order_by(found, -found.rrf, depth)
 
 
 def order_by(found: Candidates, keys: np.ndarray, depth: int) -> np.ndarray:

@@ -490,6 +490,7 @@ class Recommender:
         taken: set[str] = set()
         if candidates is not None and scores is not None and matrix is not None and len(scores):
             ids, retriever_scores, positions, tags = candidates
+            names = SOURCES if tags.shape[1] == len(SOURCES) else ("retriever",)
             keep = positions >= 0  # items that left the catalog since the index was built
             if allowed is not None:
                 keep &= allowed[np.where(keep, positions, 0)]
@@ -508,7 +509,7 @@ class Recommender:
                         retriever_score=float(retriever_scores[o]),
                         source="ranked",
                         reasons=why,
-                        sources=tags[o],
+                        sources=sources_of(tags[o], names),
                     )
                 )
         if len(out) < k:
@@ -525,8 +526,13 @@ class Recommender:
         return out
 
 
-# One user's candidates: item ids, retriever scores, item-table rows and the sources that proposed each.
-Found = tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, ...]]]
+# One user's candidates: item ids, retriever scores, item-table rows, and [n, sources] which proposed each.
+Found = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def sources_of(proposed: np.ndarray, names: Sequence[str]) -> tuple[str, ...]:
+    """The names of the sources whose flag is set."""
+    return tuple(name for name, on in zip(names, proposed) if on)
 
 
 def next_item_candidates(
@@ -549,18 +555,16 @@ def next_item_candidates(
     lists = source_lists(sources, histories, vectors)
     union = union_rows(lists)
     timer.lap("retrieve")
-    frame, owners, items = candidate_features(sources, histories, vectors, union, lists)
-    matrix = frame[list(NEXT_ITEM_FEATURES)].to_numpy(dtype=np.float32)
-    proposed = np.stack([frame[f"{name}_rank"].notna().to_numpy() for name in SOURCES], axis=1)
-    tower = frame["tower_score"].to_numpy(dtype=np.float32)
+    matrix, _, owners, items = candidate_features(sources, histories, vectors, union, lists)
+    proposed = ~np.isnan(matrix[:, : len(SOURCES)])
+    tower = matrix[:, NEXT_ITEM_FEATURES.index("tower_score")]
     bounds = np.searchsorted(owners, np.arange(len(users) + 1))  # feature rows are user-major
     candidates: dict[int, Found] = {}
     matrices: dict[int, np.ndarray] = {}
     for i, n in enumerate(users):
         part = slice(bounds[i], bounds[i + 1])
         found = items[part]
-        tags = [tuple(name for name, on in zip(SOURCES, row) if on) for row in proposed[part]]
-        candidates[n] = (bundle.index_ids[found], tower[part], bundle.index_rows[found], tags)
+        candidates[n] = (bundle.index_ids[found], tower[part], bundle.index_rows[found], proposed[part])
         matrices[n] = matrix[part]
     timer.lap("rank_features")
     return candidates, matrices
@@ -579,7 +583,7 @@ def two_tower_candidates(
         found = retrieve(bundle, frame, n, slack)
         for i, u in enumerate(known):
             shortlisted = shortlist(*found[i], bought[u], n)
-            candidates[u] = (*shortlisted, [("retriever",)] * len(shortlisted[0]))
+            candidates[u] = (*shortlisted, np.ones((len(shortlisted[0]), 1), dtype=bool))
     timer.lap("retrieve")
     matrices = {u: build_features(bundle.items.table, UserContext.from_features(rows[u] or {}), *c[:3]) for u, c in candidates.items()}
     timer.lap("rank_features")

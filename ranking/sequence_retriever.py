@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -106,7 +105,7 @@ class SequenceRetriever:
         self.index = index
         self.config = config
         self.version = version
-        self.rows = pd.Index(item_ids)
+        self.rows = {item: row for row, item in enumerate(item_ids)}
 
     @classmethod
     def of(cls, tower: SequenceTower, item_ids: Sequence[str], known: np.ndarray, *, ann: AnnConfig = AnnConfig(),
@@ -155,8 +154,8 @@ class SequenceRetriever:
         """Each user's sequence of ids (oldest first) as the tower's rows, ids outside its catalog dropped."""
         out = []
         for ids in sequences:
-            rows = self.rows.get_indexer(list(ids)) if ids is not None and len(ids) else np.zeros(0, dtype=np.int64)
-            out.append(rows[rows >= 0].astype(np.int64))
+            rows = [self.rows.get(str(i), -1) for i in ids] if ids is not None else []
+            out.append(np.array([r for r in rows if r >= 0], dtype=np.int64))
         return out
 
     @torch.inference_mode()

@@ -44,7 +44,7 @@ def system_rows(sources: CandidateSources, ranker: Any, histories: Sequence[np.n
     """
     found = candidates(sources, histories)
     lists = source_lists(sources, histories, sources.retriever.vectors_of(histories))
-    reranked = order_by(found, -ranker.predict(found.features[list(FEATURE_NAMES)], num_threads=1), LIST_DEPTH)
+    reranked = order_by(found, -ranker.predict(found.frame(), num_threads=1), LIST_DEPTH)
     ceiling = candidate_recall(found, targets)
     return {
         "vitrine_sequence": {"test": evaluate_lists(lists["tower"][:, :LIST_DEPTH], targets, n_items)},

@@ -174,7 +174,7 @@ def retriever_of(model: Any, sequences: Sequences) -> SequenceRetriever:
 def ranked(sources: CandidateSources, ranker: Any, histories: Sequence[np.ndarray], depth: int = LIST_DEPTH) -> np.ndarray:
     """[users, depth] the reranked candidates of each history (-1 padded): what serving answers, offline."""
     found = candidates(sources, histories)
-    return order_by(found, -ranker.predict(found.features[list(FEATURE_NAMES)], num_threads=1), depth)
+    return order_by(found, -ranker.predict(found.frame(), num_threads=1), depth)
 
 
 def candidate_recall(found: Candidates, targets: np.ndarray) -> float:
@@ -200,7 +200,7 @@ def fit_ranker(requests: list[tuple[Candidates, np.ndarray]], *, rounds: int | N
         label = (found.items == targets[found.users]).astype(np.int32)
         has_positive = np.bincount(found.users, weights=label, minlength=len(found.rows)) > 0
         keep = has_positive[found.users]
-        frames.append(found.features.loc[keep, list(FEATURE_NAMES)])
+        frames.append(pd.DataFrame(found.matrix[keep], columns=list(FEATURE_NAMES)))
         labels.append(label[keep])
         groups.append(np.bincount(found.users[keep], minlength=len(found.rows))[has_positive])
         # Drawn for every request, positive or not, so a set of requests always splits the same way.

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.snapshots.build import read_sequences
-from ranking.next_item import FEATURE_NAMES, SOURCES, candidates
+from ranking.next_item import SOURCES, candidates
 from ranking.recommender import ModelBundle, Recommender, _Timer, check_bundle, next_item_candidates
 from ranking.reranker import Reranker
 from ranking.sequence_retriever import SequenceRetriever
@@ -52,11 +52,12 @@ def test_the_online_path_computes_the_offline_candidates_and_features(recommende
     for n, user in enumerate(active_users):
         history = sequences.user(index[user])
         found = candidates(offline_sources, [history])
-        ids, _, _, tags = online[n]
+        ids, _, _, proposed = online[n]
         assert list(ids) == [bundle.retriever.item_ids[r] for r in found.items]
         # Same code, same inputs: features equal up to float32 rounding of the tower's matmul.
-        np.testing.assert_allclose(matrices[n], found.features[list(FEATURE_NAMES)].to_numpy(np.float32), rtol=1e-5, atol=1e-6)
-        assert all(tag and set(tag) <= set(SOURCES) for tag in tags)
+        np.testing.assert_allclose(matrices[n], found.matrix, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(proposed, found.proposed_by())
+        assert proposed.any(axis=1).all()  # every candidate came from some source
 
 
 def test_known_users_get_reranked_lists_from_their_sources(recommender: Recommender, data: DataDir, active_users: list[str]) -> None:

@@ -59,5 +59,5 @@ def test_one_users_candidates_and_features_equal_the_batch_row(split: LeaveLastO
         alone = candidates(sources, [histories[user]])
         np.testing.assert_array_equal(alone.items, batch.items[batch.users == user])
         # Float sums chunked differently: equal to float32 rounding.
-        pd.testing.assert_frame_equal(alone.features, batch.features[batch.users == user].reset_index(drop=True),
+        pd.testing.assert_frame_equal(alone.frame(), batch.frame()[batch.users == user].reset_index(drop=True),
                                       rtol=1e-5, atol=1e-6)
