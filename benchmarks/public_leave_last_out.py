@@ -203,10 +203,14 @@ def recbole_rows(split: LeaveLastOut, split_dir: Path, cache_dir: Path | None, s
 
 
 def held_in_shop(data: DataDir, split: LeaveLastOut, root: Path) -> DataDir:
-    """A data dir whose shop is `data`'s without each scored user's test item (all its events): what the served models may learn from."""
+    """A new data dir whose shop is `data`'s without each scored user's test item (all its events): what the served models may learn from.
+
+    Nothing of an earlier run stays, its registry included: the pipeline starts as on a new shop.
+    """
     from vitrine.shop.store import write_events, write_items
 
-    served = fresh_data_dir(root)
+    shutil.rmtree(root, ignore_errors=True)
+    served = DataDir.resolve(root / "data")
     sequences = split.sequences
     test_pairs = pd.DataFrame({"user_id": sequences.user_ids[split.test.users].astype(str),
                                "item_id": sequences.item_ids[split.test.targets].astype(str), "test": True})
