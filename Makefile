@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 DATA_DIR ?= data
 
-.PHONY: install demo test typecheck clean
+.PHONY: install demo test test-shared typecheck clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q tests
 	$(BIN)/mypy vitrine embeddings feature_repo ranking training
 	$(BIN)/ruff check vitrine embeddings feature_repo ranking training tests benchmarks
+
+# End to end on the full real shops beside the checkout (../shared/data); .ci/run adds it when they are there.
+test-shared: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m shared_data tests/e2e
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR)

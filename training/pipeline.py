@@ -35,7 +35,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, get_args
 
 import mlflow
 import pandas as pd
@@ -82,6 +82,10 @@ def resolve_since(value: str | None, today: date | None = None) -> date | None:
         raise InvalidInput(f"--since: {value!r} is neither YESTERDAY nor a date YYYY-MM-DD") from None
 
 
+Recommender = Literal["next-item", "two-tower"]
+RECOMMENDERS: tuple[str, ...] = get_args(Recommender)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """What one pipeline run does. Stage settings are the stages' own config objects."""
@@ -117,7 +121,7 @@ class PipelineConfig:
     # sources and their reranker, `training.train_next_item`) or "two-tower" (the two-tower
     # retriever and its session ranker). Stage settings: "next_item" (NextItemConfig), or
     # "retriever" and "ranker" for two-tower.
-    recommender: Literal["next-item", "two-tower"] = "next-item"
+    recommender: Recommender = "next-item"
 
 
 @dataclass

@@ -32,6 +32,10 @@ ResumeOption = Annotated[
     bool,
     typer.Option("--resume/--no-resume", help="Continue the newest unfinished run from its failed step."),
 ]
+RecommenderOption = Annotated[
+    str,
+    typer.Option("--recommender", help="next-item (sequence tower + co-visitation + popular, reranked) or two-tower."),
+]
 RuleOption = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -72,14 +76,17 @@ def run_command(
     resume: ResumeOption = True,
     rule: RuleOption = None,
     online: OnlineOption = "sqlite",
+    recommender: RecommenderOption = "next-item",
     as_json: JsonOption = False,
 ) -> None:
-    """Validate new data, embed, build + materialize features, train, evaluate, promote if better."""
-    from training.pipeline import PipelineConfig, StepFailed, resolve_since, run_pipeline
+    """Validate new data, embed, build + materialize features, train, evaluate, promote if better, refit."""
+    from training.pipeline import RECOMMENDERS, PipelineConfig, StepFailed, resolve_since, run_pipeline
 
+    if recommender not in RECOMMENDERS:
+        raise InvalidInput(f"--recommender: {recommender!r} is not one of {', '.join(RECOMMENDERS)}")
     data = data_dir(data_dir_option)
     config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule),
-                            progress=not as_json, online=online_store(online))
+                            progress=not as_json, online=online_store(online), recommender=recommender)  # type: ignore[arg-type]
     try:
         # Stages print progress to stdout (Feast's materialize does): with --json, stdout is the JSON only.
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
