@@ -23,6 +23,7 @@ from itertools import product
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from training.retrieval_metrics import top_k
 from training.retriever_data import Split
@@ -80,14 +81,16 @@ class AlsBaseline:
         users = sorted(train["user_id"].unique())
         self.user_rows = {user: row for row, user in enumerate(users)}
         matrix = _matrix(train, self.user_rows, self.item_rows)
-        self.model = AlternatingLeastSquares(
-            factors=config.factors,
-            regularization=config.regularization,
-            alpha=config.alpha,
-            iterations=config.iterations,
-            random_state=config.seed,
-        )
-        self.model.fit(matrix, show_progress=False)
+        # implicit runs its own threads; BLAS's pool under it only oversubscribes the cores (and it warns so).
+        with threadpool_limits(1, "blas"):
+            self.model = AlternatingLeastSquares(
+                factors=config.factors,
+                regularization=config.regularization,
+                alpha=config.alpha,
+                iterations=config.iterations,
+                random_state=config.seed,
+            )
+            self.model.fit(matrix, show_progress=False)
         self.fallback = popularity(train, catalog)
         # An item without interactions has an all-zero column: its 0 score would sit mid-list by accident.
         self.unseen = np.asarray(matrix.sum(axis=0)).ravel() == 0
