@@ -16,10 +16,10 @@ console = Console()
 PROTOCOLS = ("leave-last-out", "time")
 
 
-def _config(max_epochs: int | None) -> Any:
+def _config(max_epochs: int | None, max_users: int | None = None) -> Any:
     from training.train_next_item import NextItemConfig
 
-    config = NextItemConfig()
+    config = replace(NextItemConfig(), max_train_users=max_users)
     return config if max_epochs is None else replace(config, train=replace(config.train, max_epochs=max_epochs))
 
 
@@ -27,6 +27,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Train the tower exactly this many epochs (default: chosen on each user's last item).")] = None,
     rounds: Annotated[Optional[int], typer.Option(help="Boosting rounds of the ranker (default: chosen on each user's last item).")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(min=1, help="Most epochs while choosing (default: SequenceTrainConfig).")] = None,
+    max_users: Annotated[Optional[int], typer.Option(min=1, help="Train the tower on a seeded sample of this many users (default: all).")] = None,
     register: Annotated[bool, typer.Option(help="Register the tower and the ranker as vitrine-retriever and vitrine-ranker.")] = True,
     data_dir_option: DataDirOption = None,
     as_json: JsonOption = False,
@@ -34,7 +35,7 @@ def train(
     """Fit the next-item recommender (sequence tower, co-visitation and popular sources, LightGBM reranker) and register it."""
     from training.train_next_item import train_next_item
 
-    run = train_next_item(data_dir(data_dir_option), _config(max_epochs), epochs=epochs, rounds=rounds, register=register,
+    run = train_next_item(data_dir(data_dir_option), _config(max_epochs, max_users), epochs=epochs, rounds=rounds, register=register,
                           show_progress=bar_shown(not as_json))
     summary = run.summary()
     if as_json:

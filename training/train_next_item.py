@@ -69,12 +69,20 @@ class NextItemConfig:
         train: how the tower trains.
         covisitation: how the co-visitation matrices are fitted and scored.
         threads: LightGBM's threads while training (serving uses one).
+        max_holdout_users: users whose last item the epochs and the ranker are chosen on (a seeded
+            sample when more have one): 50k requests of ~200 candidates are 10M ranker rows, and
+            the epoch's validation pass is a [users, items] product.
+        max_train_users: users whose sequences the tower trains on (a seeded sample), None = all;
+            co-visitation and popularity always count everyone. For catalogs whose full log does
+            not fit the time one has (the benchmark-scale shop); quality drops with it.
     """
 
     tower: SequenceTowerConfig | None = None
     train: SequenceTrainConfig = SequenceTrainConfig()
     covisitation: CoVisitConfig = CoVisitConfig()
     threads: int = 2
+    max_holdout_users: int = 50_000
+    max_train_users: int | None = None
 
 
 @dataclass
@@ -102,10 +110,22 @@ class NextItemFit:
     curve: list[dict[str, float]] = field(default_factory=list)
 
 
-def holdout_task(sequences: Sequences) -> Task:
-    """Every user with two items or more loses their last item, which becomes their target."""
+def holdout_task(sequences: Sequences, max_users: int | None = None, seed: int = 0) -> Task:
+    """Every user with two items or more loses their last item; up to `max_users` of them (seeded sample) are scored on it."""
     users = np.flatnonzero(sequences.lengths >= 2)
-    return Task(users, sequences.truncated(1, users), sequences.items[sequences.offsets[1:][users] - 1])
+    train = sequences.truncated(1, users)
+    if max_users is not None and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    return Task(users, train, sequences.items[sequences.offsets[1:][users] - 1])
+
+
+def sample_users(sequences: Sequences, max_users: int | None, seed: int = 0) -> Sequences:
+    """The sequences of up to `max_users` users (a seeded sample), all of them when None."""
+    if max_users is None or len(sequences.user_ids) <= max_users:
+        return sequences
+    keep = np.zeros(len(sequences.user_ids), dtype=bool)
+    keep[np.random.default_rng(seed).choice(len(keep), max_users, replace=False)] = True
+    return sequences.truncated_from(np.where(keep, 0, sequences.lengths))
 
 
 def fit_sources(sequences: Sequences, retriever: SequenceRetriever, config: CoVisitConfig = CoVisitConfig()) -> CandidateSources:
@@ -134,7 +154,7 @@ def fit_next_item(
         InvalidInput: too few users with two items to hold any out.
     """
     log = _logger(show_progress)
-    task = holdout_task(sequences)
+    task = holdout_task(sequences, config.max_holdout_users)
     if len(task.users) < MIN_HOLDOUT_USERS:
         raise InvalidInput(f"next-item recommender: {len(task.users)} users have two items or more; "
                            f"at least {MIN_HOLDOUT_USERS} are needed to choose anything on")
@@ -143,12 +163,13 @@ def fit_next_item(
 
     began = time.perf_counter()
     log(f"sequence tower on {len(task.users):,} users' items but their last" + ("" if epochs else ": choosing epochs on the last"))
-    chosen = fit(task.train, content, validation=None if epochs else task, epochs=epochs, model_config=tower_config,
+    trained_on = sample_users(task.train, config.max_train_users)
+    chosen = fit(trained_on, content, validation=None if epochs else task, epochs=epochs, model_config=tower_config,
                  train_config=config.train, show_progress=show_progress)
     seconds["tower_holdout"] = round(time.perf_counter() - began, 1)
 
     began = time.perf_counter()
-    held = fit_sources(task.train, retriever_of(chosen.model, task.train), config.covisitation)
+    held = fit_sources(task.train, retriever_of(chosen.model, trained_on), config.covisitation)
     requests = candidates(held, task.history())
     log(f"reranker: LightGBM LambdaRank on {len(task.users):,} requests (the target among the candidates for "
         f"{candidate_recall(requests, task.targets):.1%})")
@@ -157,18 +178,20 @@ def fit_next_item(
 
     began = time.perf_counter()
     log(f"refit: the tower for {chosen.epochs} epochs on every item")
-    refit = fit(sequences, content, epochs=chosen.epochs, model_config=tower_config, train_config=config.train, show_progress=show_progress)
-    sources = fit_sources(sequences, retriever_of(refit.model, sequences), config.covisitation)
+    trained_on = sample_users(sequences, config.max_train_users)
+    refit = fit(trained_on, content, epochs=chosen.epochs, model_config=tower_config, train_config=config.train, show_progress=show_progress)
+    sources = fit_sources(sequences, retriever_of(refit.model, trained_on), config.covisitation)
     seconds["refit"] = round(time.perf_counter() - began, 1)
     holdout = {"users": int(len(task.users)), "tower": chosen.summary()["validation"], "ranker_valid_ndcg@10": valid_ndcg,
                "candidate_recall": candidate_recall(requests, task.targets)}
     return NextItemFit(sources, ranker, chosen.epochs, int(ranker.num_trees()), tower_config, holdout, seconds, chosen.curve)
 
 
-def retriever_of(model: Any, sequences: Sequences) -> SequenceRetriever:
-    """The served form of a fitted tower: its item vectors (items without training interactions via content) and index."""
-    known = np.bincount(sequences.items, minlength=sequences.n_items) > 0
-    return SequenceRetriever.of(model, [str(i) for i in sequences.item_ids], known)
+def retriever_of(model: Any, trained_on: Sequences) -> SequenceRetriever:
+    """The served form of a tower fitted on `trained_on`: its item vectors (items it never trained on via the
+    unknown row and content) and index."""
+    known = np.bincount(trained_on.items, minlength=trained_on.n_items) > 0
+    return SequenceRetriever.of(model, [str(i) for i in trained_on.item_ids], known)
 
 
 def ranked(sources: CandidateSources, ranker: Any, histories: Sequence[np.ndarray], depth: int = LIST_DEPTH) -> np.ndarray:
@@ -304,9 +327,6 @@ def train_next_item(
 
     sequences = read_sequences(data, end=end)
     content = content_vectors(data, sequences.item_ids)
-    if config.tower is None and content is None:
-        config = NextItemConfig(SequenceTowerConfig(max_length=default_max_length(holdout_task(sequences).train), use_content=False),
-                                config.train, config.covisitation, config.threads)
     fitted = fit_next_item(sequences, content, config, epochs=epochs, rounds=rounds, show_progress=show_progress)
     configure(data, EXPERIMENT)
     tags = {**lineage(data), "events_before": "all" if end is None else pd.Timestamp(end).isoformat(),
