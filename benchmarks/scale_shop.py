@@ -11,11 +11,15 @@ Stages, each a `vitrine` command (or torchrun) run as a subprocess, in order:
     embed        vitrine embed                                        (every one of the 100k items)
     features     vitrine features build
     feast        vitrine features apply + materialize --online redis
-    retriever    python -m training.train_retriever --epochs 1 --validation-days 0 (torchrun with --processes N)
-    ranker       vitrine train ranker --max-requests N
-    promote      @champion on the new ranker (the retriever gets it right after training, since the
-                 ranker learns from the champion's candidates); what the pipeline's promote step does
+    next-item    vitrine train next-item --max-epochs N --max-users M  (the served recommender: sequence
+                 tower, co-visitation and popular sources, reranker; the tower on a user sample)
+    promote      @champion on the newest retriever and ranker: what the pipeline's promote step does
                  when there is no champion yet
+
+`--recommender two-tower` replaces `next-item` with the two-tower pair's stages:
+
+    retriever    python -m training.train_retriever --epochs 1 --validation-days 0 (torchrun with --processes N)
+    ranker       vitrine train ranker --max-requests N   (on the candidates of the retriever @champion)
 
 The retriever learns from all 60 days (`--history-days N` narrows the window). The encoder trains on a 5,000-item sample because its cost grows with the catalog while the
 contrastive objective needs only enough pairs (on the demo shop 2,000 items suffice); `vitrine embed`
@@ -41,7 +45,9 @@ from typing import Any
 from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("generate", "encoder", "embed", "features", "feast", "retriever", "ranker", "promote")
+STAGES = ("generate", "encoder", "embed", "features", "feast", "next-item", "retriever", "ranker", "promote")
+# Stages each recommender skips.
+SKIPPED = {"next-item": ("retriever", "ranker"), "two-tower": ("next-item",)}
 # Redis db of the benchmark shop: apart from db 0 and from the tests' private db.
 DEFAULT_REDIS = "127.0.0.1:6379,db=3"
 HISTORY_DAYS = 60
@@ -66,6 +72,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[list[str]]]:
         "embed": [vitrine("embed", "--json")],
         "features": [vitrine("features", "build", "--json")],
         "feast": [vitrine("features", "apply", "--online", "redis"), vitrine("features", "materialize", "--online", "redis", "--json")],
+        "next-item": [vitrine("train", "next-item", "--max-epochs", str(args.epochs), "--max-users", str(args.tower_users), "--json")],
         "retriever": [retriever],
         "ranker": [vitrine("train", "ranker", "--max-requests", str(args.ranker_requests), "--json")],
     }
@@ -109,7 +116,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="retriever training processes (>1: torchrun)")
     parser.add_argument("--history-days", type=int, default=None, help="retriever training window in days (default: the whole log)")
     parser.add_argument("--validation-days", type=int, default=0, help="retriever per-epoch validation days (0: none)")
-    parser.add_argument("--epochs", type=int, default=1, help="retriever epochs")
+    parser.add_argument("--recommender", choices=tuple(SKIPPED), default="next-item")
+    parser.add_argument("--epochs", type=int, default=1, help="retriever epochs (next-item: most epochs while choosing)")
+    parser.add_argument("--tower-users", type=int, default=100_000, help="users the next-item tower trains on (a sample)")
     parser.add_argument("--encoder-items", type=int, default=5000)
     parser.add_argument("--ranker-requests", type=int, default=20000)
     parser.add_argument("--redis", default=os.environ.get("VITRINE_REDIS", DEFAULT_REDIS))
@@ -122,7 +131,7 @@ def main() -> None:
     env = {**os.environ, "VITRINE_DATA_DIR": str(data_dir), "VITRINE_REDIS": args.redis, "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     plan = commands(args)
-    chosen = STAGES[STAGES.index(args.first) : STAGES.index(args.last) + 1]
+    chosen = [s for s in STAGES[STAGES.index(args.first) : STAGES.index(args.last) + 1] if s not in SKIPPED[args.recommender]]
     summary: dict[str, Any] = {"data_dir": str(data_dir), "redis": args.redis, "stages": {}}
     for stage in chosen:
         started = time.perf_counter()
