@@ -1,16 +1,18 @@
 """Next-item candidates and their ranker features: what the next-item recommender ranks, offline and online.
 
 Every user is a history: their distinct items, oldest first, as rows of the retriever's catalog.
-Three sources each propose items the user has not met:
+Four sources each propose items the user has not met:
 
 - `tower`: the sequence tower's nearest items (`ranking.sequence_retriever`, the FAISS index);
 - `covisitation`: co-occurrence and transition neighbours of the last items (`feature_repo.covisitation`);
-- `popular`: the items most users' sequences hold.
+- `popular`: the items most users' sequences hold;
+- `content`: the items whose content vector (CLIP: image and title) is nearest the last items',
+  which also reaches items nobody has bought yet.
 
 Their union is tagged with each source's rank, and `candidate_features` describes every candidate
 in terms that make the sources comparable (tower score and its gap to the user's best,
-co-visitation scores with the last 1/3/10 items, source ranks and count, popularity, history
-length). The training of the reranker (`training.train_next_item`), the leave-last-out benchmark and
+co-visitation scores with the last 1/3/10 items, content cosine to the last items and their mean,
+source ranks and count, popularity, history length). The training of the reranker (`training.train_next_item`), the leave-last-out benchmark and
 serving (`ranking.recommender`) all call these functions, for one user or for all of them at once,
 so a feature is computed one way only (tested: one user's features equal the batch's).
 
@@ -40,7 +42,15 @@ if TYPE_CHECKING:  # the reranker reads FEATURE_NAMES from here without loading 
 TOWER_CANDIDATES = 100
 COVISIT_CANDIDATES = 100
 POPULAR_CANDIDATES = 20
-SOURCES = ("tower", "covisitation", "popular")
+CONTENT_CANDIDATES = 50
+SOURCES = ("tower", "covisitation", "popular", "content")
+# The content source's query: the last items' content vectors, the one p positions before the last
+# weighing CONTENT_RECENCY ** p (the last item leads, the two before it still count).
+CONTENT_QUERY_ITEMS = 3
+CONTENT_RECENCY = 0.5
+# History items whose mean content the `content_mean` feature compares with (the recent taste,
+# like the co-visitation features' last 10).
+CONTENT_HISTORY = 10
 # Reciprocal-rank constant of the merged order (the usual RRF value): the order without a reranker.
 RRF_K = 60
 
@@ -52,6 +62,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "tower_score_gap",  # tower_score minus the user's best candidate's: users differ in scale, trees split on values
     *COVISIT_FEATURES,
     "covisit_score_share",  # the candidate's co-visitation score over the user's best candidate's
+    "content_last",  # cosine of the candidate's content vector to the last item's (NaN without content)
+    "content_max3",  # the best cosine to one of the last 3 items
+    "content_mean",  # cosine to the mean of the last CONTENT_HISTORY items' vectors
     "popularity",  # log(1 + users whose sequences hold it)
     "last_item_popularity",  # the same for the user's last item: a popular last item has noisier neighbours
     "history_length",  # items in the user's history
@@ -118,7 +131,8 @@ def source_lists(sources: CandidateSources, histories: Sequence[np.ndarray], vec
     """
     covis_rows, _ = sources.covisitation.candidates_batch(histories, COVISIT_CANDIDATES)
     return {"tower": tower_top(sources.retriever, histories, vectors, TOWER_CANDIDATES), "covisitation": covis_rows,
-            "popular": _popular_top(sources.popular_order, histories, POPULAR_CANDIDATES)}
+            "popular": _popular_top(sources.popular_order, histories, POPULAR_CANDIDATES),
+            "content": _content_top(sources.retriever, histories, CONTENT_CANDIDATES)}
 
 
 def candidates(sources: CandidateSources, histories: Sequence[np.ndarray]) -> Candidates:
@@ -161,6 +175,7 @@ def candidate_features(
     score = columns["covisit_score"]
     top = np.where(valid, score, 0.0).max(axis=1, keepdims=True)
     columns["covisit_score_share"] = np.where(top > 0, score / np.maximum(top, 1e-30), 0.0)
+    columns.update(_content_similarities(sources.retriever.content, histories, safe))
     columns["popularity"] = np.log1p(sources.popularity[safe])
     last = np.array([h[-1] if len(h) else -1 for h in histories], dtype=np.int64)
     last_popularity = np.where(last >= 0, np.log1p(sources.popularity[np.maximum(last, 0)]), np.nan)
@@ -183,6 +198,43 @@ def tower_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], v
             continue  # no sequence, no tower state: the other sources speak for this user
         kept = rows[~np.isin(rows, history)][:k]
         out[n, : len(kept)] = kept
+    return out
+
+
+def _content_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """[users, k] the items whose content is nearest each user's recency-weighted last items, the history dropped."""
+    out = np.full((len(histories), k), -1, dtype=np.int64)
+    content = retriever.content
+    filled = [n for n, history in enumerate(histories) if len(history)]
+    if content is None or not filled:
+        return out
+    queries = np.zeros((len(filled), content.shape[1]), dtype=np.float32)
+    for i, n in enumerate(filled):
+        recent = histories[n][-CONTENT_QUERY_ITEMS:][::-1]  # newest first
+        queries[i] = (CONTENT_RECENCY ** np.arange(len(recent), dtype=np.float32)) @ content[recent]
+    depth = min(len(content), k + max(len(histories[n]) for n in filled))
+    found, _ = retriever.search_content(queries, depth)
+    for i, n in enumerate(filled):
+        kept = found[i][~np.isin(found[i], histories[n])][:k]
+        out[n, : len(kept)] = kept
+    return out
+
+
+def _content_similarities(content: np.ndarray | None, histories: Sequence[np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """[U, C] cosine of each candidate's content to the last item, the best of the last 3, and the recent mean (NaN without content)."""
+    out = {name: np.full(rows.shape, np.nan, dtype=np.float32) for name in ("content_last", "content_max3", "content_mean")}
+    if content is None:
+        return out
+    for u, history in enumerate(histories):
+        if not len(history):
+            continue
+        candidates = content[rows[u]]  # [C, D], unit rows
+        recent = content[history[-CONTENT_HISTORY:]]  # oldest first
+        similarity = candidates @ recent[-3:].T
+        out["content_last"][u] = similarity[:, -1]
+        out["content_max3"][u] = similarity.max(axis=1)
+        mean = recent.mean(axis=0)
+        out["content_mean"][u] = candidates @ (mean / max(float(np.linalg.norm(mean)), 1e-12))
     return out
 
 

@@ -106,6 +106,14 @@ class SequenceRetriever:
         self.config = config
         self.version = version
         self.rows = {item: row for row, item in enumerate(item_ids)}
+        # Unit content vectors of the catalog (the tower's CLIP input) and their index: the content
+        # source and features read them; None for a tower trained on ids alone.
+        self.content: np.ndarray | None = None
+        self.content_index: Any = None
+        if tower.content_projection is not None:
+            content = tower.content.numpy().astype(np.float32)
+            self.content = content / np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-12)
+            self.content_index = build_index(self.content, AnnConfig())
 
     @classmethod
     def of(cls, tower: SequenceTower, item_ids: Sequence[str], known: np.ndarray, *, ann: AnnConfig = AnnConfig(),
@@ -173,3 +181,9 @@ class SequenceRetriever:
     def search(self, vectors: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per user, the rows and scores of the k best items by inner product (FAISS), best first."""
         return search(self.index, np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+    def search_content(self, queries: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per query, the rows and cosines of the k items whose content is nearest (FAISS); no content: nothing."""
+        if self.content_index is None:
+            return [np.zeros(0, dtype=np.int64)] * len(queries), [np.zeros(0, dtype=np.float32)] * len(queries)
+        return search(self.content_index, np.ascontiguousarray(queries, dtype=np.float32), k)
