@@ -1,0 +1,65 @@
+"""The served sequence retriever: the numpy user states equal the tower's, and a saved dir serves what was trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ranking.sequence_retriever import NUMPY_USERS, SequenceRetriever, UserStates, is_sequence_retriever, save_sequence_retriever
+from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
+from vitrine.errors import ModelUnavailable
+
+N_ITEMS = 50
+
+
+def tower(content: bool, seed: int = 0) -> SequenceTower:
+    torch.manual_seed(seed)
+    vectors = np.random.default_rng(seed).normal(size=(N_ITEMS, 12)).astype(np.float32) if content else None
+    model = SequenceTower(SequenceTowerConfig(embedding_dim=16, layers=2, heads=2, max_length=8, dropout=0.3, use_content=content),
+                          N_ITEMS, vectors)
+    # Trained-looking weights: the default init leaves the blocks' biases at 0 and norms at 1.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model.eval()
+
+
+@pytest.mark.parametrize("content", [False, True])
+def test_numpy_states_equal_the_tower(content: bool) -> None:
+    model = tower(content)
+    known = np.arange(N_ITEMS) % 7 != 0  # some items the ids never trained on
+    retriever = SequenceRetriever.of(model, [f"I{i}" for i in range(N_ITEMS)], known)
+    rng = np.random.default_rng(1)
+    histories = [rng.choice(N_ITEMS, size=n, replace=False) for n in (1, 2, 5, 8, 8, 3)]
+    with torch.inference_mode():
+        padded, lengths = pad_histories(histories, model.config.max_length)
+        expected = model.user_vectors(padded, lengths, torch.from_numpy(known)[padded]).numpy()
+    states = UserStates(model, retriever.vectors)
+    # float32 arithmetic in another order: equal to rounding.
+    np.testing.assert_allclose(np.stack([states(h) for h in histories]), expected, rtol=1e-4, atol=1e-5)
+    # A request (few users) takes the numpy path, a batch the tower's: the same vectors.
+    assert len(histories) <= NUMPY_USERS
+    np.testing.assert_allclose(retriever.vectors_of(histories), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(retriever.vectors_of(histories * 3)[: len(histories)], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_saved_retriever_serves_what_was_trained(tmp_path: Path) -> None:
+    model = tower(content=True)
+    known = np.ones(N_ITEMS, dtype=bool)
+    ids = [f"I{i}" for i in range(N_ITEMS)]
+    path = save_sequence_retriever(tmp_path / "retriever", model, ids, known, lineage={"run_id": "r1"})
+    assert is_sequence_retriever(path)
+    loaded = SequenceRetriever.load(path)
+    memory = SequenceRetriever.of(model, ids, known)
+    histories = loaded.histories([["I3", "I9", "nope", "I1"], [], None])
+    assert [h.tolist() for h in histories] == [[3, 9, 1], [], []]  # unknown ids dropped, no sequence = empty
+    np.testing.assert_array_equal(loaded.vectors, memory.vectors)
+    np.testing.assert_array_equal(loaded.vectors_of(histories), memory.vectors_of(histories))
+    rows, _ = loaded.search(loaded.vectors_of(histories[:1]), 5)
+    assert len(rows[0]) == 5 and loaded.version == "r1"
+    (path / "item_ids.json").write_text('["I1"]')
+    with pytest.raises(ModelUnavailable, match="item ids"):
+        SequenceRetriever.load(path)
