@@ -235,6 +235,7 @@ def served_rows(data: DataDir, split: LeaveLastOut, root: Path, show_progress: b
     from ranking.recommender import Recommender
     from training.next_item_evaluation import system_rows
     from training.pipeline import PipelineConfig, run_pipeline
+    from training.train_next_item import elapsed_days
 
     began = time.perf_counter()
     served = held_in_shop(data, split, root)
@@ -258,7 +259,9 @@ def served_rows(data: DataDir, split: LeaveLastOut, root: Path, show_progress: b
     histories = [own.get_indexer(split.sequences.item_ids[h].astype(str)) for h in split.test.history()]
     histories = [h[h >= 0] for h in histories]
     targets = own.get_indexer(split.sequences.item_ids[split.test.targets].astype(str))
-    rows = system_rows(bundle.sources, bundle.reranker.booster, histories, targets, len(own))
+    # As served: the request comes at `as_of`.
+    elapsed = elapsed_days(split.test.train, split.test.users, np.full(len(users), pd.Timestamp(as_of).value))
+    rows = system_rows(bundle.sources, bundle.reranker.booster, histories, targets, len(own), elapsed)
     offline = rows.pop("vitrine")
     cold = sum(listed.cold_start for listed in answers)
     rows["vitrine"] = {

@@ -69,7 +69,10 @@ USER_STATS: tuple[Column, ...] = (
 )
 USER_RECENT_ITEMS: tuple[Column, ...] = (Column("recent_item_ids", "string_list"),)
 # The user's distinct items in the order first met (`feature_repo.sequences.Sequences`), oldest first.
-USER_SEQUENCE: tuple[Column, ...] = (Column("sequence_item_ids", "string_list"),)
+USER_SEQUENCE: tuple[Column, ...] = (
+    Column("sequence_item_ids", "string_list"),
+    Column("last_item_at_s", "int64"),  # when the newest of them was first met (epoch seconds, UTC)
+)
 # The item's co-visitation neighbours (`feature_repo.covisitation`), best first, and how many users' sequences hold it.
 ITEM_COVISITATION: tuple[Column, ...] = (
     Column("cooc_item_ids", "string_list"),
@@ -77,6 +80,7 @@ ITEM_COVISITATION: tuple[Column, ...] = (
     Column("next_item_ids", "string_list"),
     Column("next_scores", "float32_list"),
     Column("sequence_users", "int64"),
+    Column("repeat_share", "float32"),  # share of those users who came back to it in another session
 )
 ITEM_EMBEDDING: tuple[Column, ...] = (
     Column("embedding", "float32_list"),

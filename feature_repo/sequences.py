@@ -83,6 +83,9 @@ class Sequences:
         offsets: [users + 1] user u's items are items[offsets[u]:offsets[u + 1]], oldest first.
         items: [interactions] catalog rows.
         moments: [interactions] ns since the epoch (UTC) of each item's first interaction, when known.
+        returns: [interactions] in how many more sessions the user met the item again (0 = once), when
+            known. It counts the whole log it was built from, also past a later truncation: an item-level
+            share of returning users (`repeat_share`) moves by a few users at most for it.
     """
 
     item_ids: np.ndarray
@@ -90,6 +93,7 @@ class Sequences:
     offsets: np.ndarray
     items: np.ndarray
     moments: np.ndarray | None = None
+    returns: np.ndarray | None = None
 
     @classmethod
     def of(cls, interactions: pd.DataFrame, catalog_ids: Sequence[str] | pd.Series) -> "Sequences":
@@ -108,11 +112,14 @@ class Sequences:
             raise ValueError(f"interactions: item_id {missing!r} is not in the catalog")
         frame["order"] = np.arange(len(frame))
         frame = frame.sort_values(["user_id", "timestamp", "order"], kind="stable")
+        # Rows of one (user, item) beyond the first: the sessions they came back to it in.
+        frame["returns"] = frame.groupby(["user_id", "row"], sort=False)["order"].transform("size") - 1
         frame = frame.drop_duplicates(["user_id", "row"], keep="first")
         users, starts = np.unique(frame["user_id"].to_numpy(), return_index=True)
         offsets = np.r_[starts, len(frame)].astype(np.int64)
         moments = pd.to_datetime(frame["timestamp"], utc=True).astype("datetime64[ns, UTC]").array.asi8  # type: ignore[union-attr]
-        return cls(item_ids, users.astype(object), offsets, frame["row"].to_numpy(np.int64), np.asarray(moments, dtype=np.int64))
+        return cls(item_ids, users.astype(object), offsets, frame["row"].to_numpy(np.int64), np.asarray(moments, dtype=np.int64),
+                   frame["returns"].to_numpy(np.int32))
 
     @property
     def n_items(self) -> int:
@@ -141,18 +148,30 @@ class Sequences:
         starts = self.offsets[:-1]
         keep = (np.repeat(starts, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))).astype(np.int64)
         offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        return Sequences(self.item_ids, self.user_ids, offsets, self.items[keep], None if self.moments is None else self.moments[keep])
+        return Sequences(self.item_ids, self.user_ids, offsets, self.items[keep], *self._per_interaction(keep))
+
+    def _per_interaction(self, keep: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """`moments` and `returns` of the kept interactions."""
+        return (None if self.moments is None else self.moments[keep], None if self.returns is None else self.returns[keep])
+
+    def repeat_share(self) -> np.ndarray:
+        """[items] the share of an item's users who came back to it in another session (NaN: no user, or unknown)."""
+        users = np.bincount(self.items, minlength=self.n_items).astype(np.float32)
+        if self.returns is None:
+            return np.full(self.n_items, np.nan, dtype=np.float32)
+        returning = np.bincount(self.items, weights=(self.returns > 0), minlength=self.n_items).astype(np.float32)
+        return np.where(users > 0, returning / np.maximum(users, 1.0), np.nan).astype(np.float32)
 
     def remapped(self, item_ids: Sequence[str] | np.ndarray) -> "Sequences":
         """The same sequences in the rows of another catalog `item_ids`; items it lacks are dropped."""
         ids = np.asarray([str(i) for i in item_ids], dtype=object)
         if len(ids) == len(self.item_ids) and np.array_equal(ids, self.item_ids.astype(str)):
-            return Sequences(ids, self.user_ids, self.offsets, self.items, self.moments)
+            return Sequences(ids, self.user_ids, self.offsets, self.items, self.moments, self.returns)
         rows = pd.Index(ids).get_indexer(self.item_ids.astype(str))[self.items]
         kept = rows >= 0
         lengths = np.bincount(np.repeat(np.arange(len(self.user_ids)), self.lengths)[kept], minlength=len(self.user_ids))
         offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        return Sequences(ids, self.user_ids, offsets, rows[kept].astype(np.int64), None if self.moments is None else self.moments[kept])
+        return Sequences(ids, self.user_ids, offsets, rows[kept].astype(np.int64), *self._per_interaction(np.flatnonzero(kept)))
 
     def interactions(self) -> pd.DataFrame:
         """user (row), item (row), position: the long form, for count-based models."""

@@ -110,6 +110,7 @@ class Neighbours:
         cooc_ids, next_ids: per row, neighbour ids (object arrays), best first.
         cooc_scores, next_scores: per row, their float32 scores.
         sequence_users: (n,) how many users' sequences hold the item (0 where unknown).
+        repeat_share: (n,) share of them who came back to it in another session (NaN where unknown).
     """
 
     cooc_ids: list[np.ndarray]
@@ -117,6 +118,7 @@ class Neighbours:
     next_ids: list[np.ndarray]
     next_scores: list[np.ndarray]
     sequence_users: np.ndarray
+    repeat_share: np.ndarray
 
     def at(self, rows: np.ndarray) -> "Neighbours":
         """The values of `rows` (table rows; -1 = an item the table lacks, which gets none)."""
@@ -125,8 +127,10 @@ class Neighbours:
         def pick(values: list[np.ndarray], empty: np.ndarray) -> list[np.ndarray]:
             return [values[r] if r >= 0 else empty for r in rows]
 
+        safe = np.maximum(rows, 0)
         return Neighbours(pick(self.cooc_ids, empty_ids), pick(self.cooc_scores, empty_scores), pick(self.next_ids, empty_ids),
-                          pick(self.next_scores, empty_scores), np.where(rows >= 0, self.sequence_users[np.maximum(rows, 0)], 0))
+                          pick(self.next_scores, empty_scores), np.where(rows >= 0, self.sequence_users[safe], 0),
+                          np.where(rows >= 0, self.repeat_share[safe], np.nan).astype(np.float32))
 
 
 def read_neighbours(
@@ -135,6 +139,7 @@ def read_neighbours(
     """The `item_covisitation` rows of `ids` from the online store, NEIGHBOUR_CHUNK items at a time."""
     columns: dict[str, list[np.ndarray]] = {name: [] for name in ("cooc_item_ids", "cooc_scores", "next_item_ids", "next_scores")}
     users = np.zeros(len(ids), dtype=np.int64)
+    repeat = np.full(len(ids), np.nan, dtype=np.float32)
     reader = open_reader(store, "item_id", (NEIGHBOURS_VIEW,), online=online, bulk=True)
     try:
         for start in range(0, len(ids), NEIGHBOUR_CHUNK):
@@ -144,9 +149,11 @@ def read_neighbours(
                     kind = object if name.endswith("ids") else np.float32
                     values.append(np.asarray(row.get(name) or [], dtype=kind))
                 users[n] = int(row.get("sequence_users") or 0)
+                if row.get("repeat_share") is not None:
+                    repeat[n] = float(row["repeat_share"])
     finally:
         reader.close()
-    return Neighbours(columns["cooc_item_ids"], columns["cooc_scores"], columns["next_item_ids"], columns["next_scores"], users)
+    return Neighbours(columns["cooc_item_ids"], columns["cooc_scores"], columns["next_item_ids"], columns["next_scores"], users, repeat)
 
 
 # What `materialization_version` says of a view that is not in the registry.

@@ -12,7 +12,8 @@ Four sources each propose items the user has not met:
 Their union is tagged with each source's rank, and `candidate_features` describes every candidate
 in terms that make the sources comparable (tower score and its gap to the user's best,
 co-visitation scores with the last 1/3/10 items, content cosine to the last items and their mean,
-source ranks and count, popularity, history length). The training of the reranker (`training.train_next_item`), the leave-last-out benchmark and
+source ranks and count, popularity, the item's share of returning users, the user's history length
+and days since their newest item). The training of the reranker (`training.train_next_item`), the leave-last-out benchmark and
 serving (`ranking.recommender`) all call these functions, for one user or for all of them at once,
 so a feature is computed one way only (tested: one user's features equal the batch's).
 
@@ -66,8 +67,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "content_max3",  # the best cosine to one of the last 3 items
     "content_mean",  # cosine to the mean of the last CONTENT_HISTORY items' vectors
     "popularity",  # log(1 + users whose sequences hold it)
+    "item_repeat_share",  # share of the item's users who came back to it in another session (re-buys, re-visits)
     "last_item_popularity",  # the same for the user's last item: a popular last item has noisier neighbours
     "history_length",  # items in the user's history
+    "days_since_last_item",  # from the user's newest item to the request (NaN when unknown)
 )
 
 
@@ -79,19 +82,21 @@ class CandidateSources:
         retriever: the sequence tower and its index.
         covisitation: fitted (or rebuilt from the online store) on the same catalog rows.
         popularity: [items] users whose sequences hold each item.
+        repeat_share: [items] share of them who came back to it in another session (NaN: unknown).
     """
 
     retriever: "SequenceRetriever"
     covisitation: CoVisitation
     popularity: np.ndarray
+    repeat_share: np.ndarray
     # The items some sequence holds, most popular first (ties: lower row): sorted once, not per request.
     popular_order: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.retriever.item_ids)
-        if self.covisitation.n_items != n or len(self.popularity) != n:
+        if self.covisitation.n_items != n or len(self.popularity) != n or len(self.repeat_share) != n:
             raise ValueError(f"sources disagree on the catalog: tower {n}, co-visitation {self.covisitation.n_items}, "
-                             f"popularity {len(self.popularity)} items")
+                             f"popularity {len(self.popularity)}, repeat share {len(self.repeat_share)} items")
         order = np.argsort(-self.popularity, kind="stable")
         object.__setattr__(self, "popular_order", order[self.popularity[order] > 0])
 
@@ -135,12 +140,16 @@ def source_lists(sources: CandidateSources, histories: Sequence[np.ndarray], vec
             "content": _content_top(sources.retriever, histories, CONTENT_CANDIDATES)}
 
 
-def candidates(sources: CandidateSources, histories: Sequence[np.ndarray]) -> Candidates:
-    """The union of every source's candidates per history, with the reranker's features."""
+def candidates(sources: CandidateSources, histories: Sequence[np.ndarray], elapsed_days: np.ndarray | None = None) -> Candidates:
+    """The union of every source's candidates per history, with the reranker's features.
+
+    Args:
+        elapsed_days: [users] days from each user's newest item to the request (None: unknown).
+    """
     vectors = sources.retriever.vectors_of(histories)
     lists = source_lists(sources, histories, vectors)
     rows = union_rows(lists)
-    return Candidates(rows, *candidate_features(sources, histories, vectors, rows, lists))
+    return Candidates(rows, *candidate_features(sources, histories, vectors, rows, lists, elapsed_days))
 
 
 def union_rows(lists: dict[str, np.ndarray]) -> np.ndarray:
@@ -154,7 +163,12 @@ def union_rows(lists: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def candidate_features(
-    sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray, rows: np.ndarray, lists: dict[str, np.ndarray]
+    sources: CandidateSources,
+    histories: Sequence[np.ndarray],
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    lists: dict[str, np.ndarray],
+    elapsed_days: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """FEATURE_NAMES of every valid candidate in `rows` [users, C], row-major: the matrix, rrf, each row's user and catalog row."""
     valid = rows >= 0
@@ -177,10 +191,13 @@ def candidate_features(
     columns["covisit_score_share"] = np.where(top > 0, score / np.maximum(top, 1e-30), 0.0)
     columns.update(_content_similarities(sources.retriever.content, histories, safe))
     columns["popularity"] = np.log1p(sources.popularity[safe])
+    columns["item_repeat_share"] = sources.repeat_share[safe]
     last = np.array([h[-1] if len(h) else -1 for h in histories], dtype=np.int64)
     last_popularity = np.where(last >= 0, np.log1p(sources.popularity[np.maximum(last, 0)]), np.nan)
     columns["last_item_popularity"] = np.repeat(last_popularity[:, None], rows.shape[1], axis=1)
     columns["history_length"] = np.repeat(np.array([len(h) for h in histories], np.float32)[:, None], rows.shape[1], axis=1)
+    elapsed = np.full(len(histories), np.nan, dtype=np.float32) if elapsed_days is None else np.asarray(elapsed_days, dtype=np.float32)
+    columns["days_since_last_item"] = np.repeat(elapsed[:, None], rows.shape[1], axis=1)
     matrix = np.stack([np.asarray(columns[name], dtype=np.float32)[valid] for name in FEATURE_NAMES], axis=1)
     users = np.repeat(np.arange(len(rows)), valid.sum(axis=1))
     return matrix, rrf[valid], users, rows[valid]

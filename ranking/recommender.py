@@ -236,7 +236,7 @@ def next_item_sources(retriever: "SequenceRetriever", items: ServingItems, table
                                "`vitrine features materialize` (the next-item sources read it)")
     found = items.neighbours.at(table_rows)
     covisitation = CoVisitation.from_neighbours(retriever.item_ids, (found.cooc_ids, found.cooc_scores), (found.next_ids, found.next_scores))
-    return CandidateSources(retriever, covisitation, found.sequence_users.astype(np.float32))
+    return CandidateSources(retriever, covisitation, found.sequence_users.astype(np.float32), found.repeat_share)
 
 
 def serving_threads() -> None:
@@ -450,7 +450,7 @@ class Recommender:
 
         bought = [self.purchases.of(u) if exclude_purchased else frozenset() for u in ids]
         if bundle.sources is not None:
-            candidates, matrices = next_item_candidates(bundle.sources, bundle, rows, timer)
+            candidates, matrices = next_item_candidates(bundle.sources, bundle, rows, timer, now)
             cold = [n not in candidates for n in range(len(ids))]  # no sequence: nothing to go on
         else:
             candidates, matrices = two_tower_candidates(bundle, rows, ids, bought, self.candidates, timer)
@@ -536,7 +536,7 @@ def sources_of(proposed: np.ndarray, names: Sequence[str]) -> tuple[str, ...]:
 
 
 def next_item_candidates(
-    sources: CandidateSources, bundle: ModelBundle, rows: Sequence[Mapping[str, Any] | None], timer: "_Timer"
+    sources: CandidateSources, bundle: ModelBundle, rows: Sequence[Mapping[str, Any] | None], timer: "_Timer", now: datetime
 ) -> tuple[dict[int, Found], dict[int, np.ndarray]]:
     """Candidates and ranker matrices of the users with a sequence, by user position (`ranking.next_item`).
 
@@ -551,11 +551,13 @@ def next_item_candidates(
         timer.lap("rank_features")
         return {}, {}
     histories = [histories_of[n] for n in users]
+    newest = np.array([(rows[n] or {}).get("last_item_at_s") or np.nan for n in users], dtype=np.float64)
+    elapsed = ((now.timestamp() - newest) / 86_400.0).astype(np.float32)
     vectors = retriever.vectors_of(histories)
     lists = source_lists(sources, histories, vectors)
     union = union_rows(lists)
     timer.lap("retrieve")
-    matrix, _, owners, items = candidate_features(sources, histories, vectors, union, lists)
+    matrix, _, owners, items = candidate_features(sources, histories, vectors, union, lists, elapsed)
     proposed = ~np.isnan(matrix[:, : len(SOURCES)])
     tower = matrix[:, NEXT_ITEM_FEATURES.index("tower_score")]
     bounds = np.searchsorted(owners, np.arange(len(users) + 1))  # feature rows are user-major

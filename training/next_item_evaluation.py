@@ -31,18 +31,20 @@ import numpy as np
 from feature_repo.sequences import Sequences
 from ranking.next_item import FEATURE_NAMES, CandidateSources, candidates, merged_order, order_by, source_lists
 from training.leave_last_out import LeaveLastOut, evaluate_lists
-from training.train_next_item import NextItemConfig, NextItemFit, candidate_recall, fit_next_item
+from training.train_next_item import NextItemConfig, NextItemFit, candidate_recall, fit_next_item, request_elapsed
 from training.train_sequence import LIST_DEPTH
 from vitrine.paths import DataDir
 
 
-def system_rows(sources: CandidateSources, ranker: Any, histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int) -> dict[str, dict[str, Any]]:
+def system_rows(sources: CandidateSources, ranker: Any, histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int,
+                elapsed: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Every row's figures on `targets` ([users] rows of the sources' catalog) given each user's history.
 
     Args:
         sources: the served (or refit) sources; `ranker`: their LightGBM booster.
+        elapsed: [users] days from each user's newest item to the request (None: unknown).
     """
-    found = candidates(sources, histories)
+    found = candidates(sources, histories, elapsed)
     lists = source_lists(sources, histories, sources.retriever.vectors_of(histories))
     reranked = order_by(found, -ranker.predict(found.frame(), num_threads=1), LIST_DEPTH)
     ceiling = candidate_recall(found, targets)
@@ -56,9 +58,10 @@ def system_rows(sources: CandidateSources, ranker: Any, histories: Sequence[np.n
     }
 
 
-def fit_rows(fitted: NextItemFit, histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int) -> dict[str, dict[str, Any]]:
+def fit_rows(fitted: NextItemFit, histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int,
+             elapsed: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """`system_rows` of a fit, with what it chose on the held-in last items."""
-    rows = system_rows(fitted.sources, fitted.ranker, histories, targets, n_items)
+    rows = system_rows(fitted.sources, fitted.ranker, histories, targets, n_items, elapsed)
     rows["vitrine_sequence"].update(validation=fitted.holdout["tower"], settings=fitted.tower_config.to_json(), epochs=fitted.epochs)
     rows["vitrine"]["ranker"].update(valid_ndcg_at_10=fitted.holdout["ranker_valid_ndcg@10"], holdout_candidate_recall=fitted.holdout["candidate_recall"])
     rows["vitrine"]["seconds_by_part"] = fitted.seconds
@@ -76,7 +79,7 @@ def vitrine_rows(
     """
     began = time.perf_counter()
     fitted = fit_next_item(split.test.train, content, config, show_progress=show_progress)
-    rows = fit_rows(fitted, split.test.history(), split.test.targets, split.sequences.n_items)
+    rows = fit_rows(fitted, split.test.history(), split.test.targets, split.sequences.n_items, request_elapsed(split.sequences, split.test))
     rows["vitrine"]["seconds"] = round(time.perf_counter() - began, 1)
     return rows
 
@@ -95,6 +98,7 @@ def evaluate_next_item(
         content = content_vectors(data, sequences.item_ids)
         fitted = fit_next_item(split.test.train, content, config, show_progress=show_progress)
         histories, targets, users = split.test.history(), split.test.targets, len(split.test.users)
+        elapsed = request_elapsed(sequences, split.test)
         before: Sequences = split.test.train
         cutoff = None
     else:
@@ -106,6 +110,7 @@ def evaluate_next_item(
         before = later.before
         fitted = fit_next_item(before, content_vectors(data, before.item_ids), config, show_progress=show_progress)
         histories, targets, users = later.histories(), later.targets, len(later.users)
+        elapsed = later.elapsed()
         cutoff = cut.isoformat()
     return {"protocol": protocol, "split_start": cutoff, "users": users, "items": before.n_items,
-            "models": fit_rows(fitted, histories, targets, before.n_items), "seconds": round(time.perf_counter() - began, 1)}
+            "models": fit_rows(fitted, histories, targets, before.n_items, elapsed), "seconds": round(time.perf_counter() - began, 1)}

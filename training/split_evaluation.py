@@ -204,6 +204,7 @@ class NextItemSplit:
     users: np.ndarray
     targets: np.ndarray
     cutoff: pd.Timestamp
+    target_at: np.ndarray  # [len(users)] ns: when each user met their target (their request)
 
     @classmethod
     def of(cls, data: DataDir, cutoff: pd.Timestamp) -> "NextItemSplit":
@@ -217,11 +218,18 @@ class NextItemSplit:
         before_count = np.bincount(owner[everything.moments < pd.Timestamp(cutoff).value], minlength=len(lengths))
         users = np.flatnonzero((before_count > 0) & (before_count < lengths))
         targets = everything.items[starts[users] + before_count[users]]
+        target_at = everything.moments[starts[users] + before_count[users]]
         before = everything.truncated_to(before_count)
-        return cls(before, users, targets, pd.Timestamp(cutoff))
+        return cls(before, users, targets, pd.Timestamp(cutoff), target_at)
 
     def histories(self) -> list[np.ndarray]:
         return [self.before.user(int(u)) for u in self.users]
+
+    def elapsed(self) -> np.ndarray | None:
+        """[len(users)] days from each user's newest item before T to their target."""
+        from training.train_next_item import elapsed_days
+
+        return elapsed_days(self.before, self.users, self.target_at)
 
 
 def evaluate_next_item_pair(data: DataDir, split: NextItemSplit, alias: str) -> tuple[dict[str, float], dict[int, float]]:
@@ -255,7 +263,7 @@ def evaluate_next_item_pair(data: DataDir, split: NextItemSplit, alias: str) -> 
     tower = tower_top(retriever, histories, retriever.vectors_of(histories), min(MAX_K, len(retriever.item_ids)))
     targets = [np.array([t]) if t >= 0 else np.zeros(0, dtype=np.int64) for t in to_own]
     figures = {f"retriever.{name.replace('@', '_at_')}": value for name, value in ranking_metrics(tower, targets, len(retriever.item_ids)).items()}
-    served = ranked(sources, reranker.booster, histories)
+    served = ranked(sources, reranker.booster, histories, elapsed=split.elapsed())
     for name, value in evaluate_lists(served, to_own, len(retriever.item_ids)).items():
         if name.startswith(("recall@", "ndcg@")):
             figures[f"ranker.{name.replace('@', '_at_')}"] = value

@@ -44,6 +44,7 @@ from training.train_sequence import LIST_DEPTH, SequenceTrainConfig, default_max
 from vitrine.errors import InvalidInput
 from vitrine.paths import DataDir
 
+NS_PER_DAY = 86_400 * 1_000_000_000
 # Share of the ranker's training requests held out for its early stopping.
 RANKER_HOLDOUT = 0.1
 # LightGBM settings of the reranker. 63 leaves with 50 rows a leaf and a gentle learning rate: the
@@ -129,8 +130,18 @@ def sample_users(sequences: Sequences, max_users: int | None, seed: int = 0) -> 
 
 
 def fit_sources(sequences: Sequences, retriever: SequenceRetriever, config: CoVisitConfig = CoVisitConfig()) -> CandidateSources:
-    """The tower's retriever with co-visitation and popularity counted on the same sequences."""
-    return CandidateSources(retriever, CoVisitation.fit(sequences, config), np.bincount(sequences.items, minlength=sequences.n_items).astype(np.float32))
+    """The tower's retriever with co-visitation, popularity and repeat shares counted on the same sequences."""
+    popularity = np.bincount(sequences.items, minlength=sequences.n_items).astype(np.float32)
+    return CandidateSources(retriever, CoVisitation.fit(sequences, config), popularity, sequences.repeat_share())
+
+
+def elapsed_days(before: Sequences, users: np.ndarray, moments: np.ndarray) -> np.ndarray | None:
+    """[len(users)] days from each user's newest item in `before` to their request at `moments` (ns); None without times."""
+    if before.moments is None:
+        return None
+    last = before.moments[np.maximum(before.offsets[1:][users] - 1, 0)]
+    has = before.lengths[users] > 0
+    return np.where(has, (moments - last) / NS_PER_DAY, np.nan).astype(np.float32)
 
 
 def fit_next_item(
@@ -170,7 +181,8 @@ def fit_next_item(
 
     began = time.perf_counter()
     held = fit_sources(task.train, retriever_of(chosen.model, trained_on), config.covisitation)
-    requests = candidates(held, task.history())
+    # A held-out item's request came when the user met it.
+    requests = candidates(held, task.history(), request_elapsed(sequences, task))
     log(f"reranker: LightGBM LambdaRank on {len(task.users):,} requests (the target among the candidates for "
         f"{candidate_recall(requests, task.targets):.1%})")
     ranker, valid_ndcg = fit_ranker([(requests, task.targets)], rounds=rounds, threads=config.threads)
@@ -187,6 +199,14 @@ def fit_next_item(
     return NextItemFit(sources, ranker, chosen.epochs, int(ranker.num_trees()), tower_config, holdout, seconds, chosen.curve)
 
 
+def request_elapsed(sequences: Sequences, task: Task) -> np.ndarray | None:
+    """[task users] days from each user's newest history item to the moment they met the target (`sequences` holds both)."""
+    if sequences.moments is None:
+        return None
+    target_at = sequences.moments[sequences.offsets[1:][task.users] - 1]
+    return elapsed_days(task.train, task.users, target_at)
+
+
 def retriever_of(model: Any, trained_on: Sequences) -> SequenceRetriever:
     """The served form of a tower fitted on `trained_on`: its item vectors (items it never trained on via the
     unknown row and content) and index."""
@@ -194,9 +214,10 @@ def retriever_of(model: Any, trained_on: Sequences) -> SequenceRetriever:
     return SequenceRetriever.of(model, [str(i) for i in trained_on.item_ids], known)
 
 
-def ranked(sources: CandidateSources, ranker: Any, histories: Sequence[np.ndarray], depth: int = LIST_DEPTH) -> np.ndarray:
+def ranked(sources: CandidateSources, ranker: Any, histories: Sequence[np.ndarray], depth: int = LIST_DEPTH,
+           elapsed: np.ndarray | None = None) -> np.ndarray:
     """[users, depth] the reranked candidates of each history (-1 padded): what serving answers, offline."""
-    found = candidates(sources, histories)
+    found = candidates(sources, histories, elapsed)
     return order_by(found, -ranker.predict(found.frame(), num_threads=1), depth)
 
 

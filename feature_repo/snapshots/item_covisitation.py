@@ -2,7 +2,8 @@
 
 `feature_repo.covisitation.CoVisitation.fit` over every user's sequence up to the snapshot day
 (events before it), stored as Feast rows: the item's co-occurrence and transition neighbours (ids
-and scores, best first) and how many users' sequences hold it (the popular source ranks by it).
+and scores, best first), how many users' sequences hold it (the popular source ranks by it) and
+the share of them who came back to it in another session (a ranker feature).
 Serving loads the whole table once per materialization and rebuilds the same matrices from it
 (`CoVisitation.from_neighbours`), so online candidates and features are the offline ones.
 
@@ -46,6 +47,7 @@ def item_covisitation(sequences: Sequences, day: int, config: CoVisitConfig = Co
             "next_item_ids": next_ids,
             "next_scores": next_scores,
             "sequence_users": pa.array(users[rows].astype(np.int64)),
+            "repeat_share": pa.array(sequences.repeat_share()[rows].astype(np.float32)),
         },
         schema=SCHEMA,
     )

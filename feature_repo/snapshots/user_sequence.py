@@ -56,6 +56,7 @@ def user_sequence(sequences: Sequences, first_day: int, last_day: int) -> pa.Tab
             "user_id": names_of(owner[out], sequences.user_ids),
             "event_timestamp": pa.array(day_start(snapshot[out]), type=pa.timestamp("ns", tz="UTC")),
             "sequence_item_ids": lists.take(pa.array(out)),
+            "last_item_at_s": pa.array(sequences.moments[changed[out]] // 1_000_000_000),
         },
         schema=SCHEMA,
     )

@@ -17,7 +17,7 @@ from ranking.recommender import ModelBundle, Recommender, _Timer, check_bundle, 
 from ranking.reranker import Reranker
 from ranking.sequence_retriever import SequenceRetriever
 from tests.shops import served_next_item_shop
-from training.train_next_item import fit_sources
+from training.train_next_item import elapsed_days, fit_sources
 from vitrine.errors import ModelUnavailable
 from vitrine.paths import DataDir
 
@@ -44,14 +44,17 @@ def test_the_online_path_computes_the_offline_candidates_and_features(recommende
     """No train/serve skew: user_sequence and item_covisitation read online give the features training computes from events."""
     bundle = recommender.bundle
     assert bundle.sources is not None and isinstance(bundle.retriever, SequenceRetriever)
+    now = recommender.moment()
     rows = recommender.users.read(active_users)  # type: ignore[union-attr]
-    online, matrices = next_item_candidates(bundle.sources, bundle, rows, _Timer())
+    online, matrices = next_item_candidates(bundle.sources, bundle, rows, _Timer(), now)
     sequences = read_sequences(data).remapped(bundle.retriever.item_ids)
     offline_sources = fit_sources(sequences, bundle.retriever)
     index = {str(u): n for n, u in enumerate(sequences.user_ids)}
     for n, user in enumerate(active_users):
         history = sequences.user(index[user])
-        found = candidates(offline_sources, [history])
+        # The request comes now: the days since the user's newest item are the online reader's too.
+        elapsed = elapsed_days(sequences, np.array([index[user]]), np.array([pd.Timestamp(now).value]))
+        found = candidates(offline_sources, [history], elapsed)
         ids, _, _, proposed = online[n]
         assert list(ids) == [bundle.retriever.item_ids[r] for r in found.items]
         # Same code, same inputs: features equal up to float32 rounding of the tower's matmul.
