@@ -5,7 +5,6 @@ Both are thin: the pipeline is `training.pipeline`, the demo is `training.demo`.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import Annotated, Optional
 
@@ -88,9 +87,7 @@ def run_command(
     config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule),
                             progress=not as_json, online=online_store(online), recommender=recommender)  # type: ignore[arg-type]
     try:
-        # Stages print progress to stdout (Feast's materialize does): with --json, stdout is the JSON only.
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-            result = run_pipeline(data, config)
+        result = run_pipeline(data, config)  # with --json, `vitrine.cli` keeps stdout for the JSON
     except StepFailed as failed:
         cause = failed.__cause__
         err.print(f"[bold red]error:[/] {failed}")

@@ -10,6 +10,7 @@ It also maps the error tree (`vitrine.errors`) to exit codes, in one place.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from collections.abc import Mapping
@@ -103,8 +104,12 @@ def build() -> LazyGroup:
 
 
 def main() -> None:
+    from vitrine.options import json_only_on_stdout
+
     try:
-        build().main(prog_name="vitrine", standalone_mode=False)
+        # With --json, stdout is the JSON document alone, whatever a stage or library prints.
+        with json_only_on_stdout() if "--json" in sys.argv[1:] else contextlib.nullcontext():
+            build().main(prog_name="vitrine", standalone_mode=False)
     except VitrineError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         sys.exit(exc.exit_code)

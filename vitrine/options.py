@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, Optional, TextIO, get_args
 
 import typer
 
@@ -60,10 +62,29 @@ def as_of(option: str | None) -> datetime | None:
     return parse_as_of(option) if option and option.strip() else None
 
 
+# Where `print_json` writes while `json_only_on_stdout` is in force: the stdout that was, before the
+# rest of the output went to stderr.
+_json_stream: TextIO | None = None
+
+
+@contextlib.contextmanager
+def json_only_on_stdout() -> Iterator[None]:
+    """Inside, stdout carries `print_json`'s document only; whatever else prints (our progress lines,
+    Feast's materialize log, a library's notice) goes to stderr, so `--json | jq` always parses."""
+    global _json_stream
+    saved = _json_stream
+    _json_stream = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_stream = saved
+
+
 def print_json(payload: Any) -> None:
     """Print `payload` as JSON on stdout for `--json`: plain `print` (rich would wrap long lines), values
     JSON cannot hold as text (`default=str`: datetimes, paths), and NaN/inf as null so the output is valid."""
-    print(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False))
+    print(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False), file=_json_stream or sys.stdout)
 
 
 def _finite(value: Any) -> Any:

@@ -109,3 +109,23 @@ def test_generate_writes_and_ingests_a_tiny_shop(tmp_path: Path, monkeypatch: py
     assert tables["events"]["read"] > 0 and tables["events"]["accepted"] == tables["events"]["read"]
     assert len(store.read_items(data)) == 40
     assert len(store.read_events(data)) == tables["events"]["accepted"]
+
+
+def test_json_output_is_the_document_alone_whatever_else_prints(vitrine_cli, tmp_path, monkeypatch) -> None:
+    """A stage that prints to stdout under --json (Feast's materialize does) cannot break `| jq`."""
+    import functools
+    import json
+
+    import vitrine.shop.commands as commands
+
+    real = commands.generate
+
+    @functools.wraps(real)  # the same options: typer reads the wrapped signature
+    def chatty(*args, **kwargs):
+        print("Materializing 1 feature views ...")  # what a library writes to stdout
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(commands, "generate", chatty)
+    code, out, err = vitrine_cli("generate", "--users", "30", "--items", "20", "--days", "3", "--data-dir", str(tmp_path / "data"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["generate"]["users"] == 30 and "Materializing" in err
