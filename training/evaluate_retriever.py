@@ -1,4 +1,4 @@
-"""`vitrine evaluate retriever`: popularity, ALS, ID-only and multimodal two-tower on the same splits.
+"""`vitrine evaluate retriever`: popularity, ALS, the two-tower variants and the next-item recommender on the same splits.
 
 Two protocols, each with full ranking over the whole catalog and the user's training history
 excluded:
@@ -11,7 +11,9 @@ excluded:
 Per model: Recall@20/100/500 and NDCG@10 (ranx), the same restricted to cold-start items (no
 training interaction: first seen after T, resp. only ever met as someone's test item), and the
 catalog coverage of the top-100 lists. Every model of a protocol sees the same split, features
-and catalog.
+and catalog. The next-item recommender (`training.next_item_evaluation.split_lists`) gives two rows:
+`sequence_tower` (its tower's list alone) and `next_item` (the reranked union of its sources, as
+served; a list as long as its candidates, so its Recall@500 is that of ~270 items).
 
 Example:
     report = evaluate_retriever(DataDir.resolve(), EvaluationConfig(protocols=("time",)))
@@ -30,6 +32,7 @@ from feature_repo.sequences import positive_interactions
 from ranking.retriever_inputs import InputSpec, encode_users
 from ranking.two_tower import TwoTowerConfig
 from training.baselines import AlsBaseline, popularity_scores
+from training.next_item_evaluation import split_lists
 from training.retrieval_metrics import MAX_K, ranking_metrics, top_k, top_k_by_vectors
 from training.retriever_data import (
     PointInTime,
@@ -41,6 +44,7 @@ from training.retriever_data import (
     time_cutoff,
     time_split,
 )
+from training.train_next_item import NextItemConfig
 from training.train_retriever import TrainConfig, fit, item_vectors, user_vectors
 from training.two_tower import LossConfig
 from vitrine.errors import InvalidInput
@@ -73,6 +77,8 @@ class EvaluationConfig:
     loss: LossConfig = LossConfig()
     # Tune ALS on an inner split (False: the AlsConfig defaults, faster).
     tune_als: bool = True
+    # The next-item recommender's fit (its own epochs are chosen on each user's last training item).
+    next_item: NextItemConfig = field(default_factory=NextItemConfig)
 
 
 def evaluate_retriever(data: DataDir, config: EvaluationConfig = EvaluationConfig(), *, show_progress: bool = True) -> dict[str, Any]:
@@ -136,6 +142,13 @@ def evaluate_split(split: Split, config: EvaluationConfig, *, show_progress: boo
         assert result.model is not None  # one process: rank 0
         top = top_k_by_vectors(user_vectors(result.model, users), item_vectors(result.model, train.catalog), split.history)
         score(name, top, {"epochs": result.epochs, "seconds": round(time.perf_counter() - began, 1)})
+    # The served recommender: its sequence tower's list alone, and the reranked union of its sources.
+    began = time.perf_counter()
+    lists = split_lists(split.train, split.catalog, split.test_users["user_id"].astype(str).tolist(), MAX_K, config.next_item,
+                        show_progress=show_progress)
+    seconds = round(time.perf_counter() - began, 1)
+    for name, top in lists.items():
+        score(name, top, {"seconds": seconds})
     return {
         "split": {
             "cutoff": str(split.cutoff),
