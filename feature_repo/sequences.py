@@ -72,7 +72,6 @@ def _strings(values: Any) -> np.ndarray:
     return pd.Index(values).astype(str).to_numpy(dtype=object)
 
 
-
 @dataclass(frozen=True)
 class Sequences:
     """Every user's distinct items in order, as catalog rows in one flat array (CSR layout).

@@ -609,69 +609,56 @@ def evaluate_models(ctx: StepContext) -> dict[str, Any]:
 
 def evaluate_next_item(ctx: StepContext) -> dict[str, Any]:
     """The next-item challenger and champion, each served as at T, on every user's next new item after T."""
+    from training.split_evaluation import NextItemSplit, evaluate_next_item_pair
+
+    split = NextItemSplit.of(ctx.data, split_time(ctx))
+    judged = _judge_pairs(ctx, lambda alias: evaluate_next_item_pair(ctx.data, split, alias), split.cutoff)
+    return {"split_start": split.cutoff.isoformat(), "test_users": int(len(split.users)), **judged}
+
+
+def evaluate_two_tower(ctx: StepContext) -> dict[str, Any]:
+    """Challenger and current champion two-tower pairs, scored on the same latest time split."""
+    from training.split_evaluation import LatestSplit, evaluate_pair
+
+    config = ctx.stage_config("evaluate") or {}
+    latest = LatestSplit.of(ctx.data, split_time(ctx), max_requests=config.get("max_requests"))
+    judged = _judge_pairs(ctx, lambda alias: evaluate_pair(latest, alias), latest.cutoff)
+    return {"split_start": latest.cutoff.isoformat(), "test_users": len(latest.split.targets), "test_requests": len(latest.requests),
+            **judged}
+
+
+def _judge_pairs(ctx: StepContext, score: Callable[[str], tuple[dict[str, float], dict[int, float]]], cutoff: pd.Timestamp) -> dict[str, Any]:
+    """`@challenger` and the champion scored by `score(alias)` on one split; figures, curves and plot logged to the step run.
+
+    A refit champion has seen the split's days: its validated twin is scored in its place
+    (`champion_to_evaluate`). A champion that does not load, or is of another kind, cannot be
+    compared: the challenger is then judged alone, and the note says why.
+    """
     import tempfile
 
     from training.promotion import champion_to_evaluate, champion_version
-    from training.split_evaluation import NextItemSplit, evaluate_next_item_pair, plot_recall_curves
+    from training.split_evaluation import plot_recall_curves
     from vitrine.errors import ModelUnavailable
     from vitrine.tracking import CHALLENGER_ALIAS, RETRIEVER_MODEL
 
-    split = NextItemSplit.of(ctx.data, split_time(ctx))
-    challenger, challenger_curve = evaluate_next_item_pair(ctx.data, split, CHALLENGER_ALIAS)
+    challenger, challenger_curve = score(CHALLENGER_ALIAS)
     curves = {"challenger": challenger_curve}
     champion: dict[str, float] | None = None
     champion_note = "no champion yet"
     if champion_version(ctx.client, RETRIEVER_MODEL) is not None:
         alias, champion_note = champion_to_evaluate(ctx.client)
         try:
-            champion, curves["champion"] = evaluate_next_item_pair(ctx.data, split, alias)
+            champion, curves["champion"] = score(alias)
         except ModelUnavailable as exc:
-            # A champion of the other kind (two-tower) or one that no longer loads: the challenger is judged alone.
             champion_note = f"champion not comparable: {exc}"
     for role, figures in (("challenger", challenger), ("champion", champion or {})):
         for name, value in figures.items():
             ctx.client.log_metric(ctx.run_id, f"{role}.{name}", value)
     with tempfile.TemporaryDirectory() as scratch:
-        plot = plot_recall_curves(curves, Path(scratch) / "recall_at_k.png", split.cutoff)
+        plot = plot_recall_curves(curves, Path(scratch) / "recall_at_k.png", cutoff)
         ctx.client.log_artifact(ctx.run_id, str(plot))
     ctx.client.log_dict(ctx.run_id, {"challenger": challenger, "champion": champion, "curves": curves}, "evaluation.json")
-    return {"split_start": split.cutoff.isoformat(), "test_users": int(len(split.users)), "challenger": challenger,
-            "champion": champion, "champion_note": champion_note}
-
-
-def evaluate_two_tower(ctx: StepContext) -> dict[str, Any]:
-    """Challenger and current champion two-tower pairs, scored on the same latest time split."""
-    import tempfile
-
-    from training.promotion import champion_to_evaluate, champion_version
-    from training.split_evaluation import LatestSplit, evaluate_pair, plot_recall_curves
-    from vitrine.errors import ModelUnavailable
-    from vitrine.tracking import CHALLENGER_ALIAS, RETRIEVER_MODEL
-
-    config = ctx.stage_config("evaluate") or {}
-    latest = LatestSplit.of(ctx.data, split_time(ctx), max_requests=config.get("max_requests"))
-    challenger, challenger_curve = evaluate_pair(latest, CHALLENGER_ALIAS)
-    curves = {"challenger": challenger_curve}
-    champion: dict[str, float] | None = None
-    champion_note = "no champion yet"
-    if champion_version(ctx.client, RETRIEVER_MODEL) is not None:
-        # A refit champion has seen this split's days: its validated twin is scored in its place.
-        alias, champion_note = champion_to_evaluate(ctx.client)
-        try:
-            champion, curves["champion"] = evaluate_pair(latest, alias)
-        except ModelUnavailable as exc:
-            # A champion that no longer loads cannot serve either: the challenger is judged alone.
-            champion_note = f"champion unusable: {exc}"
-    for role, figures in (("challenger", challenger), ("champion", champion or {})):
-        for name, value in figures.items():
-            ctx.client.log_metric(ctx.run_id, f"{role}.{name}", value)
-    with tempfile.TemporaryDirectory() as scratch:
-        plot = plot_recall_curves(curves, Path(scratch) / "recall_at_k.png", latest.cutoff)
-        ctx.client.log_artifact(ctx.run_id, str(plot))
-    ctx.client.log_dict(ctx.run_id, {"challenger": challenger, "champion": champion, "curves": curves}, "evaluation.json")
-    return {"split_start": latest.cutoff.isoformat(), "test_users": len(latest.split.targets),
-            "test_requests": len(latest.requests), "challenger": challenger, "champion": champion,
-            "champion_note": champion_note}
+    return {"challenger": challenger, "champion": champion, "champion_note": champion_note}
 
 
 def promote_if_better(ctx: StepContext) -> dict[str, Any]:

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 console = Console()
 
 
-
 def train(
     retriever_alias: Annotated[str, typer.Option("--retriever-alias", help="Registered vitrine-retriever alias whose candidates to train on.")] = "champion",
     train_days: Annotated[Optional[int], typer.Option(help="Days of training requests (default: RankerTrainConfig).")] = None,

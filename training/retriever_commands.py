@@ -18,7 +18,6 @@ from vitrine.options import DataDirOption, JsonOption, data_dir, print_json
 console = Console()
 
 
-
 def train(
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the examples (default: TrainConfig).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per batch (default: TrainConfig).")] = None,

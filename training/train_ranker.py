@@ -623,8 +623,6 @@ def train_ranker(
     )
 
 
-
-
 def importance_plot(importance: pd.DataFrame, path: Path, top: int = 20) -> Path:
     """A horizontal bar chart of the `top` features by gain, written as PNG."""
     import matplotlib

@@ -34,7 +34,6 @@ class LossConfig:
     user_id_dropout: float = 0.1
 
 
-
 class TwoTowerTrainTask(nn.Module):
     """`TwoTower` plus its loss: in-batch sampled softmax with log-Q correction, optional random negatives.
 
