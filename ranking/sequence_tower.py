@@ -68,6 +68,15 @@ class SequenceTowerConfig:
     dropout: float = 0.5
     # Add a projection of the item's CLIP vector to its id embedding (False: ids alone).
     use_content: bool = True
+    # Width of each block's feed-forward layer: 4 x embedding_dim, as in SASRec, BERT and RecBole.
+    # Together with post-LN and training on every transition (`SequenceTrainConfig.all_transitions`)
+    # it lifted Toys' validation recall@10 from 0.1151 to 0.1196 (test, refit: 0.1113 -> 0.1135).
+    feedforward_dim: int = 256
+    # Layer norm after each residual sum (post-LN, SASRec's and RecBole's layout, no final norm)
+    # instead of before each sub-layer (pre-LN, plus a final norm): see feedforward_dim. Without
+    # torch's dropout inside the feed-forward layer and with RecBole's N(0, 0.02) initialisation of
+    # the blocks, Toys' validation recall@10 fell to 0.1158: both are kept as torch has them.
+    norm_first: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,10 +111,12 @@ class SequenceTower(nn.Module):
         self.positions = nn.Embedding(config.max_length, dim)
         nn.init.normal_(self.positions.weight, std=INIT_STD)
         self.input_norm = nn.LayerNorm(dim)
-        block = nn.TransformerEncoderLayer(dim, config.heads, dim_feedforward=dim, dropout=config.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        block = nn.TransformerEncoderLayer(dim, config.heads, dim_feedforward=config.feedforward_dim,
+                                           dropout=config.dropout, activation="gelu", batch_first=True,
+                                           norm_first=config.norm_first)
         self.blocks = nn.TransformerEncoder(block, config.layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
+        # Pre-LN leaves the residual stream unnormalised; post-LN ends every block with a norm already.
+        self.norm = nn.LayerNorm(dim) if config.norm_first else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
 
     @property

@@ -15,11 +15,12 @@ from vitrine.errors import ModelUnavailable
 N_ITEMS = 50
 
 
-def tower(content: bool, seed: int = 0) -> SequenceTower:
+def tower(content: bool, seed: int = 0, norm_first: bool = False) -> SequenceTower:
     torch.manual_seed(seed)
     vectors = np.random.default_rng(seed).normal(size=(N_ITEMS, 12)).astype(np.float32) if content else None
-    model = SequenceTower(SequenceTowerConfig(embedding_dim=16, layers=2, heads=2, max_length=8, dropout=0.3, use_content=content),
-                          N_ITEMS, vectors)
+    config = SequenceTowerConfig(embedding_dim=16, layers=2, heads=2, max_length=8, dropout=0.3, use_content=content,
+                                 feedforward_dim=32, norm_first=norm_first)
+    model = SequenceTower(config, N_ITEMS, vectors)
     # Trained-looking weights: the default init leaves the blocks' biases at 0 and norms at 1.
     with torch.no_grad():
         for parameter in model.parameters():
@@ -27,9 +28,9 @@ def tower(content: bool, seed: int = 0) -> SequenceTower:
     return model.eval()
 
 
-@pytest.mark.parametrize("content", [False, True])
-def test_numpy_states_equal_the_tower(content: bool) -> None:
-    model = tower(content)
+@pytest.mark.parametrize("content, norm_first", [(False, False), (True, False), (True, True)])
+def test_numpy_states_equal_the_tower(content: bool, norm_first: bool) -> None:
+    model = tower(content, norm_first=norm_first)
     known = np.arange(N_ITEMS) % 7 != 0  # some items the ids never trained on
     retriever = SequenceRetriever.of(model, [f"I{i}" for i in range(N_ITEMS)], known)
     rng = np.random.default_rng(1)
