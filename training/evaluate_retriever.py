@@ -11,7 +11,7 @@ excluded:
 Per model: Recall@20/100/500 and NDCG@10 (ranx), the same restricted to cold-start items (no
 training interaction: first seen after T, resp. only ever met as someone's test item), and the
 catalog coverage of the top-100 lists. Every model of a protocol sees the same split, features
-and catalog. The next-item recommender (`training.next_item_evaluation.split_lists`) gives two rows:
+and catalog. The next-item recommender (`split_lists` below) gives two rows:
 `sequence_tower` (its tower's list alone) and `next_item` (the reranked union of its sources, as
 served; a list as long as its candidates, so its Recall@500 is that of ~270 items).
 
@@ -23,16 +23,18 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from feature_repo.sequences import positive_interactions
+from feature_repo.sequences import Sequences, positive_interactions
+from ranking.next_item import tower_top
 from ranking.retriever_inputs import InputSpec, encode_users
 from ranking.two_tower import TwoTowerConfig
 from training.baselines import AlsBaseline, popularity_scores
-from training.next_item_evaluation import split_lists
 from training.retrieval_metrics import MAX_K, ranking_metrics, top_k, top_k_by_vectors
 from training.retriever_data import (
     PointInTime,
@@ -44,7 +46,7 @@ from training.retriever_data import (
     time_cutoff,
     time_split,
 )
-from training.train_next_item import NextItemConfig
+from training.train_next_item import NextItemConfig, fit_next_item, ranked
 from training.train_retriever import TrainConfig, fit, item_vectors, user_vectors
 from training.two_tower import LossConfig
 from vitrine.errors import InvalidInput
@@ -166,3 +168,27 @@ def evaluate_split(split: Split, config: EvaluationConfig, *, show_progress: boo
 def with_epochs(config: EvaluationConfig, epochs: int | None) -> EvaluationConfig:
     """`config` with another number of tower epochs (None keeps it)."""
     return config if epochs is None else replace(config, train=replace(config.train, epochs=epochs))
+
+
+def split_lists(train: pd.DataFrame, catalog: pd.DataFrame, test_users: Sequence[str], depth: int,
+                config: NextItemConfig = NextItemConfig(), *, show_progress: bool = False) -> dict[str, np.ndarray]:
+    """The next-item tower's and the whole system's lists on another protocol's split (`vitrine evaluate retriever`).
+
+    Args:
+        train: the split's training interactions (user_id, item_id, timestamp); `catalog`: its catalog
+            (item_id, and embedding when the shop has item vectors), whose rows the lists hold.
+        test_users: whom to rank for (their training items are their histories, left out).
+        depth: list length of the tower's list (the system's holds its candidates, -1 padded).
+
+    Returns:
+        {"sequence_tower": [users, depth], "next_item": [users, depth]} catalog rows.
+    """
+    sequences = Sequences.of(train, catalog["item_id"].astype(str))
+    content = np.stack(catalog["embedding"].to_numpy()).astype(np.float32) if "embedding" in catalog and catalog["embedding"].notna().all() else None
+    fitted = fit_next_item(sequences, content, config, show_progress=show_progress)
+    index = {str(u): n for n, u in enumerate(sequences.user_ids)}
+    empty = np.zeros(0, dtype=np.int64)
+    histories = [sequences.user(index[str(u)]) if str(u) in index else empty for u in test_users]
+    vectors = fitted.sources.retriever.vectors_of(histories)
+    return {"sequence_tower": tower_top(fitted.sources.retriever, histories, vectors, depth),
+            "next_item": ranked(fitted.sources, fitted.ranker, histories, depth)}

@@ -27,12 +27,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from feature_repo.sequences import Sequences
-from ranking.next_item import FEATURE_NAMES, CandidateSources, candidates, merged_order, order_by, source_lists, tower_top
+from ranking.next_item import FEATURE_NAMES, CandidateSources, candidates, merged_order, order_by, source_lists
 from training.leave_last_out import LeaveLastOut, evaluate_lists
-from training.train_next_item import NextItemConfig, NextItemFit, candidate_recall, fit_next_item, ranked, request_elapsed
+from training.train_next_item import NextItemConfig, NextItemFit, candidate_recall, fit_next_item, request_elapsed
 from training.train_sequence import LIST_DEPTH
 from vitrine.paths import DataDir
 
@@ -103,8 +102,7 @@ def evaluate_next_item(
         before: Sequences = split.test.train
         cutoff = None
     else:
-        from training.pipeline import DEFAULT_EVAL_DAYS
-        from training.split_evaluation import NextItemSplit, latest_split_time
+        from training.split_evaluation import DEFAULT_EVAL_DAYS, NextItemSplit, latest_split_time
 
         cut = latest_split_time(data, DEFAULT_EVAL_DAYS)
         later = NextItemSplit.of(data, cut)
@@ -116,26 +114,3 @@ def evaluate_next_item(
     return {"protocol": protocol, "split_start": cutoff, "users": users, "items": before.n_items,
             "models": fit_rows(fitted, histories, targets, before.n_items, elapsed), "seconds": round(time.perf_counter() - began, 1)}
 
-
-def split_lists(train: pd.DataFrame, catalog: pd.DataFrame, test_users: Sequence[str], depth: int,
-                config: NextItemConfig = NextItemConfig(), *, show_progress: bool = False) -> dict[str, np.ndarray]:
-    """The next-item tower's and the whole system's lists on another protocol's split (`vitrine evaluate retriever`).
-
-    Args:
-        train: the split's training interactions (user_id, item_id, timestamp); `catalog`: its catalog
-            (item_id, and embedding when the shop has item vectors), whose rows the lists hold.
-        test_users: whom to rank for (their training items are their histories, left out).
-        depth: list length of the tower's list (the system's holds its candidates, -1 padded).
-
-    Returns:
-        {"sequence_tower": [users, depth], "next_item": [users, depth]} catalog rows.
-    """
-    sequences = Sequences.of(train, catalog["item_id"].astype(str))
-    content = np.stack(catalog["embedding"].to_numpy()).astype(np.float32) if "embedding" in catalog and catalog["embedding"].notna().all() else None
-    fitted = fit_next_item(sequences, content, config, show_progress=show_progress)
-    index = {str(u): n for n, u in enumerate(sequences.user_ids)}
-    empty = np.zeros(0, dtype=np.int64)
-    histories = [sequences.user(index[str(u)]) if str(u) in index else empty for u in test_users]
-    vectors = fitted.sources.retriever.vectors_of(histories)
-    return {"sequence_tower": tower_top(fitted.sources.retriever, histories, vectors, depth),
-            "next_item": ranked(fitted.sources, fitted.ranker, histories, depth)}

@@ -45,7 +45,7 @@ from rich.console import Console
 
 from training.pipeline_state import RunState, StepRecord
 from training.promotion import PromotionPolicy
-from training.split_evaluation import DEFAULT_MIN_TEST_USERS
+from training.split_evaluation import DEFAULT_EVAL_DAYS, DEFAULT_MIN_TEST_USERS
 from vitrine import tracking
 from vitrine.errors import InvalidInput
 from vitrine.options import OnlineKind
@@ -56,11 +56,6 @@ YESTERDAY = "YESTERDAY"
 PIPELINE_EXPERIMENT = "vitrine"
 # Tag that marks a parent run as a pipeline run, for `mlflow ui` filters: tags.vitrine.pipeline = 'true'.
 PIPELINE_TAG = "vitrine.pipeline"
-
-# Three days: enough sessions on the demo shop for stable Recall@100 and NDCG@10 differences,
-# while the models still train on 95% of a 60-day history. Sparse shops widen it by users
-# (`training.split_evaluation.latest_split_time`).
-DEFAULT_EVAL_DAYS = 3
 
 console = Console(stderr=True)
 
