@@ -37,7 +37,7 @@ import pandas as pd
 
 from vitrine.errors import FeatureUnavailable, InvalidInput
 from vitrine.options import ONLINE_STORES, OnlineKind
-from vitrine.paths import DATA_DIR_ENV, DataDir
+from vitrine.paths import DATA_DIR_ENV, DataDir, environment_restored
 from vitrine.quiet import quiet_dependencies
 from vitrine.shop.store import utc
 
@@ -99,17 +99,10 @@ def _environment(data: DataDir) -> Iterator[None]:
     Feast substitutes ${VAR} when it loads feature_store.yaml; after that the paths are fixed, so
     the variables are restored at once and the process keeps its own $VITRINE_DATA_DIR.
     """
-    saved = {name: os.environ.get(name) for name in (DATA_DIR_ENV, REDIS_ENV)}
-    os.environ[DATA_DIR_ENV] = str(data.root)
-    os.environ.setdefault(REDIS_ENV, DEFAULT_REDIS)
-    try:
+    with environment_restored(DATA_DIR_ENV, REDIS_ENV):
+        os.environ[DATA_DIR_ENV] = str(data.root)
+        os.environ.setdefault(REDIS_ENV, DEFAULT_REDIS)
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def definitions(data: DataDir) -> list[Any]:

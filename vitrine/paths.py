@@ -22,7 +22,9 @@ Each stage writes files that the next stage reads; this module is the one place 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +112,17 @@ class DataDir:
     def mlflow_tracking_uri(self) -> str:
         """`$MLFLOW_TRACKING_URI` when set (e.g. a PostgreSQL-backed server), else SQLite in the data dir."""
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def environment_restored(*names: str) -> Iterator[None]:
+    """Put `names` back in the environment as they were (set, or unset) when the block ends."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -12,12 +12,11 @@ only spelling of them, and `register_model` the only code that creates versions.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from vitrine.paths import DataDir
+from vitrine.paths import DataDir, environment_restored
 
 # Environment variables MLflow sets when told its URIs.
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -60,16 +59,9 @@ def configure(data: DataDir, experiment: str = "vitrine") -> str:
     # MLflow also writes these URIs into the environment (for subprocesses); left there, the first data
     # dir configured would capture every later one, since `DataDir` reads `$MLFLOW_TRACKING_URI` as the
     # user's choice of a remote store. The environment keeps only what the user set.
-    saved = {name: os.environ.get(name) for name in URI_VARIABLES}
-    try:
+    with environment_restored(*URI_VARIABLES):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     if mlflow.get_experiment_by_name(experiment) is None:
         location = None if uri.startswith("http") else (data.mlflow / "artifacts").as_uri()
         mlflow.create_experiment(experiment, artifact_location=location)
