@@ -12,7 +12,7 @@ Stages, each a `vitrine` command (or torchrun) run as a subprocess, in order:
     features     vitrine features build
     feast        vitrine features apply + materialize --online redis
     next-item    vitrine train next-item --max-epochs N --max-users M  (the served recommender: sequence
-                 tower, co-visitation and popular sources, reranker; the tower on a user sample)
+                 tower, co-visitation, content and popular sources, reranker; the tower on a user sample)
     promote      @champion on the newest retriever and ranker: what the pipeline's promote step does
                  when there is no champion yet
 

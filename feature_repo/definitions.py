@@ -15,8 +15,9 @@ features disappear 61 days after the last event, offline, and serving applies th
 maximum age online (`ranking.online_features`): both age out together, no skew. A user's sequence
 (`user_sequence`) never expires, so Redis keeps user keys without an expiry.
 Items get a row every day while in the catalog, so the ttl only removes delisted items. Item vectors
-do not expire (ttl 0): an image does not go stale; the item's Redis key is kept alive by the daily
-item_stats writes.
+do not expire (ttl 0): an image does not go stale. Redis keys have no expiry either, so a delisted
+item's or a departed user's key stays until the store is flushed (it is never served stale: the ttl
+check is on the row's timestamp).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ serving (`ranking.recommender`) all call these functions, for one user or for al
 so a feature is computed one way only (tested: one user's features equal the batch's).
 
 Example:
-    sources = CandidateSources(retriever, covisitation, popularity)
+    sources = CandidateSources(retriever, covisitation, popularity, repeat_share)
     found = candidates(sources, histories)          # Candidates: rows [users, C], features frame
     scores = ranker.predict(found.frame())
 """

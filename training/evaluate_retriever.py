@@ -46,7 +46,7 @@ from training.retriever_data import (
     time_cutoff,
     time_split,
 )
-from training.train_next_item import NextItemConfig, fit_next_item, ranked
+from training.train_next_item import NextItemConfig, elapsed_days, fit_next_item, ranked
 from training.train_retriever import TrainConfig, fit, item_vectors, user_vectors
 from training.two_tower import LossConfig
 from vitrine.errors import InvalidInput
@@ -147,7 +147,7 @@ def evaluate_split(split: Split, config: EvaluationConfig, *, show_progress: boo
     # The served recommender: its sequence tower's list alone, and the reranked union of its sources.
     began = time.perf_counter()
     lists = split_lists(split.train, split.catalog, split.test_users["user_id"].astype(str).tolist(), MAX_K, config.next_item,
-                        show_progress=show_progress)
+                        request_at=split.cutoff if split.name == "time" else None, show_progress=show_progress)
     seconds = round(time.perf_counter() - began, 1)
     for name, top in lists.items():
         score(name, top, {"seconds": seconds})
@@ -171,7 +171,8 @@ def with_epochs(config: EvaluationConfig, epochs: int | None) -> EvaluationConfi
 
 
 def split_lists(train: pd.DataFrame, catalog: pd.DataFrame, test_users: Sequence[str], depth: int,
-                config: NextItemConfig = NextItemConfig(), *, show_progress: bool = False) -> dict[str, np.ndarray]:
+                config: NextItemConfig = NextItemConfig(), *, request_at: pd.Timestamp | None = None,
+                show_progress: bool = False) -> dict[str, np.ndarray]:
     """The next-item tower's and the whole system's lists on another protocol's split (`vitrine evaluate retriever`).
 
     Args:
@@ -179,6 +180,8 @@ def split_lists(train: pd.DataFrame, catalog: pd.DataFrame, test_users: Sequence
             (item_id, and embedding when the shop has item vectors), whose rows the lists hold.
         test_users: whom to rank for (their training items are their histories, left out).
         depth: list length of the tower's list (the system's holds its candidates, -1 padded).
+        request_at: when every test user asks (the time split's T), for the ranker's days since the
+            newest item; None: unknown (leave-last-out users ask at their own moments).
 
     Returns:
         {"sequence_tower": [users, depth], "next_item": [users, depth]} catalog rows.
@@ -189,6 +192,11 @@ def split_lists(train: pd.DataFrame, catalog: pd.DataFrame, test_users: Sequence
     index = {str(u): n for n, u in enumerate(sequences.user_ids)}
     empty = np.zeros(0, dtype=np.int64)
     histories = [sequences.user(index[str(u)]) if str(u) in index else empty for u in test_users]
+    elapsed = None
+    if request_at is not None:
+        rows = np.array([index.get(str(u), -1) for u in test_users], dtype=np.int64)
+        days = elapsed_days(sequences, np.maximum(rows, 0), np.full(len(rows), pd.Timestamp(request_at).value))
+        elapsed = None if days is None else np.where(rows >= 0, days, np.nan).astype(np.float32)
     vectors = fitted.sources.retriever.vectors_of(histories)
     return {"sequence_tower": tower_top(fitted.sources.retriever, histories, vectors, depth),
-            "next_item": ranked(fitted.sources, fitted.ranker, histories, depth)}
+            "next_item": ranked(fitted.sources, fitted.ranker, histories, depth, elapsed)}

@@ -32,7 +32,7 @@ def train(
     data_dir_option: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Fit the next-item recommender (sequence tower, co-visitation and popular sources, LightGBM reranker) and register it."""
+    """Fit the next-item recommender (sequence tower, co-visitation, content and popular sources, LightGBM reranker) and register it."""
     from training.train_next_item import train_next_item
 
     run = train_next_item(data_dir(data_dir_option), _config(max_epochs, max_users), epochs=epochs, rounds=rounds, register=register,

@@ -11,11 +11,11 @@ ranked by what would be served. Two protocols:
   (`training.split_evaluation.NextItemSplit`).
 
 Rows (every name contains "vitrine"): `vitrine_sequence` (the tower's list alone),
-`vitrine_covisitation`, `vitrine_popularity` (each source alone), `vitrine_sources_merged` (their
+`vitrine_covisitation`, `vitrine_popularity`, `vitrine_content` (each source alone), `vitrine_sources_merged` (their
 union ordered by summed reciprocal ranks, no reranker) and `vitrine` (in full: the union reranked).
 
 Example:
-    rows = vitrine_rows(split, show_progress=True)        # the benchmark's
+    rows = vitrine_rows(split, show_progress=True)        # fit and score offline, no pipeline
     rows["vitrine"]["test"]["recall@10"]
     report = evaluate_next_item(DataDir.resolve(), "time")
 """
@@ -52,6 +52,7 @@ def system_rows(sources: CandidateSources, ranker: Any, histories: Sequence[np.n
         "vitrine_sequence": {"test": evaluate_lists(lists["tower"][:, :LIST_DEPTH], targets, n_items)},
         "vitrine_covisitation": {"test": evaluate_lists(lists["covisitation"][:, :LIST_DEPTH], targets, n_items)},
         "vitrine_popularity": {"test": evaluate_lists(lists["popular"][:, :LIST_DEPTH], targets, n_items)},
+        "vitrine_content": {"test": evaluate_lists(lists["content"][:, :LIST_DEPTH], targets, n_items)},
         "vitrine_sources_merged": {"test": evaluate_lists(merged_order(found, LIST_DEPTH), targets, n_items), "candidate_recall": ceiling},
         "vitrine": {"test": evaluate_lists(reranked, targets, n_items), "candidate_recall": ceiling,
                     "ranker": {"trees": int(ranker.num_trees()), "features": list(FEATURE_NAMES)}},

@@ -33,7 +33,7 @@ ResumeOption = Annotated[
 ]
 RecommenderOption = Annotated[
     str,
-    typer.Option("--recommender", help="next-item (sequence tower + co-visitation + popular, reranked) or two-tower."),
+    typer.Option("--recommender", help="next-item (sequence tower + co-visitation + content + popular, reranked) or two-tower."),
 ]
 RuleOption = Annotated[
     Optional[list[str]],

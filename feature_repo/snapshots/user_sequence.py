@@ -6,7 +6,7 @@ one the models learned from (offline: `Sequences.user(u)`; online: this list, up
 
 A row stamped day D holds the items first met before D. Nothing ages out of a sequence (the last
 purchase of a shopper who comes back after two months is still the best evidence of the next), so
-rows come only the day after a user met a new item; the view's ttl bounds how long one is served.
+rows come only the day after a user met a new item, and the view has no ttl: a row is served until a newer one.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def test_train_registers_a_next_item_pair_and_evaluate_scores_every_row(tmp_path
     assert code == 0, err
     report = json.loads(out)
     assert report["protocol"] == "leave-last-out" and report["users"] == 40
-    assert set(report["models"]) == {"vitrine", "vitrine_sequence", "vitrine_covisitation", "vitrine_popularity", "vitrine_sources_merged"}
+    assert set(report["models"]) == {"vitrine", "vitrine_sequence", "vitrine_covisitation", "vitrine_popularity", "vitrine_content", "vitrine_sources_merged"}
     assert set(METRICS) | {"coverage@10"} <= set(report["models"]["vitrine"]["test"])
 
     code, _, err = vitrine_cli("evaluate", "next-item", "--protocol", "yesterday", *where)
