@@ -111,6 +111,7 @@ class Candidates:
         rrf: [n] the summed reciprocal ranks: the merged order's key.
         users: [n] index of the user of each feature row.
         items: [n] catalog row of each feature row.
+        lists: each source's ranked list [users, n] the union was made of (`source_lists`).
     """
 
     rows: np.ndarray
@@ -118,6 +119,7 @@ class Candidates:
     rrf: np.ndarray
     users: np.ndarray
     items: np.ndarray
+    lists: dict[str, np.ndarray] = field(default_factory=dict)
 
     def frame(self) -> pd.DataFrame:
         """The matrix with its column names (what LightGBM trains on)."""
@@ -125,7 +127,12 @@ class Candidates:
 
     def proposed_by(self) -> np.ndarray:
         """[n, len(SOURCES)] bool: which sources proposed each candidate."""
-        return ~np.isnan(self.matrix[:, : len(SOURCES)])
+        return proposed_by(self.matrix)
+
+
+def proposed_by(matrix: np.ndarray) -> np.ndarray:
+    """[n, len(SOURCES)] bool: which sources proposed each row of a FEATURE_NAMES matrix (its source ranks are set)."""
+    return ~np.isnan(matrix[:, : len(SOURCES)])
 
 
 def source_lists(sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray) -> dict[str, np.ndarray]:
@@ -149,7 +156,7 @@ def candidates(sources: CandidateSources, histories: Sequence[np.ndarray], elaps
     vectors = sources.retriever.vectors_of(histories)
     lists = source_lists(sources, histories, vectors)
     rows = union_rows(lists)
-    return Candidates(rows, *candidate_features(sources, histories, vectors, rows, lists, elapsed_days))
+    return Candidates(rows, *candidate_features(sources, histories, vectors, rows, lists, elapsed_days), lists=lists)
 
 
 def union_rows(lists: dict[str, np.ndarray]) -> np.ndarray:

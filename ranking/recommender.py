@@ -56,7 +56,7 @@ import pandas as pd
 from feature_repo.columns import names
 from ranking.item_table import ABSENT, ITEM_VIEWS, ServingItems, load_serving_items, materialization_ends
 from ranking.next_item import FEATURE_NAMES as NEXT_ITEM_FEATURES
-from ranking.next_item import SOURCES, CandidateSources, candidate_features, source_lists, union_rows
+from ranking.next_item import SOURCES, CandidateSources, candidate_features, proposed_by, source_lists, union_rows
 from ranking.online_features import (
     Freshness,
     OnlineFeatureReader,
@@ -558,7 +558,7 @@ def next_item_candidates(
     union = union_rows(lists)
     timer.lap("retrieve")
     matrix, _, owners, items = candidate_features(sources, histories, vectors, union, lists, elapsed)
-    proposed = ~np.isnan(matrix[:, : len(SOURCES)])
+    proposed = proposed_by(matrix)
     tower = matrix[:, NEXT_ITEM_FEATURES.index("tower_score")]
     bounds = np.searchsorted(owners, np.arange(len(users) + 1))  # feature rows are user-major
     candidates: dict[int, Found] = {}

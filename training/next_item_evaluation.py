@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from feature_repo.sequences import Sequences
-from ranking.next_item import FEATURE_NAMES, CandidateSources, candidates, merged_order, order_by, source_lists
+from ranking.next_item import FEATURE_NAMES, CandidateSources, candidates, merged_order, order_by
 from training.leave_last_out import LeaveLastOut, evaluate_lists
 from training.train_next_item import NextItemConfig, NextItemFit, candidate_recall, fit_next_item, request_elapsed
 from training.train_sequence import LIST_DEPTH
@@ -45,7 +45,7 @@ def system_rows(sources: CandidateSources, ranker: Any, histories: Sequence[np.n
         elapsed: [users] days from each user's newest item to the request (None: unknown).
     """
     found = candidates(sources, histories, elapsed)
-    lists = source_lists(sources, histories, sources.retriever.vectors_of(histories))
+    lists = found.lists
     reranked = order_by(found, -ranker.predict(found.frame(), num_threads=1), LIST_DEPTH)
     ceiling = candidate_recall(found, targets)
     return {
