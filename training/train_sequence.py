@@ -60,6 +60,10 @@ class SequenceTrainConfig:
     learning_rate: float = 1e-3
     # Share of input ids replaced by the unknown row (content must stand in for them): only with content.
     item_id_dropout: float = 0.1
+    # Share of target positions whose item is scored through the unknown row (its content alone)
+    # instead of its id: the unknown row is otherwise never an output, so an item first seen after
+    # training (a cold catalog row) never reached a list. Only with content.
+    target_id_dropout: float = 0.1
     # Catalogs larger than this train with sampled negatives instead of the full softmax.
     full_softmax_max_items: int = FULL_SOFTMAX_MAX_ITEMS
     # Negatives per step in the sampled case.
@@ -131,7 +135,8 @@ def fit(
     known = torch.from_numpy(np.bincount(train.items, minlength=train.n_items) > 0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay)
     sampler = _NegativeSampler(train, train_config) if train.n_items > train_config.full_softmax_max_items else None
-    id_dropout = train_config.item_id_dropout if model.content_projection is not None else 0.0
+    with_content = model.content_projection is not None
+    dropouts = (train_config.item_id_dropout, train_config.target_id_dropout) if with_content else (0.0, 0.0)
 
     curve: list[dict[str, float]] = []
     best_state, best_score, best_epoch, stale = None, -1.0, 0, 0
@@ -143,7 +148,7 @@ def fit(
         losses = []
         for start in range(0, len(order), train_config.batch_size):
             batch = [windows[i] for i in order[start : start + train_config.batch_size]]
-            loss, count = _step_loss(model, batch, known, id_dropout, sampler, rng, train_config.label_smoothing)
+            loss, count = _step_loss(model, batch, known, dropouts, sampler, rng, train_config.label_smoothing)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -192,27 +197,39 @@ def _step_loss(
     model: SequenceTower,
     batch: list[np.ndarray],
     known: torch.Tensor,
-    id_dropout: float,
+    dropouts: tuple[float, float],
     sampler: "_NegativeSampler | None",
     rng: np.random.Generator,
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, int]:
-    """Mean next-item cross-entropy over every valid position of the batch, and the position count."""
+    """Mean next-item cross-entropy over every valid position of the batch, and the position count.
+
+    `dropouts` are the input and target id dropout rates (`SequenceTrainConfig`).
+    """
+    input_dropout, target_dropout = dropouts
     inputs, lengths = pad_histories([w[:-1] for w in batch], model.config.max_length)
     targets, _ = pad_histories([w[1:] for w in batch], model.config.max_length)
     steps = inputs.shape[1]
     valid = torch.arange(steps).unsqueeze(0) < lengths.unsqueeze(1)
     keep = known[inputs]
-    if id_dropout > 0:
-        keep = keep & torch.from_numpy(rng.random(inputs.shape) >= id_dropout)
+    if input_dropout > 0:
+        keep = keep & torch.from_numpy(rng.random(inputs.shape) >= input_dropout)
     states = model.hidden(inputs, lengths, keep)[valid]  # [P, D]: only real positions pay for the softmax
     wanted = targets[valid]  # [P]
+    # Positions whose target competes as a cold item: its own column holds its content-only score.
+    draws = rng.random(len(wanted)) if target_dropout > 0 else np.ones(len(wanted))  # no draw: the stream stays as without
+    cold = torch.from_numpy(draws < target_dropout).nonzero().squeeze(1)
+    cold_scores = (states[cold] * model.item_vectors(wanted[cold], torch.zeros(len(cold), dtype=torch.bool))).sum(-1) if len(cold) else None
     if sampler is None:
         logits = states @ model.item_vectors(known=known).T  # [P, items]
+        if cold_scores is not None:
+            logits = logits.index_put((cold, wanted[cold]), cold_scores)
         return F.cross_entropy(logits, wanted, label_smoothing=label_smoothing), len(wanted)
     negatives, log_q = sampler.draw(rng)
     candidates = torch.cat([wanted, negatives])
     logits = states @ model.item_vectors(candidates, known[candidates]).T  # [P, P + negatives]
+    if cold_scores is not None:
+        logits = logits.index_put((cold, cold), cold_scores)
     # Column j < P is position j's own target; log Q on the sampled columns keeps the estimate unbiased.
     correction = torch.cat([torch.zeros(len(wanted)), log_q])
     logits = logits - correction

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from feature_repo.sequences import Sequences
-from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
+from ranking.sequence_tower import UNKNOWN_ROW, SequenceTower, SequenceTowerConfig, pad_histories
 from training.leave_last_out import LeaveLastOut
-from training.train_sequence import SequenceTrainConfig, evaluate, fit
+from training.train_sequence import SequenceTrainConfig, _NegativeSampler, _step_loss, evaluate, fit
 
 N_ITEMS = 40
 SMALL = SequenceTowerConfig(embedding_dim=32, layers=1, heads=1, max_length=8, dropout=0.0, use_content=False)
@@ -92,3 +92,24 @@ def test_an_item_never_trained_on_is_reachable_through_its_content(split: LeaveL
     known[8] = False
     with torch.no_grad():
         assert not torch.allclose(model.item_vectors(known=known)[7], model.item_vectors(known=known)[8])
+
+
+@pytest.mark.parametrize("full_softmax_max_items", [N_ITEMS, 10], ids=["full", "sampled"])
+def test_target_id_dropout_trains_the_unknown_row_as_an_output(split: LeaveLastOut, full_softmax_max_items: int) -> None:
+    # Inputs keep their ids (no input dropout): only a target scored as a cold item can reach the unknown row.
+    content = np.random.default_rng(2).normal(size=(N_ITEMS, 16)).astype(np.float32)
+    config = SequenceTowerConfig(embedding_dim=32, layers=1, heads=1, max_length=8, dropout=0.0, use_content=True)
+    train = split.validation.train
+    batch = [train.user(u) for u in range(64)]
+    known = torch.ones(N_ITEMS, dtype=torch.bool)
+    schedule = SequenceTrainConfig(full_softmax_max_items=full_softmax_max_items, sampled_negatives=16)
+    sampler = _NegativeSampler(train, schedule) if N_ITEMS > full_softmax_max_items else None
+    gradients = []
+    for target_dropout in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = SequenceTower(config, N_ITEMS, content)
+        loss, _ = _step_loss(model, batch, known, (0.0, target_dropout), sampler, np.random.default_rng(0))
+        loss.backward()
+        gradients.append(model.id_weight.grad[UNKNOWN_ROW].abs().sum().item())
+    assert gradients[0] == 0.0
+    assert gradients[1] > 0.0
