@@ -1,6 +1,6 @@
 """The sequence views: what serving reads equals what training computes from the events.
 
-`user_sequence` at day D is the user's `Sequences` order of the events before D (last 50 items);
+`user_sequence` at day D is the user's `Sequences` order of the events before D (its last SEQUENCE_LENGTH items);
 `item_covisitation` rebuilds, through Feast's online store, the very matrices `CoVisitation.fit`
 gives, so candidates and ranker features are the same online and offline (no train/serve skew).
 """
@@ -17,7 +17,7 @@ from feature_repo import store as fs
 from feature_repo.covisitation import CoVisitation
 from feature_repo.sequences import Sequences, positive_interactions
 from feature_repo.snapshots.build import build, read_sequences
-from feature_repo.snapshots.user_sequence import SEQUENCE_LENGTH
+from feature_repo.snapshots.user_sequence import SEQUENCE_LENGTH, user_sequence
 from tests.shops import HAND_MADE_DAYS, HAND_MADE_START, hand_made
 from vitrine.paths import DataDir
 from vitrine.shop.store import read_events, read_items
@@ -58,6 +58,17 @@ def test_rows_come_only_the_day_after_a_new_item(built: DataDir) -> None:
         lists = [list(x) for x in group["sequence_item_ids"]]
         for older, newer in zip(lists, lists[1:]):
             assert newer[: len(older)] == older or len(newer) == SEQUENCE_LENGTH
+
+
+def test_a_long_sequence_keeps_its_newest_items(built: DataDir) -> None:
+    sequences = read_sequences(built)
+    longest = int(np.argmax(sequences.lengths))
+    length = int(sequences.lengths[longest]) - 2  # shorter than the longest user's history
+    days = sequences.moments // 86_400_000_000_000
+    table = user_sequence(sequences, int(days.min()), int(days.max()) + 1, length=length).to_pandas()
+    last = table[table["user_id"] == sequences.user_ids[longest]].iloc[-1]
+    assert list(last["sequence_item_ids"]) == [sequences.item_ids[r] for r in sequences.user(longest)][-length:]
+    assert table["sequence_item_ids"].map(len).max() == length
 
 
 @pytest.mark.parametrize("online", ["sqlite", "redis"])
