@@ -97,11 +97,11 @@ def test_loss_masks_accidental_hits_and_learns(spec: InputSpec) -> None:
     first = None
     for _ in range(60):
         loss = task(users.batch(rows), items.batch(rows), *args)
-        first = float(loss) if first is None else first
+        first = loss.item() if first is None else first
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(loss) < 0.5 * first
+    assert loss.item() < 0.5 * first
 
 
 def test_logq_correction_lowers_the_penalty_of_popular_negatives(spec: InputSpec) -> None:
