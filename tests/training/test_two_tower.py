@@ -115,4 +115,4 @@ def test_logq_correction_lowers_the_penalty_of_popular_negatives(spec: InputSpec
     model = _model(spec).eval()
     corrected = TwoTowerTrainTask(model, LossConfig(logq_correction=True))(users, items, keys, log_q, weights)
     plain = TwoTowerTrainTask(model, LossConfig(logq_correction=False))(users, items, keys, log_q, weights)
-    assert float(corrected) < float(plain)
+    assert corrected.item() < plain.item()
