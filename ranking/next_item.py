@@ -147,13 +147,16 @@ def source_lists(sources: CandidateSources, histories: Sequence[np.ndarray], vec
             "content": _content_top(sources.retriever, histories, CONTENT_CANDIDATES)}
 
 
-def candidates(sources: CandidateSources, histories: Sequence[np.ndarray], elapsed_days: np.ndarray | None = None) -> Candidates:
+def candidates(sources: CandidateSources, histories: Sequence[np.ndarray], elapsed_days: np.ndarray | None = None,
+               vectors: np.ndarray | None = None) -> Candidates:
     """The union of every source's candidates per history, with the reranker's features.
 
     Args:
         elapsed_days: [users] days from each user's newest item to the request (None: unknown).
+        vectors: [users, d] the tower's user vectors of `histories`, when the caller has them already.
     """
-    vectors = sources.retriever.vectors_of(histories)
+    if vectors is None:
+        vectors = sources.retriever.vectors_of(histories)
     lists = source_lists(sources, histories, vectors)
     rows = union_rows(lists)
     return Candidates(rows, *candidate_features(sources, histories, vectors, rows, lists, elapsed_days), lists=lists)

@@ -199,4 +199,4 @@ def split_lists(train: pd.DataFrame, catalog: pd.DataFrame, test_users: Sequence
         elapsed = None if days is None else np.where(rows >= 0, days, np.nan).astype(np.float32)
     vectors = fitted.sources.retriever.vectors_of(histories)
     return {"sequence_tower": tower_top(fitted.sources.retriever, histories, vectors, depth),
-            "next_item": ranked(fitted.sources, fitted.ranker, histories, depth, elapsed)}
+            "next_item": ranked(fitted.sources, fitted.ranker, histories, depth, elapsed, vectors)}

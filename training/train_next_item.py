@@ -217,9 +217,12 @@ def retriever_of(model: Any, trained_on: Sequences) -> SequenceRetriever:
 
 
 def ranked(sources: CandidateSources, ranker: Any, histories: Sequence[np.ndarray], depth: int = LIST_DEPTH,
-           elapsed: np.ndarray | None = None) -> np.ndarray:
-    """[users, depth] the reranked candidates of each history (-1 padded): what serving answers, offline."""
-    found = candidates(sources, histories, elapsed)
+           elapsed: np.ndarray | None = None, vectors: np.ndarray | None = None) -> np.ndarray:
+    """[users, depth] the reranked candidates of each history (-1 padded): what serving answers, offline.
+
+    `vectors`: the tower's user vectors of `histories`, when the caller has them already (see `candidates`).
+    """
+    found = candidates(sources, histories, elapsed, vectors)
     return order_by(found, -ranker.predict(found.frame(), num_threads=1), depth)
 
 
