@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -229,25 +230,10 @@ class CoVisitation:
         """
         if n < 0:
             raise InvalidInput(f"candidates: n={n} must be >= 0")
-        top = np.full((len(histories), n), -1, dtype=np.int64)
-        top_scores = np.full((len(histories), n), np.nan, dtype=np.float32)
-        for first, chunk in self._chunks(histories, self.config.recent):
-            gathered = self._gather(chunk, self.config.recent)
-            weights = gathered.values * np.where(gathered.is_transition, self.config.transition_weight, 1.0)
-            weights *= self.config.recency ** gathered.positions
-            keys, inverse = np.unique(gathered.keys, return_inverse=True)
-            scores = np.bincount(inverse, weights=weights, minlength=len(keys))
-            seen = np.isin(keys, _history_keys(chunk, self.n_items))
-            keys, scores = keys[~seen], scores[~seen].astype(np.float32)
-            users, rows = np.divmod(keys, self.n_items)
-            order = _order_in_groups(users, scores, rows, self.n_items)
-            users = users[order]
-            per_user = np.bincount(users, minlength=len(chunk))
-            rank = np.arange(len(order)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
-            kept = order[rank < n]
-            top[first + users[rank < n], rank[rank < n]] = rows[kept]
-            top_scores[first + users[rank < n], rank[rank < n]] = scores[kept]
-        return top, top_scores
+        blocks = [self.related(histories[first : first + size]).top(n) for first, size in self.blocks(len(histories))]
+        if not blocks:
+            return np.full((0, n), -1, dtype=np.int64), np.full((0, n), np.nan, dtype=np.float32)
+        return np.concatenate([rows for rows, _ in blocks]), np.concatenate([scores for _, scores in blocks])
 
     def features(self, history: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
         """Ranker features (`FEATURE_NAMES`) of each candidate for one user: float32 arrays of len(candidates).
@@ -277,35 +263,66 @@ class CoVisitation:
         candidates = np.asarray(candidates, dtype=np.int64)
         if candidates.ndim != 2 or len(candidates) != len(histories):
             raise InvalidInput(f"features: candidates shape {candidates.shape} is not [{len(histories)} users, n]")
-        if candidates.size and candidates.max() >= self.n_items:
-            raise InvalidInput(f"features: candidate row {int(candidates.max())} is outside the {self.n_items}-item catalog")
-        depth = max(self.config.recent, FEATURE_DEPTHS[-1])
-        out = {name: np.full(candidates.shape, np.nan, dtype=np.float32) for name in FEATURE_NAMES}
-        for first, chunk in self._chunks(histories, depth):
-            gathered = self._gather(chunk, depth)
-            keys, first_seen, inverse = np.unique(gathered.keys, return_index=True, return_inverse=True)
-            sums: dict[str, np.ndarray] = {}
-            for k in FEATURE_DEPTHS:
-                near = gathered.positions < k
-                for name, matrix in (("cooc", ~gathered.is_transition), ("next", gathered.is_transition)):
-                    sums[f"covisit_{name}_last{k}"] = np.bincount(
-                        inverse, weights=np.where(near & matrix, gathered.values, 0.0), minlength=len(keys))
-            sums["covisit_nearest_position"] = gathered.positions[first_seen].astype(np.float64)
-            read = gathered.positions < self.config.recent
-            weights = gathered.values * np.where(gathered.is_transition, self.config.transition_weight, 1.0)
-            sums["covisit_score"] = np.bincount(
-                inverse, weights=np.where(read, weights * self.config.recency ** gathered.positions, 0.0), minlength=len(keys))
-            block = candidates[first : first + len(chunk)]
-            valid = block >= 0
-            wanted = (np.arange(len(chunk))[:, None] * self.n_items + block)[valid]
-            at = np.searchsorted(keys, wanted)
-            hit = at < len(keys)
-            hit[hit] = keys[at[hit]] == wanted[hit]
-            for name, values in sums.items():
-                found = np.full(len(wanted), np.nan if name == "covisit_nearest_position" else 0.0)
-                found[hit] = values[at[hit]]
-                out[name][first : first + len(chunk)][valid] = found
-        return out
+        blocks = [self.related(histories[first : first + size]).features(candidates[first : first + size])
+                  for first, size in self.blocks(len(histories))]
+        if not blocks:
+            return {name: np.full(candidates.shape, np.nan, dtype=np.float32) for name in FEATURE_NAMES}
+        return {name: np.concatenate([block[name] for block in blocks]) for name in FEATURE_NAMES}
+
+    def blocks(self, users: int) -> list[tuple[int, int]]:
+        """(first user, count) blocks whose neighbour entries stay near ENTRIES_PER_CHUNK: what `related` should get at once."""
+        size = max(1, ENTRIES_PER_CHUNK // max(1, 2 * self._depth * self.config.neighbours))
+        return [(first, min(size, users - first)) for first in range(0, users, size)]
+
+    def related(self, histories: Sequence[np.ndarray]) -> "Related":
+        """Every item related to each history's last items by either matrix, with the sums candidates and features read.
+
+        One pass over the neighbour entries serves both the candidates (`Related.top`) and the
+        features of any candidate list (`Related.features`): a request reads them once. It holds
+        all the entries of `histories`: many users go a `blocks` block at a time.
+
+        Example:
+            >>> related = model.related(histories)
+            >>> top, scores = related.top(100)
+            >>> related.features(top)["covisit_next_last1"]     # [users, 100]
+        """
+        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+        flat = np.concatenate(histories) if histories else np.zeros(0, dtype=np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.n_items):
+            raise InvalidInput(f"history: row {int(flat.min() if flat.min() < 0 else flat.max())} "
+                               f"is outside the {self.n_items}-item catalog")
+        gathered = self._gather(histories, self._depth)
+        keys, first_seen, inverse = np.unique(gathered.keys, return_index=True, return_inverse=True)
+        # One bincount for the six windowed sums: each entry falls in a cell (matrix, position band),
+        # band b holding positions FEATURE_DEPTHS[b-1] <= p < FEATURE_DEPTHS[b]; a window's sum is
+        # then the cumulative sum of its bands. The bands past the last depth are not read.
+        bands = len(FEATURE_DEPTHS) + 1
+        cell = gathered.is_transition * bands + np.searchsorted(FEATURE_DEPTHS, gathered.positions, side="right")
+        banded = np.bincount(inverse * 2 * bands + cell, weights=gathered.values, minlength=len(keys) * 2 * bands)
+        banded = banded.reshape(len(keys), 2, bands)
+        sums: dict[str, np.ndarray] = {}
+        for m, name in enumerate(("cooc", "next")):
+            window = np.zeros(len(keys))
+            for b, k in enumerate(FEATURE_DEPTHS):  # a running sum (np.cumsum over the strided axis was 5x slower)
+                window = window + banded[:, m, b]
+                sums[f"covisit_{name}_last{k}"] = window
+        sums["covisit_nearest_position"] = gathered.positions[first_seen].astype(np.float64)
+        read = gathered.positions < self.config.recent
+        weights = gathered.values * np.where(gathered.is_transition, self.config.transition_weight, 1.0)
+        sums["covisit_score"] = np.bincount(
+            inverse, weights=np.where(read, weights * self.config.recency ** gathered.positions, 0.0), minlength=len(keys))
+        # Candidates: items some read item relates to, outside the whole history (not just the read part).
+        proposed = np.bincount(inverse, weights=read, minlength=len(keys)) > 0
+        history = _history_keys(histories, self.n_items)
+        at = np.minimum(np.searchsorted(keys, history), max(len(keys) - 1, 0))
+        if len(keys):
+            proposed[at[keys[at] == history]] = False
+        return Related(self.n_items, len(histories), keys, sums, proposed)
+
+    @property
+    def _depth(self) -> int:
+        """History items read per user: the candidates' `recent` and the features' deepest window."""
+        return max(self.config.recent, FEATURE_DEPTHS[-1])
 
     def save(self, directory: Path) -> None:
         """The CSR arrays (npz) and the config (json) in `directory`; no pickle, so loading runs no code.
@@ -345,43 +362,90 @@ class CoVisitation:
             raise ModelUnavailable(f"co-visitation model at {directory}: {exc}") from exc
         return cls(CoVisitConfig(**meta["config"]), cooc, transition, item_ids)
 
-    def _chunks(self, histories: Sequence[np.ndarray], depth: int) -> list[tuple[int, list[np.ndarray]]]:
-        """(first user, histories) blocks whose gathered neighbour entries stay near ENTRIES_PER_CHUNK."""
-        per_user = max(1, 2 * depth * self.config.neighbours)
-        size = max(1, ENTRIES_PER_CHUNK // per_user)
-        chunks = []
-        for first in range(0, len(histories), size):
-            chunk = [np.asarray(h, dtype=np.int64) for h in histories[first : first + size]]
-            flat = np.concatenate(chunk) if chunk else np.zeros(0, dtype=np.int64)
-            if flat.size and (flat.min() < 0 or flat.max() >= self.n_items):
-                raise InvalidInput(f"history: row {int(flat.min() if flat.min() < 0 else flat.max())} "
-                                   f"is outside the {self.n_items}-item catalog")
-            chunks.append((first, chunk))
-        return chunks
-
     def _gather(self, histories: list[np.ndarray], depth: int) -> "_Gathered":
         """The neighbour entries of each user's `depth` last items, from both matrices.
 
-        The order of the entries of one user does not depend on the other users (users one after
-        the other, then positions, then cooc before transition, then the row's stored order), so
-        sums over them are the same in a batch of one and in any batch.
+        Entries come by user, then position (newest first), then cooc before transition, then each
+        row's stored order, so the first entry of a key is its nearest position, and the order of
+        one user's entries does not depend on the other users: sums over them are the same in a
+        batch of one and in any batch.
         """
         lengths = np.array([len(h) for h in histories], dtype=np.int64)
         flat = np.concatenate(histories) if histories else np.zeros(0, dtype=np.int64)
         # The `depth` newest items of each user, newest first: position 0 = the last item.
         user, position = _ragged(np.zeros_like(lengths), np.minimum(lengths, depth))
         source = flat[np.cumsum(lengths)[user] - 1 - position]
-        parts = []
-        for from_transition, matrix in ((False, self.cooc), (True, self.transition)):
-            entry_of, entries = _ragged(matrix.indptr[source], matrix.indptr[source + 1])
-            parts.append((user[entry_of], position[entry_of], matrix.indices[entries].astype(np.int64),
-                          matrix.data[entries].astype(np.float64), np.full(len(entries), from_transition)))
-        users, positions, rows, values, is_transition = (np.concatenate(column) for column in zip(*parts))
-        # By user, then position (newest first), each matrix's own order kept: the first entry of a
-        # key is then its nearest position.
-        per_user = np.argsort(users * depth + positions, kind="stable")
-        return _Gathered(keys=users[per_user] * self.n_items + rows[per_user], positions=positions[per_user],
-                         values=values[per_user], is_transition=is_transition[per_user])
+        # Both matrices' rows of each source item, side by side: [cooc row, transition row] per item,
+        # read in that order from one stacked CSR (the transition rows after the n cooc rows).
+        stacked_rows = np.stack([source, source + self.n_items], axis=1).ravel()
+        entry_of, entries = _ragged(self._stacked.indptr[stacked_rows], self._stacked.indptr[stacked_rows + 1])
+        origin = entry_of // 2
+        return _Gathered(keys=user[origin] * self.n_items + self._stacked.indices[entries].astype(np.int64), positions=position[origin],
+                         values=self._stacked.data[entries].astype(np.float64), is_transition=(entry_of % 2).astype(bool))
+
+    @cached_property
+    def _stacked(self) -> sp.csr_matrix:
+        """[2 x items, items] cooc rows then transition rows: one CSR to gather both from.
+
+        The two matrices are then re-pointed at its arrays, so the model is held once in memory
+        (0.3 GB for both at 100k items).
+        """
+        stacked = sp.vstack([self.cooc, self.transition], format="csr")
+        n, split = self.n_items, int(self.cooc.nnz)
+        data, indices, indptr = stacked.data, stacked.indices, stacked.indptr
+        object.__setattr__(self, "cooc", sp.csr_matrix((data[:split], indices[:split], indptr[: n + 1]), shape=(n, n), copy=False))
+        object.__setattr__(self, "transition", sp.csr_matrix(
+            (data[split:], indices[split:], indptr[n:] - split), shape=(n, n), copy=False))
+        return stacked
+
+@dataclass(frozen=True)
+class Related:
+    """The items related to a block of histories (`CoVisitation.related`): key = local user * items + row.
+
+    Attributes:
+        sums: per key, float64, each of FEATURE_NAMES (the candidate score is `covisit_score`).
+        proposed: per key, whether it is a candidate (read by the candidates' `recent` items, not in the history).
+    """
+
+    n_items: int
+    users: int
+    keys: np.ndarray
+    sums: dict[str, np.ndarray]
+    proposed: np.ndarray
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """[users, n] the best candidate rows (-1 padded) and their float32 scores (NaN pad); ties go to the lower row."""
+        top = np.full((self.users, n), -1, dtype=np.int64)
+        top_scores = np.full((self.users, n), np.nan, dtype=np.float32)
+        keys, scores = self.keys[self.proposed], self.sums["covisit_score"][self.proposed].astype(np.float32)
+        users, rows = np.divmod(keys, self.n_items)
+        order = _top_order(users, scores, rows, self.n_items, n if self.users == 1 else None)
+        users = users[order]
+        per_user = np.bincount(users, minlength=self.users)
+        rank = np.arange(len(order)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+        kept = rank < n
+        top[users[kept], rank[kept]] = rows[order[kept]]
+        top_scores[users[kept], rank[kept]] = scores[order[kept]]
+        return top, top_scores
+
+    def features(self, candidates: np.ndarray) -> dict[str, np.ndarray]:
+        """FEATURE_NAMES of candidates [users, m] (catalog rows, -1 = padding: NaN), float32 [users, m] each."""
+        candidates = np.asarray(candidates, dtype=np.int64)
+        if candidates.shape[0] != self.users:
+            raise InvalidInput(f"features: candidates for {candidates.shape[0]} users, histories of {self.users}")
+        if candidates.size and candidates.max() >= self.n_items:
+            raise InvalidInput(f"features: candidate row {int(candidates.max())} is outside the {self.n_items}-item catalog")
+        out = {name: np.full(candidates.shape, np.nan, dtype=np.float32) for name in FEATURE_NAMES}
+        valid = candidates >= 0
+        wanted = (np.arange(self.users)[:, None] * self.n_items + candidates)[valid]
+        at = np.searchsorted(self.keys, wanted)
+        hit = at < len(self.keys)
+        hit[hit] = self.keys[at[hit]] == wanted[hit]
+        for name, values in self.sums.items():
+            found = np.full(len(wanted), np.nan if name == "covisit_nearest_position" else 0.0)
+            found[hit] = values[at[hit]]
+            out[name][valid] = found
+        return out
 
 
 @dataclass(frozen=True)
@@ -403,18 +467,23 @@ def _ragged(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return owner, index
 
 
-def _order_in_groups(groups: np.ndarray, values: np.ndarray, ties: np.ndarray, n_ties: int) -> np.ndarray:
+def _top_order(groups: np.ndarray, values: np.ndarray, ties: np.ndarray, n_ties: int, first: int | None = None) -> np.ndarray:
     """The order by group, then value descending, then tie ascending: `np.lexsort((ties, -values, groups))`, faster.
 
-    lexsort on three keys was most of the time of `candidates_batch` (~4x one argsort): one int64
-    key (group, dense rank of the value, tie) sorts the same whenever it fits, which it does for
-    any chunk of a catalog below ~1M items; lexsort is the fallback.
+    lexsort on three keys was most of the time of `candidates_batch` (~4x one argsort). Values are
+    float32 >= 0, whose bit patterns sort as the numbers do, so (group, bits descending, tie) packs
+    into one int64 that sorts the same whenever it fits (catalog x groups below 2 ** 32); lexsort is
+    the fallback. `first`: only the first entries of the order are wanted (one group: a partition,
+    then a sort of those alone).
     """
-    distinct, value_rank = np.unique(-values, return_inverse=True)
-    bound = (int(groups.max(initial=0)) + 1) * (len(distinct) + 1) * n_ties
-    if bound >= np.iinfo(np.int64).max:
-        return np.lexsort((ties, -values, groups))
-    return np.argsort((groups.astype(np.int64) * len(distinct) + value_rank) * n_ties + ties)
+    if (int(groups.max(initial=0)) + 1) * n_ties >= 2**32:
+        return np.lexsort((ties, -values, groups))[:first]
+    descending = np.int64(2**31 - 1) - np.asarray(values, dtype=np.float32).view(np.int32).astype(np.int64)
+    key = (groups.astype(np.int64) * 2**31 + descending) * n_ties + ties
+    if first is not None and first < len(key):
+        part = np.argpartition(key, first)[:first]
+        return part[np.argsort(key[part])]
+    return np.argsort(key)[:first]
 
 
 def _history_keys(histories: list[np.ndarray], n_items: int) -> np.ndarray:

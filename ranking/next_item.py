@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.covisitation import FEATURE_NAMES as COVISIT_FEATURES
-from feature_repo.covisitation import CoVisitation
+from feature_repo.covisitation import CoVisitation, Related
 
 if TYPE_CHECKING:  # the reranker reads FEATURE_NAMES from here without loading torch
     from ranking.sequence_retriever import SequenceRetriever
@@ -135,31 +135,58 @@ def proposed_by(matrix: np.ndarray) -> np.ndarray:
     return ~np.isnan(matrix[:, : len(SOURCES)])
 
 
-def source_lists(sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray) -> dict[str, np.ndarray]:
+def source_lists(
+    sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray, related: Related | None = None
+) -> dict[str, np.ndarray]:
     """Each source's ranked candidates [users, n] (-1 padded), none of them in the user's history.
 
     Args:
         vectors: [users, d] the tower's user vectors (`SequenceRetriever.vectors_of(histories)`).
+        related: `sources.covisitation.related(histories)` when the caller reads the features too (read once).
     """
-    covis_rows, _ = sources.covisitation.candidates_batch(histories, COVISIT_CANDIDATES)
+    related = related or sources.covisitation.related(histories)
+    covis_rows, _ = related.top(COVISIT_CANDIDATES)
     return {"tower": tower_top(sources.retriever, histories, vectors, TOWER_CANDIDATES), "covisitation": covis_rows,
             "popular": _popular_top(sources.popular_order, histories, POPULAR_CANDIDATES),
             "content": _content_top(sources.retriever, histories, CONTENT_CANDIDATES)}
 
 
 def candidates(sources: CandidateSources, histories: Sequence[np.ndarray], elapsed_days: np.ndarray | None = None,
-               vectors: np.ndarray | None = None) -> Candidates:
+               vectors: np.ndarray | None = None, lap: Callable[[str], None] | None = None) -> Candidates:
     """The union of every source's candidates per history, with the reranker's features.
+
+    Users go a co-visitation block at a time (`CoVisitation.blocks`), so memory stays bounded for
+    any number of them; a user's candidates and features do not depend on the block (tested).
 
     Args:
         elapsed_days: [users] days from each user's newest item to the request (None: unknown).
         vectors: [users, d] the tower's user vectors of `histories`, when the caller has them already.
+        lap: called with "retrieve" once the sources' lists are in, "rank_features" once the
+            features are (serving times its stages with it).
     """
+    lap = lap or (lambda stage: None)
     if vectors is None:
         vectors = sources.retriever.vectors_of(histories)
-    lists = source_lists(sources, histories, vectors)
-    rows = union_rows(lists)
-    return Candidates(rows, *candidate_features(sources, histories, vectors, rows, lists, elapsed_days), lists=lists)
+    parts = []
+    for first, size in sources.covisitation.blocks(len(histories)) or [(0, 0)]:
+        block = histories[first : first + size]
+        related = sources.covisitation.related(block)
+        lists = source_lists(sources, block, vectors[first : first + size], related)
+        rows = union_rows(lists)
+        lap("retrieve")
+        elapsed = None if elapsed_days is None else np.asarray(elapsed_days)[first : first + size]
+        matrix, rrf, users, items = candidate_features(sources, block, vectors[first : first + size], rows, lists, elapsed, related)
+        parts.append((first, rows, matrix, rrf, users, items, lists))
+        lap("rank_features")
+    width = max(rows.shape[1] for _, rows, *_ in parts)
+    return Candidates(
+        np.concatenate([np.pad(rows, ((0, 0), (0, width - rows.shape[1])), constant_values=-1) for _, rows, *_ in parts]),
+        np.concatenate([matrix for _, _, matrix, *_ in parts]),
+        np.concatenate([rrf for _, _, _, rrf, *_ in parts]),
+        np.concatenate([first + users for first, _, _, _, users, *_ in parts]),
+        np.concatenate([items for *_, items, _ in parts]),
+        lists={source: np.concatenate([lists[source] for *_, lists in parts]) for source in SOURCES},
+    )
 
 
 def union_rows(lists: dict[str, np.ndarray]) -> np.ndarray:
@@ -179,8 +206,12 @@ def candidate_features(
     rows: np.ndarray,
     lists: dict[str, np.ndarray],
     elapsed_days: np.ndarray | None = None,
+    related: Related | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """FEATURE_NAMES of every valid candidate in `rows` [users, C], row-major: the matrix, rrf, each row's user and catalog row."""
+    """FEATURE_NAMES of every valid candidate in `rows` [users, C], row-major: the matrix, rrf, each row's user and catalog row.
+
+    `related`: what `source_lists` read (`CoVisitation.related(histories)`), else read again.
+    """
     valid = rows >= 0
     safe = np.where(valid, rows, 0)
     columns: dict[str, np.ndarray] = {}
@@ -195,7 +226,7 @@ def candidate_features(
     columns["tower_score"] = tower
     best = np.where(valid, tower, -np.inf).max(axis=1, keepdims=True)
     columns["tower_score_gap"] = tower - np.where(np.isfinite(best), best, 0.0)
-    columns.update(sources.covisitation.features_batch(histories, rows))
+    columns.update((related or sources.covisitation.related(histories)).features(rows))
     score = columns["covisit_score"]
     top = np.where(valid, score, 0.0).max(axis=1, keepdims=True)
     columns["covisit_score_share"] = np.where(top > 0, score / np.maximum(top, 1e-30), 0.0)

@@ -4,9 +4,9 @@ Per request, in this order (each stage is timed; the service exports the timings
 
 1. `features`   one online read of the user's Feast features (`ranking.online_features`);
 2. `retrieve`   the candidates. A next-item bundle (a sequence retriever and a next-item ranker,
-                what the pipeline trains) asks three sources about the user's sequence: the sequence
-                tower + FAISS, co-visitation neighbours of the last items, the popular items
-                (`ranking.next_item`); a two-tower bundle runs its user tower + FAISS for
+                what the pipeline trains) asks four sources about the user's sequence: the sequence
+                tower + FAISS, co-visitation neighbours of the last items, the popular items and
+                the content neighbours of the last items (`ranking.next_item`); a two-tower bundle runs its user tower + FAISS for
                 `CANDIDATES` items (`ranking.retriever.Retriever`);
 3. `rank_features` the ranker's features: for next-item candidates `ranking.next_item.candidate_features`
                 (the function training used); for two-tower candidates item-side features indexed
@@ -54,9 +54,10 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.columns import names
+from ranking import next_item
 from ranking.item_table import ABSENT, ITEM_VIEWS, ServingItems, load_serving_items, materialization_ends
 from ranking.next_item import FEATURE_NAMES as NEXT_ITEM_FEATURES
-from ranking.next_item import SOURCES, CandidateSources, candidate_features, proposed_by, source_lists, union_rows
+from ranking.next_item import SOURCES, CandidateSources
 from ranking.online_features import (
     Freshness,
     OnlineFeatureReader,
@@ -553,21 +554,17 @@ def next_item_candidates(
     histories = [histories_of[n] for n in users]
     newest = np.array([(rows[n] or {}).get("last_item_at_s") or np.nan for n in users], dtype=np.float64)
     elapsed = ((now.timestamp() - newest) / 86_400.0).astype(np.float32)
-    vectors = retriever.vectors_of(histories)
-    lists = source_lists(sources, histories, vectors)
-    union = union_rows(lists)
-    timer.lap("retrieve")
-    matrix, _, owners, items = candidate_features(sources, histories, vectors, union, lists, elapsed)
-    proposed = proposed_by(matrix)
-    tower = matrix[:, NEXT_ITEM_FEATURES.index("tower_score")]
-    bounds = np.searchsorted(owners, np.arange(len(users) + 1))  # feature rows are user-major
+    found = next_item.candidates(sources, histories, elapsed, retriever.vectors_of(histories), lap=timer.lap)
+    proposed = found.proposed_by()
+    tower = found.matrix[:, NEXT_ITEM_FEATURES.index("tower_score")]
+    bounds = np.searchsorted(found.users, np.arange(len(users) + 1))  # feature rows are user-major
     candidates: dict[int, Found] = {}
     matrices: dict[int, np.ndarray] = {}
     for i, n in enumerate(users):
-        part = slice(bounds[i], bounds[i + 1])
-        found = items[part]
-        candidates[n] = (bundle.index_ids[found], tower[part], bundle.index_rows[found], proposed[part])
-        matrices[n] = matrix[part]
+        mine = slice(bounds[i], bounds[i + 1])
+        items = found.items[mine]
+        candidates[n] = (bundle.index_ids[items], tower[mine], bundle.index_rows[items], proposed[mine])
+        matrices[n] = found.matrix[mine]
     timer.lap("rank_features")
     return candidates, matrices
 
@@ -660,17 +657,14 @@ def explain_rows(reranker: "Reranker", matrix: np.ndarray) -> list[tuple[Reason,
         return []
     contributions = reranker.contributions(matrix)
     names = reranker.feature_names
-    out = []
-    for row, contrib in zip(matrix, contributions):
-        top = np.argsort(-np.abs(contrib))[:REASONS_PER_ITEM]
-        out.append(
-            tuple(
-                Reason(names[j], None if math.isnan(float(row[j])) else float(row[j]), float(contrib[j]))
-                for j in top
-                if contrib[j] != 0
-            )
-        )
-    return out
+    # One sort for all rows, then plain Python floats: per-element numpy scalars cost more than the sort.
+    top = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :REASONS_PER_ITEM]
+    values = np.take_along_axis(matrix, top, axis=1).tolist()
+    pushes = np.take_along_axis(contributions, top, axis=1).tolist()
+    return [
+        tuple(Reason(names[j], None if math.isnan(v) else v, c) for j, v, c in zip(columns, row_values, row_pushes) if c != 0)
+        for columns, row_values, row_pushes in zip(top.tolist(), values, pushes)
+    ]
 
 
 def open_feature_store(data: DataDir, online: OnlineKind = "sqlite") -> Any:

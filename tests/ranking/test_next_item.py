@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feature_repo import covisitation
 from feature_repo.snapshots.build import read_sequences
 from ranking.next_item import SOURCES, candidates
 from ranking.recommender import ModelBundle, Recommender, _Timer, check_bundle, next_item_candidates
@@ -61,6 +62,28 @@ def test_the_online_path_computes_the_offline_candidates_and_features(recommende
         np.testing.assert_allclose(matrices[n], found.matrix, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(proposed, found.proposed_by())
         assert proposed.any(axis=1).all()  # every candidate came from some source
+
+
+def test_a_users_candidates_do_not_depend_on_the_block_they_go_in(
+    recommender: Recommender, data: DataDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`candidates` goes a co-visitation block of users at a time: small blocks, one batch and one user alone agree."""
+    sequences = read_sequences(data).remapped(recommender.bundle.retriever.item_ids)
+    sources = fit_sources(sequences, recommender.bundle.retriever)  # type: ignore[arg-type]
+    histories = [sequences.user(u) for u in range(min(len(sequences.user_ids), 40))]
+    whole = candidates(sources, histories)
+    monkeypatch.setattr(covisitation, "ENTRIES_PER_CHUNK", 3 * 2 * 20 * 200)  # blocks of 3 users
+    assert len(sources.covisitation.blocks(len(histories))) > 10
+    blocked = candidates(sources, histories)
+    # Content cosines are matrix products whose rounding depends on the padded width: float32 tolerance.
+    np.testing.assert_allclose(blocked.matrix, whole.matrix, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(blocked.items, whole.items)
+    np.testing.assert_array_equal(blocked.users, whole.users)
+    for source in SOURCES:
+        np.testing.assert_array_equal(blocked.lists[source], whole.lists[source])
+    for u in (0, len(histories) - 1):
+        alone = candidates(sources, [histories[u]])
+        np.testing.assert_allclose(alone.matrix, whole.matrix[whole.users == u], rtol=1e-5, atol=1e-6)
 
 
 def test_known_users_get_reranked_lists_from_their_sources(recommender: Recommender, data: DataDir, active_users: list[str]) -> None:
