@@ -9,6 +9,7 @@ A sequence retriever is a directory (the MLflow artifacts of a `vitrine-retrieve
     known.npy          [items] bool, items whose ids the tower trained on (others use the unknown row)
     item_vectors.npy   [items, d] the item vectors the index holds (`SequenceTower.item_vectors(known=...)`)
     index.faiss        FAISS inner-product index over item_vectors (`ranking.ann`)
+    content_index.faiss  FAISS index over the unit content vectors (the content source); only with content
 
 A user is their sequence (`user_sequence.sequence_item_ids`, oldest first): ids outside the
 tower's catalog read as unknown items, as an item first seen after training does offline.
@@ -42,6 +43,9 @@ ITEM_IDS_FILE = "item_ids.json"
 KNOWN_FILE = "known.npy"
 VECTORS_FILE = "item_vectors.npy"
 INDEX_FILE = "index.faiss"
+# Built at save time, not at load: an HNSW graph over 100k content vectors takes minutes to build,
+# and every serving and batch process loads the retriever.
+CONTENT_INDEX_FILE = "content_index.faiss"
 # Users encoded per tower pass in batch work: [users, window, dim] activations stay a few MB.
 ENCODE_CHUNK = 1024
 # Up to this many users a call runs `UserStates` (numpy, ~0.1 ms a user) instead of the torch tower
@@ -77,6 +81,8 @@ def save_sequence_retriever(
     np.save(path / KNOWN_FILE, np.asarray(known, dtype=bool))
     np.save(path / VECTORS_FILE, vectors)
     write_index(index, path / INDEX_FILE)
+    if retriever.content_index is not None:
+        write_index(retriever.content_index, path / CONTENT_INDEX_FILE)
     return path
 
 
@@ -98,7 +104,8 @@ class SequenceRetriever:
     kind = KIND
 
     def __init__(
-        self, tower: SequenceTower, item_ids: list[str], known: np.ndarray, vectors: np.ndarray, index: Any, config: dict[str, Any], version: str
+        self, tower: SequenceTower, item_ids: list[str], known: np.ndarray, vectors: np.ndarray, index: Any, config: dict[str, Any], version: str,
+        content_index: Any = None,
     ) -> None:
         self.tower = tower.eval()
         self.item_ids = item_ids
@@ -117,7 +124,9 @@ class SequenceRetriever:
         if tower.content_projection is not None:
             content = tower.content.numpy().astype(np.float32)
             self.content = content / np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-12)
-            self.content_index = build_index(self.content, AnnConfig())
+            self.content_index = content_index if content_index is not None else build_index(self.content, AnnConfig())
+            if self.content_index.ntotal != len(self.content):
+                raise ModelUnavailable(f"content index of {self.content_index.ntotal} rows for {len(self.content)} items")
 
     @classmethod
     def of(cls, tower: SequenceTower, item_ids: Sequence[str], known: np.ndarray, *, ann: AnnConfig = AnnConfig(),
@@ -160,7 +169,9 @@ class SequenceRetriever:
             raise ModelUnavailable(f"{path}: {index.ntotal} index rows, {len(known)} known flags and {len(vectors)} vectors "
                                    f"for {len(item_ids)} item ids")
         chosen = version or config.get("lineage", {}).get("run_id") or path.name
-        return cls(tower, item_ids, known, vectors, index, config, str(chosen))
+        # A retriever saved before the content index was stored builds it now.
+        content_index = read_index(path / CONTENT_INDEX_FILE) if (path / CONTENT_INDEX_FILE).exists() else None
+        return cls(tower, item_ids, known, vectors, index, config, str(chosen), content_index)
 
     def histories(self, sequences: Sequence[Sequence[str] | None]) -> list[np.ndarray]:
         """Each user's sequence of ids (oldest first) as the tower's rows, ids outside its catalog dropped."""

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from ranking.sequence_retriever import NUMPY_USERS, SequenceRetriever, UserStates, is_sequence_retriever, save_sequence_retriever
+from ranking.ann import build_index, write_index
+from ranking.sequence_retriever import (
+    CONTENT_INDEX_FILE,
+    NUMPY_USERS,
+    SequenceRetriever,
+    UserStates,
+    is_sequence_retriever,
+    save_sequence_retriever,
+)
 from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
 from vitrine.errors import ModelUnavailable
 
@@ -61,6 +69,14 @@ def test_a_saved_retriever_serves_what_was_trained(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.vectors_of(histories), memory.vectors_of(histories))
     rows, _ = loaded.search(loaded.vectors_of(histories[:1]), 5)
     assert len(rows[0]) == 5 and loaded.version == "r1"
+    # The content index is read from the dir, not rebuilt, and answers as the one built in memory.
+    assert (path / CONTENT_INDEX_FILE).exists()
+    query = loaded.content[[3, 9]]  # type: ignore[index]
+    for found, expected in zip(loaded.search_content(query, 5), memory.search_content(query, 5)):
+        np.testing.assert_array_equal(np.stack(found), np.stack(expected))
+    write_index(build_index(loaded.content[:2]), path / CONTENT_INDEX_FILE)  # type: ignore[index]
+    with pytest.raises(ModelUnavailable, match="content index of 2 rows"):
+        SequenceRetriever.load(path)
     (path / "item_ids.json").write_text('["I1"]')
     with pytest.raises(ModelUnavailable, match="item ids"):
         SequenceRetriever.load(path)
