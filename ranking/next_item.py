@@ -260,21 +260,24 @@ def tower_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], v
 
 
 def _content_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], k: int) -> np.ndarray:
-    """[users, k] the items whose content is nearest each user's recency-weighted last items, the history dropped."""
+    """[users, k] the items whose content is nearest each user's recency-weighted last items, the history dropped.
+
+    The pool is the union of the last items' precomputed content neighbours
+    (`SequenceRetriever.content_neighbours`), rescored exactly against the query; ties go to the lower row.
+    """
     out = np.full((len(histories), k), -1, dtype=np.int64)
-    content = retriever.content
-    filled = [n for n, history in enumerate(histories) if len(history)]
-    if content is None or not filled:
+    content, neighbours = retriever.content, retriever.content_neighbours
+    if content is None or neighbours is None:
         return out
-    queries = np.zeros((len(filled), content.shape[1]), dtype=np.float32)
-    for i, n in enumerate(filled):
-        recent = histories[n][-CONTENT_QUERY_ITEMS:][::-1]  # newest first
-        queries[i] = (CONTENT_RECENCY ** np.arange(len(recent), dtype=np.float32)) @ content[recent]
-    depth = min(len(content), k + max(len(histories[n]) for n in filled))
-    found, _ = retriever.search_content(queries, depth)
-    for i, n in enumerate(filled):
-        kept = found[i][~np.isin(found[i], histories[n])][:k]
-        out[n, : len(kept)] = kept
+    for n, history in enumerate(histories):
+        if not len(history):
+            continue
+        recent = history[-CONTENT_QUERY_ITEMS:][::-1]  # newest first
+        query = (CONTENT_RECENCY ** np.arange(len(recent), dtype=np.float32)) @ content[recent]
+        pool = np.unique(neighbours[recent])  # ascending rows, so a stable sort breaks ties by row
+        pool = pool[(pool >= 0) & ~np.isin(pool, history)]
+        best = pool[np.argsort(-(content[pool] @ query), kind="stable")[:k]]
+        out[n, : len(best)] = best
     return out
 
 

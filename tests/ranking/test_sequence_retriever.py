@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ranking.ann import build_index, write_index
+from ranking.next_item import CONTENT_QUERY_ITEMS, CONTENT_RECENCY, _content_top
 from ranking.sequence_retriever import (
-    CONTENT_INDEX_FILE,
+    CONTENT_NEIGHBOURS_FILE,
     NUMPY_USERS,
     SequenceRetriever,
     UserStates,
@@ -69,14 +69,40 @@ def test_a_saved_retriever_serves_what_was_trained(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.vectors_of(histories), memory.vectors_of(histories))
     rows, _ = loaded.search(loaded.vectors_of(histories[:1]), 5)
     assert len(rows[0]) == 5 and loaded.version == "r1"
-    # The content index is read from the dir, not rebuilt, and answers as the one built in memory.
-    assert (path / CONTENT_INDEX_FILE).exists()
-    query = loaded.content[[3, 9]]  # type: ignore[index]
-    for found, expected in zip(loaded.search_content(query, 5), memory.search_content(query, 5)):
-        np.testing.assert_array_equal(np.stack(found), np.stack(expected))
-    write_index(build_index(loaded.content[:2]), path / CONTENT_INDEX_FILE)  # type: ignore[index]
-    with pytest.raises(ModelUnavailable, match="content index of 2 rows"):
+    # The content neighbours are read from the dir, not listed again: each item first, then by cosine.
+    neighbours = loaded.content_neighbours
+    assert neighbours is not None and loaded.content is not None
+    np.testing.assert_array_equal(neighbours, memory.content_neighbours)  # type: ignore[arg-type]
+    assert (neighbours[:, 0] == np.arange(N_ITEMS)).all()
+    cosines = np.take_along_axis(loaded.content @ loaded.content.T, neighbours.astype(np.int64), axis=1)
+    assert (np.diff(cosines, axis=1) <= 1e-6).all()
+    np.save(path / CONTENT_NEIGHBOURS_FILE, neighbours[:2])
+    with pytest.raises(ModelUnavailable, match="content neighbours of 2 items"):
         SequenceRetriever.load(path)
     (path / "item_ids.json").write_text('["I1"]')
     with pytest.raises(ModelUnavailable, match="item ids"):
         SequenceRetriever.load(path)
+
+
+def test_the_content_source_ranks_the_neighbour_pool_by_the_recency_weighted_query() -> None:
+    retriever = SequenceRetriever.of(tower(content=True), [f"I{i}" for i in range(N_ITEMS)], np.ones(N_ITEMS, dtype=bool))
+    content, neighbours = retriever.content, retriever.content_neighbours
+    assert content is not None and neighbours is not None
+    histories = [np.array([3, 9, 1, 20]), np.array([7]), np.array([], dtype=np.int64)]
+
+    def expected(pool: np.ndarray, history: np.ndarray, k: int) -> list[int]:
+        recent = history[-CONTENT_QUERY_ITEMS:][::-1]
+        query = (CONTENT_RECENCY ** np.arange(len(recent))) @ content[recent]
+        pool = np.setdiff1d(pool, history)
+        return pool[np.argsort(-(content[pool] @ query), kind="stable")][:k].tolist()
+
+    # Lists as long as the catalog: the pool is every item, so the source is the exact search.
+    top = _content_top(retriever, histories, 10)
+    for history, found in zip(histories[:2], top):
+        assert found.tolist() == expected(np.arange(N_ITEMS), history, 10)
+    assert (top[2] == -1).all()  # no history, no query
+    # Short lists: only the last 3 items' neighbours compete (the 4th-last item's are not read).
+    retriever.content_neighbours = neighbours[:, :4]
+    top = _content_top(retriever, histories[:1], 10)[0]
+    pool = np.unique(neighbours[[20, 1, 9], :4])
+    assert top[top >= 0].tolist() == expected(pool, histories[0], 10)
