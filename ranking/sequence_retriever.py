@@ -305,8 +305,7 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
 
 
 def _feed_forward(x: np.ndarray, block: dict[str, Any]) -> np.ndarray:
-    from scipy.special import erf
-
     hidden = x @ block["w1"].T + block["b1"]
-    hidden = 0.5 * hidden * (1.0 + erf(hidden / np.sqrt(2.0)))  # exact GELU, as torch's "gelu"
+    # torch's own exact GELU on the array, without a copy: scipy's float32 erf took 0.2 ms for [50, 256].
+    hidden = torch.nn.functional.gelu(torch.from_numpy(hidden)).numpy()
     return hidden @ block["w2"].T + block["b2"]
