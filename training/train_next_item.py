@@ -141,7 +141,9 @@ def elapsed_days(before: Sequences, users: np.ndarray, moments: np.ndarray) -> n
     """[len(users)] days from each user's newest item in `before` to their request at `moments` (ns); None without times."""
     if before.moments is None:
         return None
-    last = before.moments[np.maximum(before.offsets[1:][users] - 1, 0)]
+    # Whole seconds, as the online store keeps it (`user_sequence.last_item_at_s`): up to a second
+    # of train/serve skew otherwise, .00001 of a day for a request just after the user's last item.
+    last = before.moments[np.maximum(before.offsets[1:][users] - 1, 0)] // 1_000_000_000 * 1_000_000_000
     has = before.lengths[users] > 0
     return np.where(has, (moments - last) / NS_PER_DAY, np.nan).astype(np.float32)
 
