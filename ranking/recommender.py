@@ -54,10 +54,10 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.columns import names
-from ranking import next_item
 from ranking.item_table import ABSENT, ITEM_VIEWS, ServingItems, load_serving_items, materialization_ends
 from ranking.next_item import FEATURE_NAMES as NEXT_ITEM_FEATURES
 from ranking.next_item import SOURCES, CandidateSources
+from ranking.next_item import candidates as sources_candidates
 from ranking.online_features import (
     Freshness,
     OnlineFeatureReader,
@@ -554,7 +554,7 @@ def next_item_candidates(
     histories = [histories_of[n] for n in users]
     newest = np.array([(rows[n] or {}).get("last_item_at_s") or np.nan for n in users], dtype=np.float64)
     elapsed = ((now.timestamp() - newest) / 86_400.0).astype(np.float32)
-    found = next_item.candidates(sources, histories, elapsed, retriever.vectors_of(histories), lap=timer.lap)
+    found = sources_candidates(sources, histories, elapsed, retriever.vectors_of(histories), lap=timer.lap)
     proposed = found.proposed_by()
     tower = found.matrix[:, NEXT_ITEM_FEATURES.index("tower_score")]
     bounds = np.searchsorted(found.users, np.arange(len(users) + 1))  # feature rows are user-major
