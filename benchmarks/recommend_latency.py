@@ -87,10 +87,12 @@ def prepare(data: Any, users: int, items: int, days: int) -> dict[str, Any]:
 
 
 def request_users(data: Any, n: int, seed: int) -> list[str]:
-    from vitrine.shop.store import read_users
+    from vitrine.shop.store import read_events, read_users
 
     rng = np.random.default_rng(seed)
     known = read_users(data)["user_id"].astype(str).to_numpy()
+    if not len(known):  # an order-only shop (the Amazon sets) has no user table: its buyers are the users
+        known = read_events(data, columns=["user_id"])["user_id"].astype(str).unique()
     picked = rng.choice(known, size=n, replace=True).tolist()
     for position in rng.choice(n, size=int(n * UNKNOWN_SHARE), replace=False):
         picked[position] = f"U-unknown-{position}"
