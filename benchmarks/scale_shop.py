@@ -24,10 +24,11 @@ Stages, each a `vitrine` command (or torchrun) run as a subprocess, in order:
 The retriever learns from all 60 days (`--history-days N` narrows the window). The encoder trains on a 5,000-item sample because its cost grows with the catalog while the
 contrastive objective needs only enough pairs (on the demo shop 2,000 items suffice); `vitrine embed`
 still encodes every item. Each stage's `--json` answer is kept in `<data-dir>/../scale-run/`. The
-serving benchmarks then run on the prepared dir:
+serving benchmarks then run on the prepared dir, reading the same Redis db (without it every request
+reads an empty db 0 and is served as cold start: check `cold_start_share`):
 
-    python benchmarks/recommend_latency.py --data-dir DIR --online redis --json
-    python benchmarks/http_load.py --data-dir DIR --online redis --rate 200 --json
+    VITRINE_REDIS=127.0.0.1:6379,db=3 python benchmarks/recommend_latency.py --data-dir DIR --online redis --json
+    VITRINE_REDIS=127.0.0.1:6379,db=3 python benchmarks/http_load.py --data-dir DIR --online redis --rate 200 --json
 """
 
 from __future__ import annotations
