@@ -169,23 +169,30 @@ def candidates(sources: CandidateSources, histories: Sequence[np.ndarray], elaps
         vectors = sources.retriever.vectors_of(histories)
     parts = []
     for first, size in sources.covisitation.blocks(len(histories)) or [(0, 0)]:
-        block = histories[first : first + size]
+        block, mine = histories[first : first + size], vectors[first : first + size]
         related = sources.covisitation.related(block)
-        lists = source_lists(sources, block, vectors[first : first + size], related)
+        lists = source_lists(sources, block, mine, related)
         rows = union_rows(lists)
         lap("retrieve")
         elapsed = None if elapsed_days is None else np.asarray(elapsed_days)[first : first + size]
-        matrix, rrf, users, items = candidate_features(sources, block, vectors[first : first + size], rows, lists, elapsed, related)
-        parts.append((first, rows, matrix, rrf, users, items, lists))
+        parts.append(Candidates(rows, *candidate_features(sources, block, mine, rows, lists, elapsed, related), lists=lists))
         lap("rank_features")
-    width = max(rows.shape[1] for _, rows, *_ in parts)
+    return _joined(parts)
+
+
+def _joined(blocks: list[Candidates]) -> Candidates:
+    """Consecutive blocks of users as one Candidates (rows padded to the widest block, user indices shifted)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    width = max(block.rows.shape[1] for block in blocks)
+    firsts = np.cumsum([0] + [len(block.rows) for block in blocks[:-1]])
     return Candidates(
-        np.concatenate([np.pad(rows, ((0, 0), (0, width - rows.shape[1])), constant_values=-1) for _, rows, *_ in parts]),
-        np.concatenate([matrix for _, _, matrix, *_ in parts]),
-        np.concatenate([rrf for _, _, _, rrf, *_ in parts]),
-        np.concatenate([first + users for first, _, _, _, users, *_ in parts]),
-        np.concatenate([items for *_, items, _ in parts]),
-        lists={source: np.concatenate([lists[source] for *_, lists in parts]) for source in SOURCES},
+        np.concatenate([np.pad(b.rows, ((0, 0), (0, width - b.rows.shape[1])), constant_values=-1) for b in blocks]),
+        np.concatenate([b.matrix for b in blocks]),
+        np.concatenate([b.rrf for b in blocks]),
+        np.concatenate([first + b.users for first, b in zip(firsts, blocks)]),
+        np.concatenate([b.items for b in blocks]),
+        lists={source: np.concatenate([b.lists[source] for b in blocks]) for source in SOURCES},
     )
 
 
