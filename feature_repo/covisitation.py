@@ -50,6 +50,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from feature_repo.sequences import Sequences
+from vitrine.arrays import unique_first
 from vitrine.errors import InvalidInput, ModelUnavailable
 
 # Window sizes of the summed ranker features (last 1 / 3 / 10 history items): the last item says
@@ -292,7 +293,7 @@ class CoVisitation:
             raise InvalidInput(f"history: row {int(flat.min() if flat.min() < 0 else flat.max())} "
                                f"is outside the {self.n_items}-item catalog")
         gathered = self._gather(histories, self._depth)
-        keys, first_seen, inverse = np.unique(gathered.keys, return_index=True, return_inverse=True)
+        keys, first_seen, inverse = unique_first(gathered.keys)
         # One bincount for the six windowed sums: each entry falls in a cell (matrix, position band),
         # band b holding positions FEATURE_DEPTHS[b-1] <= p < FEATURE_DEPTHS[b]; a window's sum is
         # then the cumulative sum of its bands. The bands past the last depth are not read.
@@ -435,16 +436,23 @@ class Related:
             raise InvalidInput(f"features: candidates for {candidates.shape[0]} users, histories of {self.users}")
         if candidates.size and candidates.max() >= self.n_items:
             raise InvalidInput(f"features: candidate row {int(candidates.max())} is outside the {self.n_items}-item catalog")
-        out = {name: np.full(candidates.shape, np.nan, dtype=np.float32) for name in FEATURE_NAMES}
         valid = candidates >= 0
-        wanted = (np.arange(self.users)[:, None] * self.n_items + candidates)[valid]
-        at = np.searchsorted(self.keys, wanted)
-        hit = at < len(self.keys)
-        hit[hit] = self.keys[at[hit]] == wanted[hit]
+        flat = self.at(np.broadcast_to(np.arange(self.users)[:, None], candidates.shape)[valid], candidates[valid])
+        out = {}
+        for name, values in flat.items():
+            out[name] = np.full(candidates.shape, np.nan, dtype=np.float32)
+            out[name][valid] = values
+        return out
+
+    def at(self, users: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """FEATURE_NAMES of (local user, catalog row) pairs, float32 [pairs] each: `features` on flat candidates."""
+        wanted = users * self.n_items + rows
+        at = np.minimum(np.searchsorted(self.keys, wanted), max(len(self.keys) - 1, 0))
+        hit = self.keys[at] == wanted if len(self.keys) else np.zeros(len(wanted), dtype=bool)
+        out = {}
         for name, values in self.sums.items():
-            found = np.full(len(wanted), np.nan if name == "covisit_nearest_position" else 0.0)
-            found[hit] = values[at[hit]]
-            out[name][valid] = found
+            missing = np.nan if name == "covisit_nearest_position" else 0.0
+            out[name] = np.where(hit, values[at] if len(values) else missing, missing).astype(np.float32)
         return out
 
 

@@ -34,6 +34,7 @@ import pandas as pd
 
 from feature_repo.covisitation import FEATURE_NAMES as COVISIT_FEATURES
 from feature_repo.covisitation import CoVisitation, Related
+from vitrine.arrays import first_occurrences, outside
 
 if TYPE_CHECKING:  # the reranker reads FEATURE_NAMES from here without loading torch
     from ranking.sequence_retriever import SequenceRetriever
@@ -217,38 +218,74 @@ def candidate_features(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """FEATURE_NAMES of every valid candidate in `rows` [users, C], row-major: the matrix, rrf, each row's user and catalog row.
 
+    Every column is computed on the valid cells alone (one request has ~250 of them), in one flat array.
     `related`: what `source_lists` read (`CoVisitation.related(histories)`), else read again.
     """
     valid = rows >= 0
-    safe = np.where(valid, rows, 0)
+    counts = valid.sum(axis=1)
+    users = np.repeat(np.arange(len(rows)), counts)
+    items = rows[valid]
     columns: dict[str, np.ndarray] = {}
-    rrf = np.zeros(rows.shape, dtype=np.float32)
-    for source in SOURCES:
-        rank = _rank_in(lists[source], safe)  # [U, C], NaN where the source did not propose it
-        columns[f"{source}_rank"] = rank
-        rrf += np.where(np.isnan(rank), 0.0, 1.0 / (RRF_K + np.nan_to_num(rank)))
-    columns["sources"] = sum((~np.isnan(columns[f"{s}_rank"])).astype(np.float32) for s in SOURCES)  # type: ignore[assignment]
-    item_vectors = sources.retriever.vectors
-    tower = np.einsum("ud,ucd->uc", vectors, item_vectors[safe])
+    ranks = _ranks_in(lists, users, items)  # [sources, n], NaN where the source did not propose it
+    proposed = ~np.isnan(ranks)
+    rrf = np.zeros(len(items), dtype=np.float32)
+    for s, source in enumerate(SOURCES):
+        columns[f"{source}_rank"] = ranks[s]
+        rrf += np.where(proposed[s], 1.0 / (RRF_K + np.where(proposed[s], ranks[s], 0.0)), 0.0)
+    columns["sources"] = proposed.sum(axis=0)
+    tower = np.einsum("nd,nd->n", vectors[users], sources.retriever.vectors[items])
     columns["tower_score"] = tower
-    best = np.where(valid, tower, -np.inf).max(axis=1, keepdims=True)
-    columns["tower_score_gap"] = tower - np.where(np.isfinite(best), best, 0.0)
-    columns.update((related or sources.covisitation.related(histories)).features(rows))
+    columns["tower_score_gap"] = tower - _per_user_max(tower, counts, -np.inf)[users]
+    columns.update((related or sources.covisitation.related(histories)).at(users, items))
     score = columns["covisit_score"]
-    top = np.where(valid, score, 0.0).max(axis=1, keepdims=True)
+    top = np.maximum(_per_user_max(score, counts, 0.0), 0.0)[users]
     columns["covisit_score_share"] = np.where(top > 0, score / np.maximum(top, 1e-30), 0.0)
-    columns.update(_content_similarities(sources.retriever.content, histories, safe))
-    columns["popularity"] = np.log1p(sources.popularity[safe])
-    columns["item_repeat_share"] = sources.repeat_share[safe]
+    columns.update(_content_similarities(sources.retriever.content, histories, items, counts))
+    columns["popularity"] = np.log1p(sources.popularity[items])
+    columns["item_repeat_share"] = sources.repeat_share[items]
     last = np.array([h[-1] if len(h) else -1 for h in histories], dtype=np.int64)
-    last_popularity = np.where(last >= 0, np.log1p(sources.popularity[np.maximum(last, 0)]), np.nan)
-    columns["last_item_popularity"] = np.repeat(last_popularity[:, None], rows.shape[1], axis=1)
-    columns["history_length"] = np.repeat(np.array([len(h) for h in histories], np.float32)[:, None], rows.shape[1], axis=1)
+    columns["last_item_popularity"] = np.where(last >= 0, np.log1p(sources.popularity[np.maximum(last, 0)]), np.nan)[users]
+    columns["history_length"] = np.array([len(h) for h in histories], np.float32)[users]
     elapsed = np.full(len(histories), np.nan, dtype=np.float32) if elapsed_days is None else np.asarray(elapsed_days, dtype=np.float32)
-    columns["days_since_last_item"] = np.repeat(elapsed[:, None], rows.shape[1], axis=1)
-    matrix = np.stack([np.asarray(columns[name], dtype=np.float32)[valid] for name in FEATURE_NAMES], axis=1)
-    users = np.repeat(np.arange(len(rows)), valid.sum(axis=1))
-    return matrix, rrf[valid], users, rows[valid]
+    columns["days_since_last_item"] = elapsed[users]
+    matrix = np.empty((len(items), len(FEATURE_NAMES)), dtype=np.float32)
+    for j, name in enumerate(FEATURE_NAMES):
+        matrix[:, j] = columns[name]
+    return matrix, rrf, users, items
+
+
+def _per_user_max(values: np.ndarray, counts: np.ndarray, empty: float) -> np.ndarray:
+    """[users] the largest of each user's consecutive run of `values` (`counts` long each), `empty` for none."""
+    out = np.full(len(counts), empty, dtype=np.float64)
+    some = counts > 0
+    if some.any():
+        out[some] = np.maximum.reduceat(values, (np.cumsum(counts) - counts)[some])
+    return out
+
+
+def _ranks_in(lists: dict[str, np.ndarray], users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """[sources, n] 0-based position of each (user, item) in the user's list of each source (NaN when absent).
+
+    One sorted key per listed (user, item, source), searched for every candidate and source at once;
+    a list's rows are distinct.
+    """
+    n_sources = len(SOURCES)
+    stride = int(max(max(int(lists[s].max(initial=0)) for s in SOURCES), int(items.max(initial=0)))) + 1
+    keys, positions = [], []
+    for s, source in enumerate(SOURCES):
+        listed = lists[source] >= 0
+        user, position = np.nonzero(listed)
+        keys.append((user * stride + lists[source][listed]) * n_sources + s)
+        positions.append(position)
+    key, position = np.concatenate(keys), np.concatenate(positions)
+    order = np.argsort(key)
+    key, position = key[order], position[order]
+    out = np.full((n_sources, len(items)), np.nan, dtype=np.float32)
+    if not len(key):
+        return out
+    wanted = (users * stride + items)[None, :] * n_sources + np.arange(n_sources)[:, None]
+    at = np.minimum(np.searchsorted(key, wanted), len(key) - 1)
+    return np.where(key[at] == wanted, position[at], np.nan).astype(np.float32)
 
 
 def tower_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], vectors: np.ndarray, k: int) -> np.ndarray:
@@ -261,7 +298,7 @@ def tower_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray], v
     for n, (history, rows) in enumerate(zip(histories, found)):
         if not len(histories[n]):
             continue  # no sequence, no tower state: the other sources speak for this user
-        kept = rows[~np.isin(rows, history)][:k]
+        kept = rows[outside(rows, history)][:k]
         out[n, : len(kept)] = kept
     return out
 
@@ -281,28 +318,36 @@ def _content_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray]
             continue
         recent = history[-CONTENT_QUERY_ITEMS:][::-1]  # newest first
         query = (CONTENT_RECENCY ** np.arange(len(recent), dtype=np.float32)) @ content[recent]
-        pool = np.unique(neighbours[recent])  # ascending rows, so a stable sort breaks ties by row
-        pool = pool[(pool >= 0) & ~np.isin(pool, history)]
+        pool = np.sort(neighbours[recent].ravel())  # ascending rows, so a stable sort breaks ties by row
+        pool = pool[np.concatenate(([True], pool[1:] != pool[:-1])) & (pool >= 0)]
+        pool = pool[outside(pool, history)]
         best = pool[np.argsort(-(content[pool] @ query), kind="stable")[:k]]
         out[n, : len(best)] = best
     return out
 
 
-def _content_similarities(content: np.ndarray | None, histories: Sequence[np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """[U, C] cosine of each candidate's content to the last item, the best of the last 3, and the recent mean (NaN without content)."""
-    out = {name: np.full(rows.shape, np.nan, dtype=np.float32) for name in ("content_last", "content_max3", "content_mean")}
+def _content_similarities(content: np.ndarray | None, histories: Sequence[np.ndarray], items: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """[n] cosine of each candidate's content to the last item, the best of the last 3, and the recent mean (NaN without content).
+
+    `items`: the candidates' catalog rows, user by user, `counts[u]` of user u's.
+    """
+    out = {name: np.full(len(items), np.nan, dtype=np.float32) for name in ("content_last", "content_max3", "content_mean")}
     if content is None:
         return out
-    for u, history in enumerate(histories):
-        if not len(history):
+    first = 0
+    for history, count in zip(histories, counts.tolist()):
+        mine = slice(first, first + count)
+        first += count
+        if not len(history) or not count:
             continue
-        candidates = content[rows[u]]  # [C, D], unit rows
         recent = content[history[-CONTENT_HISTORY:]]  # oldest first
-        similarity = candidates @ recent[-3:].T
-        out["content_last"][u] = similarity[:, -1]
-        out["content_max3"][u] = similarity.max(axis=1)
         mean = recent.mean(axis=0)
-        out["content_mean"][u] = candidates @ (mean / max(float(np.linalg.norm(mean)), 1e-12))
+        # One product for the last 3 and the mean: [C, 4].
+        queries = np.concatenate([recent[-3:], (mean / max(float(np.linalg.norm(mean)), 1e-12))[None, :]])
+        similarity = content[items[mine]] @ queries.T
+        out["content_last"][mine] = similarity[:, -2]
+        out["content_max3"][mine] = similarity[:, :-1].max(axis=1)
+        out["content_mean"][mine] = similarity[:, -1]
     return out
 
 
@@ -311,32 +356,14 @@ def _popular_top(order: np.ndarray, histories: Sequence[np.ndarray], k: int) -> 
     head = order[: k + max((len(h) for h in histories), default=0)]
     out = np.full((len(histories), k), -1, dtype=np.int64)
     for n, history in enumerate(histories):
-        picked = head[~np.isin(head, history)][:k]
+        picked = head[outside(head, history)][:k]
         out[n, : len(picked)] = picked
     return out
 
 
-def _rank_in(lists: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """[U, C] 0-based position of each rows[u, c] (>= 0) in lists[u] (NaN when absent); each list's rows are distinct."""
-    users, depth = lists.shape
-    stride = int(max(lists.max(initial=0), rows.max(initial=0))) + 1
-    listed = lists >= 0
-    keys = (np.arange(users)[:, None] * stride + lists)[listed]
-    positions = np.broadcast_to(np.arange(depth), lists.shape)[listed]
-    order = np.argsort(keys, kind="stable")
-    keys, positions = keys[order], positions[order]
-    wanted = np.arange(len(rows))[:, None] * stride + rows
-    if not len(keys):
-        return np.full(rows.shape, np.nan, dtype=np.float32)
-    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    return np.where(keys[at] == wanted, positions[at], np.nan).astype(np.float32)
-
-
 def _union(*lists: np.ndarray) -> np.ndarray:
     """Distinct valid rows of the lists, first occurrence first."""
-    joined = np.concatenate([lst[lst >= 0] for lst in lists])
-    _, first = np.unique(joined, return_index=True)
-    return joined[np.sort(first)]
+    return first_occurrences(np.concatenate([lst[lst >= 0] for lst in lists]))
 
 
 def merged_order(found: Candidates, depth: int) -> np.ndarray:

@@ -277,7 +277,8 @@ class Reranker:
         features = self._check(features)
         if len(features) == 0:
             return np.empty(0, dtype=np.float64)
-        return np.asarray(self.booster.predict(features, num_threads=SERVING_THREADS), dtype=np.float64)
+        # float64 in: LightGBM converts float32 input row by row, which cost 0.3 ms of the 0.9 ms scoring 260 rows.
+        return np.asarray(self.booster.predict(features.astype(np.float64), num_threads=SERVING_THREADS), dtype=np.float64)
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
         """[n, features] contribution of each feature to each row's relevance (see `ranking.path_contributions`)."""

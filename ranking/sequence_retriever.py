@@ -260,6 +260,7 @@ class UserStates:
         final = tower.norm
         self.final_norm = (array(final.weight), array(final.bias), final.eps) if isinstance(final, torch.nn.LayerNorm) else None
         self.heads = int(tower.config.heads)
+        self._masks: dict[int, np.ndarray] = {}
         self.blocks = []
         for block in tower.blocks.layers:
             attention = block.self_attn
@@ -295,19 +296,22 @@ class UserStates:
         """Causal multi-head self-attention of x [L, d]; the last position's row only when `last_only`."""
         length, dim = x.shape
         width = dim // self.heads
-        qkv = x @ block["in_w"].T + block["in_b"]
-        q, k, v = qkv[:, :dim], qkv[:, dim : 2 * dim], qkv[:, 2 * dim :]
+        # [3, heads, L, width]: the heads go through each product together, not one by one.
+        q, k, v = (x @ block["in_w"].T + block["in_b"]).reshape(length, 3, self.heads, width).transpose(1, 2, 0, 3)
         if last_only:
-            q = q[-1:]
-        heads = []
-        for h in range(self.heads):
-            part = slice(h * width, (h + 1) * width)
-            scores = q[:, part] @ k[:, part].T / np.sqrt(width)
-            if not last_only:
-                scores = np.where(np.triu(np.ones((length, length), dtype=bool), 1), -np.inf, scores)
-            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-            heads.append((scores / scores.sum(axis=1, keepdims=True)) @ v[:, part])
-        return np.concatenate(heads, axis=1) @ block["out_w"].T + block["out_b"]
+            q = q[:, -1:]
+        scores = q @ k.transpose(0, 2, 1) / np.sqrt(width)
+        if not last_only:
+            scores = scores + self._causal(length)
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        heads = (scores / scores.sum(axis=-1, keepdims=True)) @ v  # [heads, rows, width]
+        return heads.transpose(1, 0, 2).reshape(len(q[0]), dim) @ block["out_w"].T + block["out_b"]
+
+    def _causal(self, length: int) -> np.ndarray:
+        """[L, L] 0 on and below the diagonal, -inf above: added to the scores, it hides the future."""
+        if length not in self._masks:
+            self._masks[length] = np.where(np.triu(np.ones((length, length), dtype=bool), 1), -np.inf, 0.0).astype(np.float32)
+        return self._masks[length]
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:

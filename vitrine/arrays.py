@@ -1,0 +1,42 @@
+"""Integer-array set operations for the request path, where numpy's general ones cost more than the work.
+
+On the few thousand values of one request, `np.unique(..., return_index=True)` took 0.16 ms where a
+sort and a comparison of neighbours take 0.01 ms, and `np.isin` against a 30-item history took
+0.09 ms where a binary search takes 0.02 ms (numpy 2.4, one core). Both answer exactly what the
+numpy functions answer (tested).
+
+Example:
+    >>> keys, first, inverse = unique_first(np.array([7, 3, 7, 1]))   # [1 3 7], [3 1 0], [2 1 2 0]
+    >>> outside(np.array([5, 3, 9]), np.array([9, 1]))               # [ True  True False]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`np.unique(values, return_index=True, return_inverse=True)` of a 1-d array: sorted distinct values, first positions, inverse."""
+    order = np.argsort(values, kind="stable")  # stable: the first of equal values comes first
+    ordered = values[order]
+    starts = np.empty(len(ordered), dtype=bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    inverse = np.empty(len(values), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return ordered[starts], order[starts], inverse
+
+
+def first_occurrences(values: np.ndarray) -> np.ndarray:
+    """The distinct values in the order they first appear."""
+    _, first, _ = unique_first(values)
+    return values[np.sort(first)]
+
+
+def outside(values: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """bool mask: `~np.isin(values, excluded)` by binary search in the sorted `excluded`."""
+    if not len(excluded):
+        return np.ones(len(values), dtype=bool)
+    ordered = np.sort(excluded)
+    at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
+    return ordered[at] != values
