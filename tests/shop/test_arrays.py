@@ -6,7 +6,7 @@ import pytest
 from vitrine.arrays import first_occurrences, outside, unique_first
 
 
-@pytest.mark.parametrize("size, high", [(0, 5), (1, 5), (50, 10), (2000, 300), (500, 10**12)])
+@pytest.mark.parametrize("size, high", [(0, 5), (1, 5), (2, 1), (50, 10), (2000, 300), (500, 10**12), (300, 2**61)])
 def test_unique_first_is_np_unique(size: int, high: int) -> None:
     values = np.random.default_rng(size).integers(0, high, size)
     keys, first, inverse = unique_first(values)
