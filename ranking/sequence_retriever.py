@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -54,9 +53,6 @@ CONTENT_NEIGHBOURS_FILE = "content_neighbours.npy"
 CONTENT_NEIGHBOURS = 400
 # Queries per FAISS search while listing the neighbours ([chunk, 400] results at once).
 NEIGHBOUR_CHUNK = 4096
-# The last catalog's lists, by a digest of its vectors: a fit builds the retriever three times over
-# the same content (choosing, refit, save), and at 100k items one listing takes minutes.
-_NEIGHBOURS_SEEN: dict[tuple[Any, ...], np.ndarray] = {}
 # Users encoded per tower pass in batch work: [users, window, dim] activations stay a few MB.
 ENCODE_CHUNK = 1024
 # Up to this many users a call runs `UserStates` (numpy, ~0.1 ms a user) instead of the torch tower
@@ -64,17 +60,9 @@ ENCODE_CHUNK = 1024
 NUMPY_USERS = 8
 
 
-def save_sequence_retriever(
-    path: Path,
-    model: SequenceTower,
-    item_ids: Sequence[str],
-    known: np.ndarray,
-    *,
-    ann: AnnConfig = AnnConfig(),
-    lineage: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write a sequence retriever dir that `SequenceRetriever.load` serves from alone."""
-    retriever = SequenceRetriever.of(model, item_ids, known, ann=ann)
+def save_sequence_retriever(path: Path, retriever: "SequenceRetriever", *, lineage: Mapping[str, Any] | None = None) -> Path:
+    """Write a sequence retriever dir that `SequenceRetriever.load` serves from alone (what it holds, nothing rebuilt)."""
+    model = retriever.tower
     path.mkdir(parents=True, exist_ok=True)
     vectors, index = retriever.vectors, retriever.index
     config = {
@@ -82,14 +70,14 @@ def save_sequence_retriever(
         "model": model.config.to_json(),
         "n_items": model.n_items,
         "content_dim": int(model.content.shape[1]) if model.content_projection is not None else 0,
-        "ann": {**ann.__dict__, "kind": index_kind(index)},
+        "ann": retriever.config.get("ann") or {**AnnConfig().__dict__, "kind": index_kind(index)},
         "lineage": dict(lineage or {}),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     save_file({name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}, str(path / WEIGHTS_FILE))
-    (path / ITEM_IDS_FILE).write_text(json.dumps([str(i) for i in item_ids]))
-    np.save(path / KNOWN_FILE, np.asarray(known, dtype=bool))
+    (path / ITEM_IDS_FILE).write_text(json.dumps(retriever.item_ids))
+    np.save(path / KNOWN_FILE, retriever.known)
     np.save(path / VECTORS_FILE, vectors)
     write_index(index, path / INDEX_FILE)
     if retriever.content_neighbours is not None:
@@ -141,15 +129,21 @@ class SequenceRetriever:
 
     @classmethod
     def of(cls, tower: SequenceTower, item_ids: Sequence[str], known: np.ndarray, *, ann: AnnConfig = AnnConfig(),
-           version: str = "in-memory") -> "SequenceRetriever":
-        """A retriever over a freshly trained tower, its item vectors and index built in memory (what `save` writes)."""
+           version: str = "in-memory", content_neighbours: np.ndarray | None = None) -> "SequenceRetriever":
+        """A retriever over a freshly trained tower, its item vectors and index built in memory (what `save` writes).
+
+        `content_neighbours`: another retriever's lists over the same content (they depend on nothing
+        else), so a refit does not list them again: at 100k items that takes minutes.
+        """
         if len(item_ids) != tower.n_items or len(known) != tower.n_items:
             raise ValueError(f"{len(item_ids)} item ids and {len(known)} known flags for a {tower.n_items}-item tower")
         known = np.asarray(known, dtype=bool)
         tower.eval()
         with torch.inference_mode():
             vectors = tower.item_vectors(known=torch.from_numpy(known)).numpy().astype(np.float32)
-        return cls(tower, [str(i) for i in item_ids], known, vectors, build_index(vectors, ann), {"kind": KIND}, version)
+        index = build_index(vectors, ann)
+        return cls(tower, [str(i) for i in item_ids], known, vectors, index, {"kind": KIND, "ann": {**ann.__dict__, "kind": index_kind(index)}},
+                   version, content_neighbours)
 
     @property
     def max_length(self) -> int:
@@ -225,18 +219,13 @@ def nearest_by_content(content: np.ndarray, k: int = CONTENT_NEIGHBOURS) -> np.n
     """
     k = min(k, len(content))
     content = np.ascontiguousarray(content, dtype=np.float32)
-    key = (k, content.shape, hashlib.blake2b(content.view(np.uint8).data, digest_size=16).digest())
-    if key in _NEIGHBOURS_SEEN:
-        return _NEIGHBOURS_SEEN[key]
     index = build_index(content, AnnConfig())
     out = np.full((len(content), k), -1, dtype=np.int32)
     for start in range(0, len(content), NEIGHBOUR_CHUNK):
         rows, _ = search(index, content[start : start + NEIGHBOUR_CHUNK], k)
         for n, found in enumerate(rows):
             out[start + n, : len(found)] = found
-    out.setflags(write=False)  # shared by every retriever over this content
-    _NEIGHBOURS_SEEN.clear()
-    _NEIGHBOURS_SEEN[key] = out
+    out.setflags(write=False)  # may be shared by the retrievers of several towers over this content (`of`)
     return out
 
 

@@ -196,7 +196,7 @@ def fit_next_item(
     log(f"refit: the tower for {chosen.epochs} epochs on every item")
     trained_on = sample_users(sequences, config.max_train_users)
     refit = fit(trained_on, content, epochs=chosen.epochs, model_config=tower_config, train_config=config.train, show_progress=show_progress)
-    sources = fit_sources(sequences, retriever_of(refit.model, trained_on), config.covisitation)
+    sources = fit_sources(sequences, retriever_of(refit.model, trained_on, like=held.retriever), config.covisitation)
     seconds["refit"] = round(time.perf_counter() - began, 1)
     holdout = {"users": int(len(task.users)), "tower": chosen.summary()["validation"], "ranker_valid_ndcg@10": valid_ndcg,
                "candidate_recall": candidate_recall(requests, task.targets)}
@@ -211,11 +211,12 @@ def request_elapsed(sequences: Sequences, task: Task) -> np.ndarray | None:
     return elapsed_days(task.train, task.users, target_at)
 
 
-def retriever_of(model: Any, trained_on: Sequences) -> SequenceRetriever:
+def retriever_of(model: Any, trained_on: Sequences, like: SequenceRetriever | None = None) -> SequenceRetriever:
     """The served form of a tower fitted on `trained_on`: its item vectors (items it never trained on via the
-    unknown row and content) and index."""
+    unknown row and content) and index; the content neighbour lists of `like`, a retriever over the same content."""
     known = np.bincount(trained_on.items, minlength=trained_on.n_items) > 0
-    return SequenceRetriever.of(model, [str(i) for i in trained_on.item_ids], known)
+    return SequenceRetriever.of(model, [str(i) for i in trained_on.item_ids], known,
+                                content_neighbours=None if like is None else like.content_neighbours)
 
 
 def ranked(sources: CandidateSources, ranker: Any, histories: Sequence[np.ndarray], depth: int = LIST_DEPTH,
@@ -322,8 +323,7 @@ def save_next_item(fitted: NextItemFit, directory: Path, lineage: dict[str, str]
     from ranking.reranker import NEXT_ITEM, RankerMetadata, save_ranker
     from ranking.sequence_retriever import save_sequence_retriever
 
-    retriever = fitted.sources.retriever
-    retriever_dir = save_sequence_retriever(directory / RETRIEVER_DIR, retriever.tower, retriever.item_ids, retriever.known,
+    retriever_dir = save_sequence_retriever(directory / RETRIEVER_DIR, fitted.sources.retriever,
                                             lineage={**lineage, "epochs": str(fitted.epochs)})
     metadata = RankerMetadata(feature_names=FEATURE_NAMES, label_gain=(0.0, 1.0), best_iteration=fitted.rounds,
                               lineage={**lineage, "rounds": str(fitted.rounds)}, kind=NEXT_ITEM)

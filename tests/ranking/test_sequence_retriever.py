@@ -59,10 +59,11 @@ def test_a_saved_retriever_serves_what_was_trained(tmp_path: Path) -> None:
     model = tower(content=True)
     known = np.ones(N_ITEMS, dtype=bool)
     ids = [f"I{i}" for i in range(N_ITEMS)]
-    path = save_sequence_retriever(tmp_path / "retriever", model, ids, known, lineage={"run_id": "r1"})
+    memory = SequenceRetriever.of(model, ids, known)
+    path = save_sequence_retriever(tmp_path / "retriever", memory, lineage={"run_id": "r1"})
     assert is_sequence_retriever(path)
     loaded = SequenceRetriever.load(path)
-    memory = SequenceRetriever.of(model, ids, known)
+    assert loaded.config["ann"] == memory.config["ann"]
     histories = loaded.histories([["I3", "I9", "nope", "I1"], [], None])
     assert [h.tolist() for h in histories] == [[3, 9, 1], [], []]  # unknown ids dropped, no sequence = empty
     np.testing.assert_array_equal(loaded.vectors, memory.vectors)
