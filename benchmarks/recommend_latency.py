@@ -142,6 +142,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["degraded"] = degraded
     report["short_lists"] = short
 
+    report["load_average_1m"] = os.getloadavg()[0]
+    report["cpu_count"] = os.cpu_count()
+    if not args.batch_users:  # --batch-users 0: the requests alone
+        return report
     # Batch as `vitrine recommend --users --out --processes N` runs it: shards in N processes, one file.
     from ranking.batch import recommend_users_to_file
 
@@ -166,7 +170,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="timed requests after the warm-up")
     parser.add_argument("--candidates", type=int, default=200)
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--batch-users", type=int, default=20_000, help="users for the batch throughput figure")
+    parser.add_argument("--batch-users", type=int, default=20_000, help="users for the batch throughput figure (0: none)")
     parser.add_argument("--batch-processes", type=int, default=os.cpu_count() or 1, help="batch worker processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
