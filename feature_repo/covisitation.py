@@ -104,8 +104,11 @@ class CoVisitConfig:
             candidate score: the last purchase is the best guide to the next one. 0.7 beat 0.5,
             0.85 and 1 (no recency: hit@10 0.090 vs 0.101) on validation.
         recent: how many of the user's last items are read, for candidates and the nearest-position
-            feature; bounds latency for long histories (0.7 ** 20 < 0.001: the rest would not count;
-            10 and 50 score the same on validation).
+            feature; it bounds the entries a request reads (2 x recent x neighbours). 10 scores as 20
+            on validation (0.7 ** 10 = 0.03: older items hardly count): co-visitation alone, R@10 /
+            NDCG@10 / hit@100, Amazon Toys .1114 / .0724 / .2243 at 10 and .1114 / .0724 / .2244 at 20,
+            the default synthetic shop .1615 / .0885 / .4499 and .1615 / .0883 / .4495; at 100k items
+            it halves the request's co-visitation read.
     """
 
     window: int | None = 20
@@ -115,7 +118,7 @@ class CoVisitConfig:
     neighbours: int = 200
     transition_weight: float = 1.0
     recency: float = 0.7
-    recent: int = 20
+    recent: int = 10
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 1:
