@@ -232,25 +232,41 @@ class OnlineFeatureReader(ABC):
     def __init__(self, join_key: str, views: tuple[ViewSpec, ...]) -> None:
         self.join_key = join_key
         self.views = views
+        self._subsets: dict[tuple[str, ...] | None, tuple[ViewSpec, ...]] = {None: views}
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(name for view in self.views for name in view.features)
 
     @abstractmethod
-    def read(self, ids: Sequence[str], now: datetime | None = None) -> list[dict[str, Any] | None]:
-        """Features of each id (see the class contract)."""
+    def read(self, ids: Sequence[str], now: datetime | None = None, views: Sequence[str] | None = None) -> list[dict[str, Any] | None]:
+        """Features of each id (see the class contract); `views`: only these of the reader's views (default all)."""
 
     def close(self) -> None:
         """Release connections; the reader must not be used afterwards."""
 
+    def specs(self, views: Sequence[str] | None) -> tuple[ViewSpec, ...]:
+        """The reader's views named in `views` (all when None), in the reader's order.
+
+        Raises:
+            FeatureUnavailable: a name the reader was not opened with.
+        """
+        key = None if views is None else tuple(views)
+        if key not in self._subsets:
+            unknown = set(key or ()) - {view.name for view in self.views}
+            if unknown:
+                raise FeatureUnavailable(f"views {sorted(unknown)} are not read by this {self.join_key} reader "
+                                         f"(it reads {[view.name for view in self.views]})")
+            self._subsets[key] = tuple(view for view in self.views if view.name in set(key or ()))
+        return self._subsets[key]
+
     def _assemble(
-        self, per_view: Sequence[tuple[Sequence[Any], float | None]], now_s: float
+        self, per_view: Sequence[tuple[Sequence[Any], float | None]], now_s: float, specs: tuple[ViewSpec, ...] | None = None
     ) -> dict[str, Any] | None:
-        """One entity's dict from (values, event time in epoch seconds) per view, applying max age."""
+        """One entity's dict from (values, event time in epoch seconds) per view of `specs` (default all), applying max age."""
         row: dict[str, Any] = {}
         fresh = False
-        for view, (values, event_s) in zip(self.views, per_view):
+        for view, (values, event_s) in zip(specs or self.views, per_view):
             present = event_s is not None and event_s > 0
             stale = present and view.ttl_s > 0 and now_s - float(event_s) > view.ttl_s  # type: ignore[arg-type]
             if present and not stale:
@@ -267,31 +283,32 @@ class SdkOnlineReader(OnlineFeatureReader):
     def __init__(self, store: "FeatureStore", join_key: str, views: tuple[ViewSpec, ...]) -> None:
         super().__init__(join_key, views)
         self.store = store
-        self._refs = [f"{view.name}:{name}" for view in views for name in view.features]
         # The SQLite connection Feast opens is bound to its thread unless told otherwise; a lock keeps
         # concurrent server threads from interleaving on it.
         self._lock = threading.Lock()
 
-    def read(self, ids: Sequence[str], now: datetime | None = None) -> list[dict[str, Any] | None]:
+    def read(self, ids: Sequence[str], now: datetime | None = None, views: Sequence[str] | None = None) -> list[dict[str, Any] | None]:
         if not ids:
             return []
+        specs = self.specs(views)
         now_s = judging_moment(now).timestamp()
         try:
             with self._lock:
                 response = self.store.get_online_features(
-                    features=self._refs, entity_rows=[{self.join_key: i} for i in ids]
+                    features=[f"{view.name}:{name}" for view in specs for name in view.features],
+                    entity_rows=[{self.join_key: i} for i in ids],
                 ).to_dict(include_event_timestamps=True)
         except Exception as exc:
             raise FeatureUnavailable(f"Feast online read of {len(ids)} {self.join_key} failed: {exc}") from exc
         out = []
         for n in range(len(ids)):
             per_view = []
-            for view in self.views:
+            for view in specs:
                 values = [response[name][n] for name in view.features]
                 # Every feature of a view shares the view's event timestamp; 0 means no row.
                 event_s = response[f"{view.features[0]}__ts"][n] if view.features else None
                 per_view.append((values, float(event_s) if event_s else None))
-            out.append(self._assemble(per_view, now_s))
+            out.append(self._assemble(per_view, now_s, specs))
         return out
 
 
@@ -320,20 +337,28 @@ class RedisOnlineReader(OnlineFeatureReader):
         self.client = client
         self._project = project.encode("utf-8")
         self._key_version = key_version
-        # Field list for the one HMGET per entity: every feature of every view, then each view's timestamp.
-        self._fields: list[bytes] = [_mmh3(f"{v.storage_name}:{name}") for v in views for name in v.features]
-        self._fields += [f"_ts:{v.storage_name}".encode() for v in views]
+        self._mmh3 = _mmh3
+        self._field_lists: dict[tuple[ViewSpec, ...], list[bytes]] = {}
         self._down_until = 0.0
+
+    def _fields(self, specs: tuple[ViewSpec, ...]) -> list[bytes]:
+        """Field list of the one HMGET per entity: every feature of every view in `specs`, then each one's timestamp."""
+        if specs not in self._field_lists:
+            fields = [self._mmh3(f"{v.storage_name}:{name}") for v in specs for name in v.features]
+            self._field_lists[specs] = fields + [f"_ts:{v.storage_name}".encode() for v in specs]
+        return self._field_lists[specs]
 
     def _key(self, entity_id: str) -> bytes:
         key = self._entity_key(join_keys=[self.join_key], entity_values=[self._value(string_val=entity_id)])
         return self._serialize(key, entity_key_serialization_version=self._key_version) + self._project
 
-    def read(self, ids: Sequence[str], now: datetime | None = None) -> list[dict[str, Any] | None]:
+    def read(self, ids: Sequence[str], now: datetime | None = None, views: Sequence[str] | None = None) -> list[dict[str, Any] | None]:
         import redis
 
         if not ids:
             return []
+        specs = self.specs(views)
+        fields = self._fields(specs)
         if time.monotonic() < self._down_until:
             raise FeatureUnavailable("Redis online store is unreachable (retrying shortly)")
         now_s = judging_moment(now).timestamp()
@@ -342,7 +367,7 @@ class RedisOnlineReader(OnlineFeatureReader):
             for start in range(0, len(ids), BULK_CHUNK):
                 with self.client.pipeline(transaction=False) as pipe:
                     for entity_id in ids[start : start + BULK_CHUNK]:
-                        pipe.hmget(self._key(entity_id), self._fields)
+                        pipe.hmget(self._key(entity_id), fields)
                     replies.extend(pipe.execute())
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             self._down_until = time.monotonic() + REDIS_RETRY_AFTER_S
@@ -351,13 +376,13 @@ class RedisOnlineReader(OnlineFeatureReader):
             # Redis answered with an error (WRONGTYPE, NOAUTH, a read-only replica...): the server is up,
             # so no breaker, but the caller still gets the contract's FeatureUnavailable, not a crash.
             raise FeatureUnavailable(f"Redis online store refused the read: {exc}") from exc
-        return [self._decode(reply, now_s) for reply in replies]
+        return [self._decode(reply, now_s, specs) for reply in replies]
 
-    def _decode(self, reply: list[bytes | None], now_s: float) -> dict[str, Any] | None:
-        n_features = len(self._fields) - len(self.views)
+    def _decode(self, reply: list[bytes | None], now_s: float, specs: tuple[ViewSpec, ...]) -> dict[str, Any] | None:
+        n_features = len(reply) - len(specs)
         per_view = []
         offset = 0
-        for index, view in enumerate(self.views):
+        for index, view in enumerate(specs):
             raw_ts = reply[n_features + index]
             event_s: float | None = None
             if raw_ts:
@@ -372,7 +397,7 @@ class RedisOnlineReader(OnlineFeatureReader):
                 values.append(self._to_python(proto, value_type))
             offset += len(view.features)
             per_view.append((values, event_s))
-        return self._assemble(per_view, now_s)
+        return self._assemble(per_view, now_s, specs)
 
     def close(self) -> None:
         self.client.close()

@@ -150,6 +150,23 @@ def test_redis_reader_equals_feast_get_online_features(redis_store) -> None:
     assert SdkOnlineReader(redis_store, "user_id", reader.views).read(ids, now=NOW) == ours
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_read_of_some_views_is_the_full_read_of_their_features(kind: str, sqlite_store, redis_store) -> None:
+    store = sqlite_store if kind == "sqlite" else redis_store
+    reader = open_reader(store, "user_id", VIEWS)
+    ids = ["u1", "u2", "u3", "u4", "nobody"]
+    full = reader.read(ids, now=NOW)
+    recent = reader.read(ids, now=NOW, views=["user_recent_items"])
+    # u1 has fresh recent items; u4's are stale and u2 has none, so without user_stats they are unknown.
+    assert recent == [{"recent_item_ids": ["i3", "i1"]}, None, None, None, None]
+    stats = reader.read(ids, now=NOW, views=("user_stats",))
+    for whole, part in zip(full, stats):
+        assert part == (None if whole is None else {name: whole[name] for name in part or ()})
+    assert [sorted(row) if row else None for row in stats][0] == sorted(("events_30d", "avg_price_paid", "top_category", "affinity_categories"))
+    with pytest.raises(FeatureUnavailable, match="user_sequence"):
+        reader.read(ids, views=["user_sequence"])
+
+
 def test_timeouts_are_finite_and_short() -> None:
     assert 0 < REDIS_SOCKET_TIMEOUT_S <= 0.1
     assert 0 < REDIS_CONNECT_TIMEOUT_S <= 0.5
