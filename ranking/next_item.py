@@ -145,23 +145,29 @@ def proposed_by(matrix: np.ndarray) -> np.ndarray:
 
 
 def source_lists(
-    sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray
-) -> tuple[dict[str, np.ndarray], Related]:
-    """Each source's ranked candidates [users, n] (-1 padded), none of them in the user's history,
-    and the co-visitation read (`CoVisitation.related`) the features read again.
+    sources: CandidateSources, histories: Sequence[np.ndarray], vectors: np.ndarray | None = None
+) -> tuple[dict[str, np.ndarray], Related, np.ndarray]:
+    """Each source's ranked candidates [users, n] (-1 padded), none of them in the user's history; the
+    co-visitation read (`CoVisitation.related`), which the features read again; and the tower's user vectors.
 
-    The FAISS search runs on a worker thread while this one reads the other sources: FAISS lets go
-    of the GIL, so on a request the search (~0.4 ms at 100k items) costs little more than its hand-off.
+    The tower and the FAISS search run on a worker thread while this one reads the other sources: the
+    compiled user state (`ranking.user_state_kernel`) and FAISS both let go of the GIL, so on a request
+    they cost little more than the hand-off.
 
     Args:
-        vectors: [users, d] the tower's user vectors (`SequenceRetriever.vectors_of(histories)`).
+        vectors: [users, d] the tower's user vectors (`SequenceRetriever.vectors_of(histories)`), when the caller has them.
     """
-    search = _search_pool().submit(tower_top, sources.retriever, histories, vectors, TOWER_CANDIDATES)
+    def tower_side() -> tuple[np.ndarray, np.ndarray]:
+        mine = sources.retriever.vectors_of(histories) if vectors is None else vectors
+        return mine, tower_top(sources.retriever, histories, mine, TOWER_CANDIDATES)
+
+    tower = _search_pool().submit(tower_side)
     related = sources.covisitation.related(histories)
     covis_rows, _ = related.top(COVISIT_CANDIDATES)
     lists = {"covisitation": covis_rows, "popular": _popular_top(sources.popular_order, histories, POPULAR_CANDIDATES),
              "content": _content_top(sources.retriever, histories, CONTENT_CANDIDATES)}
-    return {"tower": search.result(), **lists}, related
+    user_vectors, tower_rows = tower.result()
+    return {"tower": tower_rows, **lists}, related, user_vectors
 
 
 def _search_pool() -> ThreadPoolExecutor:
@@ -186,12 +192,10 @@ def candidates(sources: CandidateSources, histories: Sequence[np.ndarray], elaps
             features are (serving times its stages with it).
     """
     lap = lap or (lambda stage: None)
-    if vectors is None:
-        vectors = sources.retriever.vectors_of(histories)
     parts = []
     for first, size in sources.covisitation.blocks(len(histories)) or [(0, 0)]:
-        block, mine = histories[first : first + size], vectors[first : first + size]
-        lists, related = source_lists(sources, block, mine)
+        block = histories[first : first + size]
+        lists, related, mine = source_lists(sources, block, None if vectors is None else vectors[first : first + size])
         rows = union_rows(lists)
         lap("retrieve")
         elapsed = None if elapsed_days is None else np.asarray(elapsed_days)[first : first + size]

@@ -560,7 +560,7 @@ def next_item_candidates(
     histories = [histories_of[n] for n in users]
     newest = np.array([(rows[n] or {}).get("last_item_at_s") or np.nan for n in users], dtype=np.float64)
     elapsed = ((now.timestamp() - newest) / 86_400.0).astype(np.float32)
-    found = sources_candidates(sources, histories, elapsed, retriever.vectors_of(histories), lap=timer.lap)
+    found = sources_candidates(sources, histories, elapsed, lap=timer.lap)  # the tower's user vectors come with them
     proposed = found.proposed_by()
     tower = found.matrix[:, NEXT_ITEM_FEATURES.index("tower_score")]
     bounds = np.searchsorted(found.users, np.arange(len(users) + 1))  # feature rows are user-major

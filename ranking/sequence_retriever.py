@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
 from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
+from ranking.user_state_kernel import StateWeights
 from vitrine.errors import ModelUnavailable
 
 KIND = "sequence"
@@ -55,7 +56,7 @@ CONTENT_NEIGHBOURS = 400
 NEIGHBOUR_CHUNK = 4096
 # Users encoded per tower pass in batch work: [users, window, dim] activations stay a few MB.
 ENCODE_CHUNK = 1024
-# Up to this many users a call runs `UserStates` (numpy, ~0.1 ms a user) instead of the torch tower
+# Up to this many users a call runs `UserStates` (compiled, ~0.15 ms a user) instead of the torch tower
 # (~1 ms of operator overhead per pass whatever the batch); a batch beyond it amortises torch's cost.
 NUMPY_USERS = 8
 
@@ -190,7 +191,7 @@ class SequenceRetriever:
     def vectors_of(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """[users, d] the tower's state after each history's last item (zeros for an empty history).
 
-        Up to `NUMPY_USERS` users (a request) go through `UserStates`, the same arithmetic in numpy:
+        Up to `NUMPY_USERS` users (a request) go through `UserStates`, the same arithmetic compiled:
         torch's per-operator cost is most of a one-user pass. More users go through the tower.
         """
         dim = int(self.tower.config.embedding_dim)
@@ -230,89 +231,18 @@ def nearest_by_content(content: np.ndarray, k: int = CONTENT_NEIGHBOURS) -> np.n
 
 
 class UserStates:
-    """`SequenceTower.user_vectors` for one history, in numpy: the same weights and arithmetic, none of torch's per-call cost.
+    """`SequenceTower.user_vectors` for one history, compiled (`ranking.user_state_kernel`): the same weights and
+    arithmetic, none of torch's per-call cost, and without the GIL.
 
     The inputs are the catalog's item vectors (`SequenceRetriever.vectors`: id embedding, unknown row
     for items the ids never trained on, plus the content projection, exactly what the tower feeds its
-    blocks), plus positions, then each block (pre- or post-norm, as configured) with causal attention;
-    the last block attends from the last position only, the one the user vector reads. Equal to the
-    tower up to float32 rounding (tested).
+    blocks), plus positions, then each block. Equal to the tower up to float32 rounding (tested).
     """
 
     def __init__(self, tower: SequenceTower, item_vectors: np.ndarray) -> None:
-        def array(tensor: torch.Tensor) -> np.ndarray:
-            return tensor.detach().numpy().astype(np.float32)
-
-        self.items = item_vectors
-        self.positions = array(tower.positions.weight)
-        self.input_norm = (array(tower.input_norm.weight), array(tower.input_norm.bias), tower.input_norm.eps)
-        final = tower.norm
-        self.final_norm = (array(final.weight), array(final.bias), final.eps) if isinstance(final, torch.nn.LayerNorm) else None
-        self.heads = int(tower.config.heads)
-        self._masks: dict[int, np.ndarray] = {}
-        self.blocks = []
-        for block in tower.blocks.layers:
-            attention = block.self_attn
-            self.blocks.append({
-                "in_w": array(attention.in_proj_weight), "in_b": array(attention.in_proj_bias),
-                "out_w": array(attention.out_proj.weight), "out_b": array(attention.out_proj.bias),
-                "w1": array(block.linear1.weight), "b1": array(block.linear1.bias),
-                "w2": array(block.linear2.weight), "b2": array(block.linear2.bias),
-                "norm1": (array(block.norm1.weight), array(block.norm1.bias), block.norm1.eps),
-                "norm2": (array(block.norm2.weight), array(block.norm2.bias), block.norm2.eps),
-                "norm_first": bool(block.norm_first),
-            })  # fmt: skip
+        self.weights = StateWeights.of(tower, item_vectors)
+        self(np.zeros(1, dtype=np.int64))  # compiles (or loads the cached kernel) now, not on a request
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """[d] the state after the last of `rows` (catalog rows, oldest first, at most the tower's window)."""
-        x = _layer_norm(self.items[rows] + self.positions[: len(rows)], *self.input_norm)
-        for n, block in enumerate(self.blocks):
-            last_only = n == len(self.blocks) - 1
-            x = self._block(x, block, last_only)
-        if self.final_norm is not None:
-            x = _layer_norm(x, *self.final_norm)
-        return x[-1]
-
-    def _block(self, x: np.ndarray, block: dict[str, Any], last_only: bool) -> np.ndarray:
-        if block["norm_first"]:
-            h = x[-1:] if last_only else x
-            h = h + self._attention(_layer_norm(x, *block["norm1"]), block, last_only)
-            return h + _feed_forward(_layer_norm(h, *block["norm2"]), block)
-        h = _layer_norm((x[-1:] if last_only else x) + self._attention(x, block, last_only), *block["norm1"])
-        return _layer_norm(h + _feed_forward(h, block), *block["norm2"])
-
-    def _attention(self, x: np.ndarray, block: dict[str, Any], last_only: bool) -> np.ndarray:
-        """Causal multi-head self-attention of x [L, d]; the last position's row only when `last_only`."""
-        length, dim = x.shape
-        width = dim // self.heads
-        # [3, heads, L, width]: the heads go through each product together, not one by one.
-        q, k, v = (x @ block["in_w"].T + block["in_b"]).reshape(length, 3, self.heads, width).transpose(1, 2, 0, 3)
-        if last_only:
-            q = q[:, -1:]
-        scores = q @ k.transpose(0, 2, 1) / np.sqrt(width)
-        if not last_only:
-            scores = scores + self._causal(length)
-        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        heads = (scores / scores.sum(axis=-1, keepdims=True)) @ v  # [heads, rows, width]
-        return heads.transpose(1, 0, 2).reshape(len(q[0]), dim) @ block["out_w"].T + block["out_b"]
-
-    def _causal(self, length: int) -> np.ndarray:
-        """[L, L] 0 on and below the diagonal, -inf above: added to the scores, it hides the future."""
-        if length not in self._masks:
-            self._masks[length] = np.where(np.triu(np.ones((length, length), dtype=bool), 1), -np.inf, 0.0).astype(np.float32)
-        return self._masks[length]
-
-
-def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    # Sums over the width, not `mean`: the same arithmetic without `np.mean`'s per-call cost (~10 us).
-    width = x.shape[-1]
-    centered = x - x.sum(axis=-1, keepdims=True) / width
-    variance = (centered * centered).sum(axis=-1, keepdims=True) / width
-    return centered / np.sqrt(variance + eps) * weight + bias
-
-
-def _feed_forward(x: np.ndarray, block: dict[str, Any]) -> np.ndarray:
-    hidden = x @ block["w1"].T + block["b1"]
-    # torch's own exact GELU on the array, without a copy: scipy's float32 erf took 0.2 ms for [50, 256].
-    hidden = torch.nn.functional.gelu(torch.from_numpy(hidden)).numpy()
-    return hidden @ block["w2"].T + block["b2"]
+        return self.weights.state(rows)

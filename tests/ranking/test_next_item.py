@@ -72,7 +72,9 @@ def test_a_users_candidates_do_not_depend_on_the_block_they_go_in(
     sources = fit_sources(sequences, recommender.bundle.retriever)  # type: ignore[arg-type]
     histories = [sequences.user(u) for u in range(min(len(sequences.user_ids), 40))]
     whole = candidates(sources, histories)
-    monkeypatch.setattr(covisitation, "ENTRIES_PER_CHUNK", 3 * 2 * 20 * 200)  # blocks of 3 users
+    config = sources.covisitation.config
+    read = max(config.recent, covisitation.FEATURE_DEPTHS[-1])  # history items a user's block entries come from
+    monkeypatch.setattr(covisitation, "ENTRIES_PER_CHUNK", 3 * 2 * read * config.neighbours)  # blocks of 3 users
     assert len(sources.covisitation.blocks(len(histories))) > 10
     blocked = candidates(sources, histories)
     # Content cosines are matrix products whose rounding depends on the padded width: float32 tolerance.
