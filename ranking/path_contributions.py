@@ -21,16 +21,20 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ranking.tree_kernel import CompiledTrees
 
 
 class PathContributions:
     """The Saabas contribution table of a booster: `table[tree, leaf]` is a [features] vector."""
 
-    def __init__(self, booster: Any):
+    def __init__(self, booster: Any, compiled: "CompiledTrees | None" = None):
         self.booster = booster
+        self.compiled = compiled  # its compiled walk (`ranking.tree_kernel`), for the leaves, when it has one
         trees = booster.dump_model()["tree_info"]
         n_features = booster.num_feature()
         self.table = np.zeros((len(trees), max((t["num_leaves"] for t in trees), default=1), n_features))
@@ -56,6 +60,9 @@ class PathContributions:
 
     def __call__(self, matrix: np.ndarray) -> np.ndarray:
         """[rows, features] contributions of each row of `matrix` to the booster's raw score."""
+        if self.compiled is not None:
+            _, leaves = self.compiled.predict(matrix)
+            return self.compiled.leaf_sums(self.table, leaves)
         leaves = np.asarray(self.booster.predict(matrix, pred_leaf=True, num_threads=1), dtype=np.int64).reshape(len(matrix), -1)
         trees = np.arange(leaves.shape[1])  # the trees `predict` uses (best_iteration when set)
         return np.asarray(self.table[trees, leaves].sum(axis=1))

@@ -43,6 +43,7 @@ import numpy as np
 from ranking.next_item import FEATURE_NAMES as NEXT_ITEM_FEATURES
 from ranking.path_contributions import PathContributions
 from ranking.ranker_features import FEATURE_NAMES
+from ranking.tree_kernel import CompiledTrees
 from vitrine.errors import InvalidInput, ModelUnavailable
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL
@@ -186,7 +187,10 @@ class Reranker:
         self._price = names.index("item_price") if "item_price" in names else None
         if self.blend.objective == "revenue" and (self._cvr is None or self._price is None):
             raise InvalidInput(f"blend revenue: a {metadata.kind} ranker has no conversion rate and price features to blend")
-        self._paths = PathContributions(booster)  # tabulated at load, so no request pays for it
+        # LightGBM's trees as arrays for a compiled walk (None: splits it does not make), and the
+        # reasons' table: both built at load, so no request pays for them.
+        self._trees = CompiledTrees.of(booster)
+        self._paths = PathContributions(booster, self._trees)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -277,6 +281,8 @@ class Reranker:
         features = self._check(features)
         if len(features) == 0:
             return np.empty(0, dtype=np.float64)
+        if self._trees is not None:  # the same scores to the last bit (`ranking.tree_kernel`), 1.6x faster
+            return self._trees.predict(features)[0]
         # float64 in: LightGBM converts float32 input row by row, which cost 0.3 ms of the 0.9 ms scoring 260 rows.
         return np.asarray(self.booster.predict(features.astype(np.float64), num_threads=SERVING_THREADS), dtype=np.float64)
 
