@@ -32,10 +32,12 @@ if TYPE_CHECKING:
 class PathContributions:
     """The Saabas contribution table of a booster: `table[tree, leaf]` is a [features] vector."""
 
-    def __init__(self, booster: Any, compiled: "CompiledTrees | None" = None):
+    def __init__(self, booster: Any, compiled: "CompiledTrees | None" = None, model: dict[str, Any] | None = None):
+        """`compiled`: the booster's compiled walk (`ranking.tree_kernel`), for the leaves, when it has one;
+        `model`: `booster.dump_model()`, when the caller has it already."""
         self.booster = booster
-        self.compiled = compiled  # its compiled walk (`ranking.tree_kernel`), for the leaves, when it has one
-        trees = booster.dump_model()["tree_info"]
+        self.compiled = compiled
+        trees = (model or booster.dump_model())["tree_info"]
         n_features = booster.num_feature()
         self.table = np.zeros((len(trees), max((t["num_leaves"] for t in trees), default=1), n_features))
         # Root value of each tree: a row's score is their sum plus its contributions.

@@ -189,8 +189,9 @@ class Reranker:
             raise InvalidInput(f"blend revenue: a {metadata.kind} ranker has no conversion rate and price features to blend")
         # LightGBM's trees as arrays for a compiled walk (None: splits it does not make), and the
         # reasons' table: both built at load, so no request pays for them.
-        self._trees = CompiledTrees.of(booster)
-        self._paths = PathContributions(booster, self._trees)
+        model = booster.dump_model()
+        self._trees = CompiledTrees.of(booster, model)
+        self._paths = PathContributions(booster, self._trees, model)
 
     @property
     def feature_names(self) -> tuple[str, ...]:

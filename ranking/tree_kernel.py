@@ -51,9 +51,12 @@ class CompiledTrees:
     n_features: int
 
     @classmethod
-    def of(cls, booster: Any) -> "CompiledTrees | None":
-        """The trees `booster.predict` uses (its best iteration when set), or None when it has splits this walk does not make."""
-        model = booster.dump_model()
+    def of(cls, booster: Any, model: dict[str, Any] | None = None) -> "CompiledTrees | None":
+        """The trees `booster.predict` uses (its best iteration when set), or None when it has splits this walk does not make.
+
+        `model`: `booster.dump_model()`, when the caller has it already (it takes ~0.1 s for 300 trees).
+        """
+        model = model or booster.dump_model()
         used = int(np.asarray(booster.predict(np.zeros((1, booster.num_feature())), pred_leaf=True)).reshape(1, -1).shape[1])
         nodes: dict[str, list[Any]] = {name: [] for name in ("feature", "threshold", "left", "right", "default_left", "missing")}
         roots: list[int] = []
