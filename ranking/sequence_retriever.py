@@ -58,7 +58,7 @@ NEIGHBOUR_CHUNK = 4096
 ENCODE_CHUNK = 1024
 # Up to this many users a call runs `UserStates` (compiled, ~0.15 ms a user) instead of the torch tower
 # (~1 ms of operator overhead per pass whatever the batch); a batch beyond it amortises torch's cost.
-NUMPY_USERS = 8
+KERNEL_USERS = 8
 
 
 def save_sequence_retriever(path: Path, retriever: "SequenceRetriever", *, lineage: Mapping[str, Any] | None = None) -> Path:
@@ -191,13 +191,13 @@ class SequenceRetriever:
     def vectors_of(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """[users, d] the tower's state after each history's last item (zeros for an empty history).
 
-        Up to `NUMPY_USERS` users (a request) go through `UserStates`, the same arithmetic compiled:
+        Up to `KERNEL_USERS` users (a request) go through `UserStates`, the same arithmetic compiled:
         torch's per-operator cost is most of a one-user pass. More users go through the tower.
         """
         dim = int(self.tower.config.embedding_dim)
         out = np.zeros((len(histories), dim), dtype=np.float32)
         filled = [n for n, h in enumerate(histories) if len(h)]
-        if len(filled) <= NUMPY_USERS:
+        if len(filled) <= KERNEL_USERS:
             for n in filled:
                 out[n] = self.states(histories[n][-self.max_length :])
             return out

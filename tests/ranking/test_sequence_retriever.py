@@ -1,4 +1,4 @@
-"""The served sequence retriever: the numpy user states equal the tower's, and a saved dir serves what was trained."""
+"""The served sequence retriever: the compiled user states equal the tower's, and a saved dir serves what was trained."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from ranking.next_item import CONTENT_QUERY_ITEMS, CONTENT_RECENCY, _content_top
 from ranking.sequence_retriever import (
     CONTENT_NEIGHBOURS_FILE,
-    NUMPY_USERS,
+    KERNEL_USERS,
     SequenceRetriever,
     UserStates,
     is_sequence_retriever,
@@ -37,7 +37,7 @@ def tower(content: bool, seed: int = 0, norm_first: bool = False) -> SequenceTow
 
 
 @pytest.mark.parametrize("content, norm_first", [(False, False), (True, False), (True, True)])
-def test_numpy_states_equal_the_tower(content: bool, norm_first: bool) -> None:
+def test_compiled_states_equal_the_tower(content: bool, norm_first: bool) -> None:
     model = tower(content, norm_first=norm_first)
     known = np.arange(N_ITEMS) % 7 != 0  # some items the ids never trained on
     retriever = SequenceRetriever.of(model, [f"I{i}" for i in range(N_ITEMS)], known)
@@ -49,8 +49,8 @@ def test_numpy_states_equal_the_tower(content: bool, norm_first: bool) -> None:
     states = UserStates(model, retriever.vectors)
     # float32 arithmetic in another order: equal to rounding.
     np.testing.assert_allclose(np.stack([states(h) for h in histories]), expected, rtol=1e-4, atol=1e-5)
-    # A request (few users) takes the numpy path, a batch the tower's: the same vectors.
-    assert len(histories) <= NUMPY_USERS
+    # A request (few users) takes the compiled path, a batch the tower's: the same vectors.
+    assert len(histories) <= KERNEL_USERS
     np.testing.assert_allclose(retriever.vectors_of(histories), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(retriever.vectors_of(histories * 3)[: len(histories)], expected, rtol=1e-4, atol=1e-5)
 
