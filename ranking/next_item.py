@@ -25,9 +25,7 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,6 +34,7 @@ import pandas as pd
 
 from feature_repo.covisitation import FEATURE_NAMES as COVISIT_FEATURES
 from feature_repo.covisitation import CoVisitation, Related
+from ranking.request_threads import request_pool
 from vitrine.arrays import first_occurrences, outside
 
 if TYPE_CHECKING:  # the reranker reads FEATURE_NAMES from here without loading torch
@@ -55,12 +54,6 @@ CONTENT_RECENCY = 0.5
 # History items whose mean content the `content_mean` feature compares with (the recent taste,
 # like the co-visitation features' last 10).
 CONTENT_HISTORY = 10
-# Threads the sources' FAISS searches run on (`source_lists`): a few, so concurrent requests of a
-# threaded server do not queue behind one another's search.
-SEARCH_THREADS = 4
-# The search pool of this process, by pid: a forked worker (batch scoring) starts its own, as the
-# parent's threads do not cross a fork.
-_searches: dict[int, ThreadPoolExecutor] = {}
 # Reciprocal-rank constant of the merged order (the usual RRF value): the order without a reranker.
 RRF_K = 60
 
@@ -161,21 +154,13 @@ def source_lists(
         mine = sources.retriever.vectors_of(histories) if vectors is None else vectors
         return mine, tower_top(sources.retriever, histories, mine, TOWER_CANDIDATES)
 
-    tower = _search_pool().submit(tower_side)
+    tower = request_pool().submit(tower_side)
     related = sources.covisitation.related(histories)
     covis_rows, _ = related.top(COVISIT_CANDIDATES)
     lists = {"covisitation": covis_rows, "popular": _popular_top(sources.popular_order, histories, POPULAR_CANDIDATES),
              "content": _content_top(sources.retriever, histories, CONTENT_CANDIDATES)}
     user_vectors, tower_rows = tower.result()
     return {"tower": tower_rows, **lists}, related, user_vectors
-
-
-def _search_pool() -> ThreadPoolExecutor:
-    pid = os.getpid()
-    if pid not in _searches:
-        _searches.clear()
-        _searches[pid] = ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="vitrine-ann")
-    return _searches[pid]
 
 
 def candidates(sources: CandidateSources, histories: Sequence[np.ndarray], elapsed_days: np.ndarray | None = None,

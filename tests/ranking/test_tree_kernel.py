@@ -6,7 +6,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from ranking.tree_kernel import CompiledTrees
+from ranking.tree_kernel import SPLIT_ROWS, CompiledTrees
 
 
 def rows(n: int, seed: int) -> np.ndarray:
@@ -48,6 +48,18 @@ def test_scores_and_leaves_are_lightgbms(params: dict) -> None:
     scores, leaves = compiled.predict(probe)
     np.testing.assert_array_equal(scores, model.predict(probe, raw_score=True))
     np.testing.assert_array_equal(leaves, model.predict(probe, pred_leaf=True))
+
+
+def test_a_split_walk_scores_as_rows_walked_alone() -> None:
+    """From SPLIT_ROWS rows the second half walks on another thread: same scores and leaves as a row at a time."""
+    model = booster({}, rows(2000, 7))
+    compiled = CompiledTrees.of(model)
+    assert compiled is not None
+    probe = rows(SPLIT_ROWS * 2 + 1, 8)  # an odd count: the halves differ by a row
+    scores, leaves = compiled.predict(probe)
+    alone = [compiled.predict(probe[i : i + 1]) for i in range(len(probe))]
+    np.testing.assert_array_equal(scores, np.concatenate([a[0] for a in alone]))
+    np.testing.assert_array_equal(leaves, np.concatenate([a[1] for a in alone]))
 
 
 def test_the_walk_stops_where_predict_stops() -> None:
