@@ -135,6 +135,34 @@ class CoVisitConfig:
             raise InvalidInput("CoVisitConfig: decay and transition_weight must be >= 0")
 
 
+# The settings that make the matrices themselves; the others decide how a request reads them. The
+# daily feature step fits the `item_covisitation` view with the defaults, so a served model must
+# have been fitted with these at their defaults too (`served_config`).
+MATRIX_SETTINGS: tuple[str, ...] = ("window", "decay", "transition_window", "popularity_damping", "neighbours")
+
+
+def served_config(saved: dict[str, Any] | None, view: CoVisitConfig = CoVisitConfig()) -> CoVisitConfig:
+    """The settings a served model reads the view's matrices with: the ones it was trained with (`saved`;
+    None: a model saved before they were recorded, the defaults).
+
+    Raises:
+        ModelUnavailable: unknown settings, or matrix settings other than the view's (its candidates
+            and features would not be the ones the reranker learned from).
+    """
+    if saved is None:
+        return view
+    unknown = set(saved) - {f.name for f in fields(CoVisitConfig)}
+    if unknown:
+        raise ModelUnavailable(f"co-visitation settings of the model: unknown {sorted(unknown)}")
+    config = CoVisitConfig(**saved)
+    differ = {name: (getattr(config, name), getattr(view, name)) for name in MATRIX_SETTINGS
+              if getattr(config, name) != getattr(view, name)}
+    if differ:
+        raise ModelUnavailable("the model's co-visitation matrices were fitted with settings the item_covisitation view "
+                               f"is not (model, view): {differ}; train it with the default matrix settings")
+    return config
+
+
 @dataclass(frozen=True)
 class CoVisitation:
     """The fitted co-occurrence and transition matrices, and the candidates and features read from them.

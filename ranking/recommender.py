@@ -233,16 +233,20 @@ def next_item_sources(retriever: "SequenceRetriever", items: ServingItems, table
     """The next-item sources in the retriever's rows: its tower and index, plus co-visitation and
     popularity from the online store's `item_covisitation` values (`feature_repo.covisitation.CoVisitation.from_neighbours`).
 
+    The co-visitation source reads them with the settings the model was trained with (`served_config`).
+
     Raises:
-        ModelUnavailable: the view is not materialized (the sources cannot be served).
+        ModelUnavailable: the view is not materialized (the sources cannot be served), or the model's
+            co-visitation matrices were fitted with other settings than the view's.
     """
-    from feature_repo.covisitation import CoVisitation
+    from feature_repo.covisitation import CoVisitation, served_config
 
     if items.neighbours is None:
         raise ModelUnavailable("the item_covisitation view is not materialized: run `vitrine features build` and "
                                "`vitrine features materialize` (the next-item sources read it)")
     found = items.neighbours.at(table_rows)
-    covisitation = CoVisitation.from_neighbours(retriever.item_ids, (found.cooc_ids, found.cooc_scores), (found.next_ids, found.next_scores))
+    covisitation = CoVisitation.from_neighbours(retriever.item_ids, (found.cooc_ids, found.cooc_scores), (found.next_ids, found.next_scores),
+                                                served_config(retriever.config.get("covisitation")))
     return CandidateSources(retriever, covisitation, found.sequence_users.astype(np.float32), found.repeat_share)
 
 

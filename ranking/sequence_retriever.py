@@ -3,7 +3,8 @@
 A sequence retriever is a directory (the MLflow artifacts of a `vitrine-retriever` version whose
 `config.json` says `"kind": "sequence"`); it holds everything needed to serve, and no pickle:
 
-    config.json        kind, SequenceTowerConfig, item count, content width, ANN settings, lineage
+    config.json        kind, SequenceTowerConfig, item count, content width, ANN settings, lineage,
+                       the co-visitation source's settings
     model.safetensors  state dict of `SequenceTower` (its content buffer included)
     item_ids.json      the catalog the tower was trained on: row r of every array is item_ids[r]
     known.npy          [items] bool, items whose ids the tower trained on (others use the unknown row)
@@ -61,8 +62,13 @@ ENCODE_CHUNK = 1024
 KERNEL_USERS = 8
 
 
-def save_sequence_retriever(path: Path, retriever: "SequenceRetriever", *, lineage: Mapping[str, Any] | None = None) -> Path:
-    """Write a sequence retriever dir that `SequenceRetriever.load` serves from alone (what it holds, nothing rebuilt)."""
+def save_sequence_retriever(path: Path, retriever: "SequenceRetriever", *, lineage: Mapping[str, Any] | None = None,
+                            covisitation: Mapping[str, Any] | None = None) -> Path:
+    """Write a sequence retriever dir that `SequenceRetriever.load` serves from alone (what it holds, nothing rebuilt).
+
+    `covisitation`: the settings the co-visitation source was fitted and scored with (`CoVisitConfig`
+    as a dict), so that serving scores it the same way (`ranking.recommender.next_item_sources`).
+    """
     model = retriever.tower
     path.mkdir(parents=True, exist_ok=True)
     vectors, index = retriever.vectors, retriever.index
@@ -73,6 +79,7 @@ def save_sequence_retriever(path: Path, retriever: "SequenceRetriever", *, linea
         "content_dim": int(model.content.shape[1]) if model.content_projection is not None else 0,
         "ann": retriever.config.get("ann") or {**AnnConfig().__dict__, "kind": index_kind(index)},
         "lineage": dict(lineage or {}),
+        **({"covisitation": dict(covisitation)} if covisitation is not None else {}),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +330,8 @@ def save_next_item(fitted: NextItemFit, directory: Path, lineage: dict[str, str]
     from ranking.sequence_retriever import save_sequence_retriever
 
     retriever_dir = save_sequence_retriever(directory / RETRIEVER_DIR, fitted.sources.retriever,
-                                            lineage={**lineage, "epochs": str(fitted.epochs)})
+                                            lineage={**lineage, "epochs": str(fitted.epochs)},
+                                            covisitation=asdict(fitted.sources.covisitation.config))
     metadata = RankerMetadata(feature_names=FEATURE_NAMES, label_gain=(0.0, 1.0), best_iteration=fitted.rounds,
                               lineage={**lineage, "rounds": str(fitted.rounds)}, kind=NEXT_ITEM)
     ranker_dir = save_ranker(fitted.ranker, directory / RANKER_DIR, metadata)

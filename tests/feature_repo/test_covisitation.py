@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +228,14 @@ def test_missing_model_and_bad_input_fail_loudly(shop: tuple[CoVisitation, list[
         model.candidates(np.array([model.n_items]), n=5)
     with pytest.raises(InvalidInput):
         CoVisitConfig(window=0)
+
+
+def test_a_served_model_reads_the_view_with_its_own_settings_or_is_refused() -> None:
+    """Serving scores co-visitation with the trained settings; matrices fitted otherwise than the view's cannot be served."""
+    assert covisitation.served_config(None) == CoVisitConfig()
+    trained = CoVisitConfig(recency=0.5, recent=3, transition_weight=2.0)
+    assert covisitation.served_config(asdict(trained)) == trained
+    with pytest.raises(ModelUnavailable, match="window"):
+        covisitation.served_config(asdict(CoVisitConfig(window=5)))
+    with pytest.raises(ModelUnavailable, match="unknown"):
+        covisitation.served_config({**asdict(trained), "halflife": 3})

@@ -7,6 +7,8 @@ the user's sequence comes from the `user_sequence` view and the co-visitation ta
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,6 +47,8 @@ def test_the_online_path_computes_the_offline_candidates_and_features(recommende
     """No train/serve skew: user_sequence and item_covisitation read online give the features training computes from events."""
     bundle = recommender.bundle
     assert bundle.sources is not None and isinstance(bundle.retriever, SequenceRetriever)
+    # The co-visitation source is read with the settings the model recorded when it was trained.
+    assert bundle.retriever.config["covisitation"] == asdict(bundle.sources.covisitation.config)
     now = recommender.moment()
     rows = recommender.users.read(active_users)  # type: ignore[union-attr]
     online, matrices = next_item_candidates(bundle.sources, bundle, rows, _Timer(), now)
