@@ -35,7 +35,7 @@ import pandas as pd
 from feature_repo.covisitation import FEATURE_NAMES as COVISIT_FEATURES
 from feature_repo.covisitation import CoVisitation, Related
 from ranking.request_threads import request_pool
-from vitrine.arrays import first_occurrences, outside
+from vitrine.arrays import distinct, first_occurrences, outside
 
 if TYPE_CHECKING:  # the reranker reads FEATURE_NAMES from here without loading torch
     from ranking.sequence_retriever import SequenceRetriever
@@ -326,9 +326,8 @@ def _content_top(retriever: "SequenceRetriever", histories: Sequence[np.ndarray]
             continue
         recent = history[-CONTENT_QUERY_ITEMS:][::-1]  # newest first
         query = (CONTENT_RECENCY ** np.arange(len(recent), dtype=np.float32)) @ content[recent]
-        pool = np.sort(neighbours[recent].ravel())  # ascending rows, so a stable sort breaks ties by row
-        pool = pool[np.concatenate(([True], pool[1:] != pool[:-1])) & (pool >= 0)]
-        pool = pool[outside(pool, history)]
+        pool = distinct(neighbours[recent].ravel())  # ascending rows, so a stable sort breaks ties by row
+        pool = pool[(pool >= 0) & outside(pool, history)]
         best = pool[np.argsort(-(content[pool] @ query), kind="stable")[:k]]
         out[n, : len(best)] = best
     return out

@@ -7,6 +7,7 @@ numpy functions answer (tested).
 
 Example:
     >>> keys, first, inverse = unique_first(np.array([7, 3, 7, 1]))   # [1 3 7], [3 1 0], [2 1 2 0]
+    >>> distinct(np.array([7, 3, 7, 1]))                              # [1 3 7]
     >>> outside(np.array([5, 3, 9]), np.array([9, 1]))               # [ True  True False]
 """
 
@@ -34,6 +35,12 @@ def unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     inverse = np.empty(len(values), dtype=np.int64)
     inverse[order] = np.cumsum(starts) - 1
     return ordered[starts], order[starts], inverse
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """`np.unique(values)` of a 1-d integer array: its distinct values, ascending (a sort and a comparison of neighbours)."""
+    ordered = np.sort(values)
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if len(ordered) else ordered
 
 
 def first_occurrences(values: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vitrine.arrays import first_occurrences, outside, unique_first
+from vitrine.arrays import distinct, first_occurrences, outside, unique_first
 
 
 @pytest.mark.parametrize("size, high", [(0, 5), (1, 5), (2, 1), (50, 10), (2000, 300), (500, 10**12), (300, 2**61)])
@@ -13,6 +13,7 @@ def test_unique_first_is_np_unique(size: int, high: int) -> None:
     expected = np.unique(values, return_index=True, return_inverse=True)
     for got, want in zip((keys, first, inverse), expected):
         np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(distinct(values), expected[0])
 
 
 def test_first_occurrences_keep_the_order_values_first_appear_in() -> None:
