@@ -60,10 +60,14 @@ class PathContributions:
                     else:
                         stack.append((child, step))
 
-    def __call__(self, matrix: np.ndarray) -> np.ndarray:
-        """[rows, features] contributions of each row of `matrix` to the booster's raw score."""
+    def __call__(self, matrix: np.ndarray, leaves: np.ndarray | None = None) -> np.ndarray:
+        """[rows, features] contributions of each row of `matrix` to the booster's raw score.
+
+        `leaves`: [rows, trees] the leaves the compiled walk reached for these rows, when the caller has them.
+        """
         if self.compiled is not None:
-            _, leaves = self.compiled.predict(matrix)
+            if leaves is None:
+                _, leaves = self.compiled.predict(matrix)
             return self.compiled.leaf_sums(self.table, leaves)
         leaves = np.asarray(self.booster.predict(matrix, pred_leaf=True, num_threads=1), dtype=np.int64).reshape(len(matrix), -1)
         trees = np.arange(leaves.shape[1])  # the trees `predict` uses (best_iteration when set)

@@ -466,13 +466,14 @@ class Recommender:
         else:
             candidates, matrices = two_tower_candidates(bundle, rows, ids, bought, self.candidates, timer)
             cold = [n not in candidates for n in range(len(ids))]
-        scores = score_requests(bundle.reranker, matrices)
+        scores, leaves = score_requests(bundle.reranker, matrices)
         timer.lap("score")
 
         allowed = bundle.items.category_mask(category)
         results = []
         for n, user_id in enumerate(ids):
-            picked = self._pick(bundle, candidates.get(n), scores.get(n), matrices.get(n), k, bought[n], allowed, category, explain)
+            picked = self._pick(bundle, candidates.get(n), scores.get(n), matrices.get(n), leaves.get(n), k, bought[n], allowed,
+                                category, explain)
             results.append(
                 RecommendationList(
                     picked, user_id=user_id, cold_start=cold[n], degraded=reason is not None, reason=reason, versions=bundle.versions
@@ -489,6 +490,7 @@ class Recommender:
         candidates: "Found | None",
         scores: np.ndarray | None,
         matrix: np.ndarray | None,
+        leaves: np.ndarray | None,
         k: int,
         bought: frozenset[str],
         allowed: np.ndarray | None,
@@ -509,7 +511,8 @@ class Recommender:
                 keep &= np.fromiter((i not in bought for i in ids), dtype=bool, count=len(ids))
             ranked = np.argsort(-scores, kind="stable")
             order = ranked[keep[ranked]][:k].tolist()
-            reasons = explain_rows(bundle.reranker, matrix[order]) if explain and order else [()] * len(order)
+            reasons = (explain_rows(bundle.reranker, matrix[order], None if leaves is None else leaves[order])
+                       if explain and order else [()] * len(order))
             for o, why in zip(order, reasons):
                 taken.add(ids[o])
                 out.append(
@@ -644,28 +647,32 @@ def check_category(category: str) -> str:
     return category
 
 
-def score_requests(reranker: "Reranker", matrices: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """Ranker scores per request; one LightGBM call for all requests when the blend allows it.
+def score_requests(reranker: "Reranker", matrices: Mapping[int, np.ndarray]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Ranker scores per request, and the leaves each row reached where the walk was compiled (the reasons read them).
 
-    The engagement blend is the LambdaRank score row by row, so rows of many requests can be scored
-    in one call; the revenue blend normalises over one request's candidates, so it goes per request.
+    The engagement blend is the LambdaRank score row by row, so rows of many requests are scored in
+    one call; the revenue blend normalises over one request's candidates, so it goes per request.
     """
     if not matrices:
-        return {}
+        return {}, {}
     if reranker.blend.objective != "engagement":
-        return {n: reranker.score(matrix) for n, matrix in matrices.items()}
+        return {n: reranker.score(matrix) for n, matrix in matrices.items()}, {}
     keys = list(matrices)
-    stacked = np.vstack([matrices[n] for n in keys])
-    relevance = reranker.relevance(stacked)
+    relevance, leaves = reranker.relevance_and_leaves(np.vstack([matrices[n] for n in keys]))
     bounds = np.cumsum([0] + [len(matrices[n]) for n in keys])
-    return {n: relevance[bounds[i] : bounds[i + 1]] for i, n in enumerate(keys)}
+    parts = [slice(bounds[i], bounds[i + 1]) for i in range(len(keys))]
+    return ({n: relevance[part] for n, part in zip(keys, parts)},
+            {} if leaves is None else {n: leaves[part] for n, part in zip(keys, parts)})
 
 
-def explain_rows(reranker: "Reranker", matrix: np.ndarray) -> list[tuple[Reason, ...]]:
-    """The `REASONS_PER_ITEM` largest contributions of each row to its relevance (`Reranker.contributions`)."""
+def explain_rows(reranker: "Reranker", matrix: np.ndarray, leaves: np.ndarray | None = None) -> list[tuple[Reason, ...]]:
+    """The `REASONS_PER_ITEM` largest contributions of each row to its relevance (`Reranker.contributions`).
+
+    `leaves`: the rows' leaves from scoring (`score_requests`), so they are not walked again.
+    """
     if len(matrix) == 0:
         return []
-    contributions = reranker.contributions(matrix)
+    contributions = reranker.contributions(matrix, leaves)
     names = reranker.feature_names
     # One sort for all rows, then plain Python floats: per-element numpy scalars cost more than the sort.
     top = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :REASONS_PER_ITEM]

@@ -142,3 +142,8 @@ def test_reason_contributions_add_up_to_the_score_and_name_the_signal(model_dir:
     assert np.mean(top == F["clip_sim_recent_max"]) > 0.9
     assert np.mean(top == np.argmax(np.abs(shap), axis=1)) > 0.9
     assert ranker.contributions(X[:0]).shape == (0, len(FEATURE_NAMES))
+    # From the leaves scoring reached, the same contributions without a second walk.
+    scores, leaves = ranker.relevance_and_leaves(X)
+    assert leaves is not None and leaves.shape == (len(X), ranker.booster.num_trees())
+    np.testing.assert_array_equal(scores, ranker.relevance(X))
+    np.testing.assert_array_equal(ranker.contributions(X[::3], leaves[::3]), contributions[::3])
