@@ -26,6 +26,7 @@ def _config(max_epochs: int | None, max_users: int | None = None) -> Any:
 def train(
     epochs: Annotated[Optional[int], typer.Option(help="Train the tower exactly this many epochs (default: chosen on each user's last item).")] = None,
     rounds: Annotated[Optional[int], typer.Option(help="Boosting rounds of the ranker (default: chosen on each user's last item).")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(min=0.0, help="The ranker's learning rate with --rounds (default: 0.02).")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(min=1, help="Most epochs while choosing (default: SequenceTrainConfig).")] = None,
     max_users: Annotated[Optional[int], typer.Option(min=1, help="Train the tower on a seeded sample of this many users (default: all).")] = None,
     register: Annotated[bool, typer.Option(help="Register the tower and the ranker as vitrine-retriever and vitrine-ranker.")] = True,
@@ -35,7 +36,7 @@ def train(
     """Fit the next-item recommender (sequence tower, co-visitation, content and popular sources, LightGBM reranker) and register it."""
     from training.train_next_item import train_next_item
 
-    run = train_next_item(data_dir(data_dir_option), _config(max_epochs, max_users), epochs=epochs, rounds=rounds, register=register,
+    run = train_next_item(data_dir(data_dir_option), _config(max_epochs, max_users), epochs=epochs, rounds=rounds, learning_rate=learning_rate, register=register,
                           show_progress=bar_shown(not as_json))
     summary = run.summary()
     if as_json:
@@ -43,7 +44,7 @@ def train(
         return
     tower = summary["holdout"].get("tower") or {}
     console.print(f"tower: {summary['epochs']} epochs (held-out recall@10 {tower.get('recall@10', float('nan')):.4f}); "
-                  f"ranker: {summary['rounds']} rounds; candidates hold the target for {summary['holdout']['candidate_recall']:.1%}")
+                  f"ranker: {summary['rounds']} rounds at {summary['learning_rate']}; candidates hold the target for {summary['holdout']['candidate_recall']:.1%}")
     console.print(f"saved {summary['model_dir']}  run {summary['run_id']}  registered {summary['versions'] or 'nothing'}")
 
 

@@ -531,7 +531,8 @@ def train_next_item_step(ctx: StepContext) -> dict[str, Any]:
         _tag_challenger(ctx, model, version)
     return {"model": RETRIEVER_MODEL, "version": run.versions[RETRIEVER_MODEL], "run_id": run.run_id,
             "ranker_version": run.versions[RANKER_MODEL], "model_dir": str(run.model_dir), "epochs": run.fitted.epochs,
-            "rounds": run.fitted.rounds, "holdout": run.fitted.holdout, "seconds": run.fitted.seconds}
+            "rounds": run.fitted.rounds, "learning_rate": run.fitted.learning_rate, "holdout": run.fitted.holdout,
+            "seconds": run.fitted.seconds}
 
 
 def train_retriever_step(ctx: StepContext) -> dict[str, Any]:
@@ -725,11 +726,12 @@ def refit_next_item(ctx: StepContext) -> dict[str, Any]:
     if not ctx.output("promote", "promote"):
         return {"refit": False, "reason": "challenger not promoted: nothing refit, the champion stays"}
     epochs, rounds = int(ctx.output("retriever", "epochs")), int(ctx.output("retriever", "rounds"))
+    rate = ctx.output("retriever", "learning_rate")  # None: a state recorded before the rate was chosen (its default)
     run = train_next_item(ctx.data, ctx.stage_config("next_item") or NextItemConfig(), epochs=epochs, rounds=rounds,
-                          show_progress=ctx.config.progress)
+                          learning_rate=None if rate is None else float(rate), show_progress=ctx.config.progress)
     champions, validated = _install_refits(ctx, dict(run.versions), {model: run.run_id for model in run.versions})
     return {"refit": True, "versions": run.versions, "run_ids": {model: run.run_id for model in run.versions}, "refit_of": validated,
-            "champions": champions, "retriever_epochs": epochs, "ranker_rounds": rounds}
+            "champions": champions, "retriever_epochs": epochs, "ranker_rounds": rounds, "ranker_learning_rate": run.fitted.learning_rate}
 
 
 def refit_two_tower(ctx: StepContext) -> dict[str, Any]:

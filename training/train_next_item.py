@@ -7,7 +7,8 @@ Settings are chosen on each user's own last item, then everything is trained aga
    items (or for exactly `epochs`);
 3. those sources (the tower just trained, co-visitation and popularity of what is left) propose
    candidates for every held-out request (`ranking.next_item`), and LightGBM LambdaRank learns to
-   put the target first, stopping early on a tenth of the requests (or after exactly `rounds`);
+   put the target first at each of RANKER_RATES, stopping early on a tenth of the requests within
+   the serving budget of RANKER_ROUNDS trees, the best rate on them kept (or after exactly `rounds`);
 4. refit: the tower is trained again from scratch on every item for the chosen epochs, and the
    co-visitation and popularity are counted on every item. The refit sources and the ranker are
    what is served: the newest items of each user are the best evidence of the next one, and the
@@ -19,7 +20,8 @@ may learn from; the benchmark scores the served lists on each user's next (test)
 Example:
     fitted = fit_next_item(split.test.train, content)            # chooses epochs and rounds
     lists = ranked(fitted.sources, fitted.ranker, split.test.history(), depth=20)
-    again = fit_next_item(more, content, epochs=fitted.epochs, rounds=fitted.rounds)  # the pipeline's refit
+    again = fit_next_item(more, content, epochs=fitted.epochs, rounds=fitted.rounds,
+                          learning_rate=fitted.learning_rate)  # the pipeline's refit
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ RANKER_HOLDOUT = 0.1
 # 100, gave validation recall@10 0.1311 against 0.1249 for 0.05 / 63 leaves of 50 / patience 30;
 # 500-row leaves and the rank_xendcg or binary objectives were no better (0.1259-0.1299).
 RANKER_PARAMS: dict[str, Any] = {
-    "objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.02,
+    "objective": "lambdarank", "metric": "ndcg", "eval_at": [10],
     "num_leaves": 31, "min_data_in_leaf": 200, "feature_fraction": 0.9, "bagging_fraction": 0.8,
     "bagging_freq": 1, "lambdarank_truncation_level": 20, "verbose": -1, "seed": 0,
     # Same inputs, same trees: LightGBM otherwise times row- against column-wise histograms and keeps
@@ -61,9 +63,12 @@ RANKER_PARAMS: dict[str, Any] = {
 }  # fmt: skip
 # Most boosting rounds (the serving budget), and rounds without a gain on the held-out requests
 # before stopping. A request walks its ~250 candidates through every tree (~7 us a tree): 100 trees
-# keep scoring near 0.7 ms of the 2 ms a request may take. Toys stops early at 60 trees, Gift Cards
-# at 100; the scale shop (1M users) went on to 295 without the budget and stops at it now.
+# keep scoring near 0.7 ms of the 2 ms a request may take.
 RANKER_ROUNDS, RANKER_PATIENCE = 100, 100
+# Learning rates tried within the budget, the best on the held-out requests kept (ties: the first).
+# At 0.02 alone Gift Cards wanted 127 trees and the scale shop 295: a larger step reaches as far
+# within 100 trees where a shop's ranker needs it, and the smallest stays where one does not.
+RANKER_RATES: tuple[float, ...] = (0.02, 0.05, 0.1)
 # Fewest users with a held-out item for anything to be chosen on them.
 MIN_HOLDOUT_USERS = 20
 
@@ -103,6 +108,7 @@ class NextItemFit:
         ranker: the LightGBM booster (features: `ranking.next_item.FEATURE_NAMES`).
         epochs: the tower's epochs (chosen on the held-out items, or given).
         rounds: the ranker's boosting rounds (chosen, or given).
+        learning_rate: the ranker's (chosen among RANKER_RATES, or given).
         tower_config: the tower's shape.
         holdout: figures on the held-out items: the tower alone (its best epoch), and the ranker's
             NDCG@10 on its own early-stopping requests.
@@ -113,6 +119,7 @@ class NextItemFit:
     ranker: Any
     epochs: int
     rounds: int
+    learning_rate: float
     tower_config: SequenceTowerConfig
     holdout: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -161,6 +168,7 @@ def fit_next_item(
     *,
     epochs: int | None = None,
     rounds: int | None = None,
+    learning_rate: float | None = None,
     show_progress: bool = False,
 ) -> NextItemFit:
     """Choose on each user's last item, train the ranker on those requests, refit the sources on everything.
@@ -169,7 +177,7 @@ def fit_next_item(
         sequences: what the system may learn from (catalog rows; `content` row-aligned).
         content: [items, C] item content vectors (CLIP) or None.
         epochs / rounds: train the tower / the ranker exactly this long instead of choosing (the refit
-            of a configuration chosen before).
+            of a configuration chosen before); `learning_rate` with `rounds` (default: the first of RANKER_RATES).
 
     Raises:
         InvalidInput: too few users with two items to hold any out.
@@ -195,7 +203,8 @@ def fit_next_item(
     requests = candidates(held, task.history(), request_elapsed(sequences, task))
     log(f"reranker: LightGBM LambdaRank on {len(task.users):,} requests (the target among the candidates for "
         f"{candidate_recall(requests, task.targets):.1%})")
-    ranker, valid_ndcg = fit_ranker([(requests, task.targets)], rounds=rounds, threads=config.threads)
+    ranker, rate, valid_ndcg = fit_ranker([(requests, task.targets)], rounds=rounds, learning_rate=learning_rate,
+                                          threads=config.threads)
     seconds["ranker"] = round(time.perf_counter() - began, 1)
 
     began = time.perf_counter()
@@ -204,9 +213,11 @@ def fit_next_item(
     refit = fit(trained_on, content, epochs=chosen.epochs, model_config=tower_config, train_config=config.train, show_progress=show_progress)
     sources = fit_sources(sequences, retriever_of(refit.model, trained_on, like=held.retriever), config.covisitation)
     seconds["refit"] = round(time.perf_counter() - began, 1)
-    holdout = {"users": int(len(task.users)), "tower": chosen.summary()["validation"], "ranker_valid_ndcg@10": valid_ndcg,
+    holdout = {"users": int(len(task.users)), "tower": chosen.summary()["validation"],
+               "ranker_valid_ndcg@10": None if valid_ndcg is None else valid_ndcg[rate],
+               "ranker_valid_ndcg@10_by_rate": None if valid_ndcg is None else {str(r): v for r, v in valid_ndcg.items()},
                "candidate_recall": candidate_recall(requests, task.targets)}
-    return NextItemFit(sources, ranker, chosen.epochs, int(ranker.num_trees()), tower_config, holdout, seconds, chosen.curve)
+    return NextItemFit(sources, ranker, chosen.epochs, int(ranker.num_trees()), rate, tower_config, holdout, seconds, chosen.curve)
 
 
 def request_elapsed(sequences: Sequences, task: Task) -> np.ndarray | None:
@@ -240,15 +251,19 @@ def candidate_recall(found: Candidates, targets: np.ndarray) -> float:
     return round(float(np.mean([(row == t).any() for row, t in zip(found.rows, targets)])), 5) if len(targets) else 0.0
 
 
-def fit_ranker(requests: list[tuple[Candidates, np.ndarray]], *, rounds: int | None = None, threads: int = 2) -> tuple[Any, float | None]:
+def fit_ranker(requests: list[tuple[Candidates, np.ndarray]], *, rounds: int | None = None, learning_rate: float | None = None,
+               threads: int = 2) -> tuple[Any, float, dict[float, float] | None]:
     """LightGBM LambdaRank over the candidates of requests whose target is among them (label: the target).
 
     Args:
         requests: (candidates, targets) per set of requests.
-        rounds: train exactly this many rounds on every request; None: stop early on RANKER_HOLDOUT of them.
+        rounds: train exactly this many rounds on every request at `learning_rate` (default: the first
+            of RANKER_RATES); None: each of RANKER_RATES stops early on RANKER_HOLDOUT of the requests
+            within RANKER_ROUNDS, and the best on them is kept.
 
     Returns:
-        The booster and its NDCG@10 on the early-stopping requests (None when `rounds` is given).
+        The booster, its learning rate, and the NDCG@10 of each rate on the early-stopping requests
+        (None when `rounds` is given).
     """
     import lightgbm as lgb
 
@@ -269,15 +284,22 @@ def fit_ranker(requests: list[tuple[Candidates, np.ndarray]], *, rounds: int | N
         raise InvalidInput("reranker: no request has its target among the candidates; nothing to learn an order from")
     params = {**RANKER_PARAMS, "num_threads": threads}
     if rounds is not None:
+        rate = RANKER_RATES[0] if learning_rate is None else learning_rate
         everything = lgb.Dataset(features, label, group=group, free_raw_data=False)
-        return lgb.train(params, everything, num_boost_round=max(rounds, 1)), None
+        return lgb.train({**params, "learning_rate": rate}, everything, num_boost_round=max(rounds, 1)), rate, None
     in_holdout = np.repeat(holdout, group)
     train = lgb.Dataset(features[~in_holdout], label[~in_holdout], group=group[~holdout], free_raw_data=False)
     valid = lgb.Dataset(features[in_holdout], label[in_holdout], group=group[holdout], free_raw_data=False)
-    booster = lgb.train(params, train, num_boost_round=RANKER_ROUNDS, valid_sets=[valid],
-                        callbacks=[lgb.early_stopping(RANKER_PATIENCE, verbose=False)])
-    best = booster.best_score.get("valid_0", {}).get("ndcg@10")
-    return booster, None if best is None else round(float(best), 5)
+    scores: dict[float, float] = {}
+    chosen: tuple[Any, float] | None = None
+    for rate in RANKER_RATES:
+        booster = lgb.train({**params, "learning_rate": rate}, train, num_boost_round=RANKER_ROUNDS, valid_sets=[valid],
+                            callbacks=[lgb.early_stopping(RANKER_PATIENCE, verbose=False)])
+        scores[rate] = round(float(booster.best_score.get("valid_0", {}).get("ndcg@10", float("nan"))), 5)
+        if chosen is None or scores[rate] > scores[chosen[1]]:
+            chosen = (booster, rate)
+    assert chosen is not None
+    return chosen[0], chosen[1], scores
 
 
 def _logger(show: bool) -> Any:
@@ -306,7 +328,7 @@ class NextItemRun:
 
     def summary(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "model_dir": str(self.model_dir), "versions": self.versions, "epochs": self.fitted.epochs,
-                "rounds": self.fitted.rounds, "tower": self.fitted.tower_config.to_json(), "holdout": self.fitted.holdout,
+                "rounds": self.fitted.rounds, "learning_rate": self.fitted.learning_rate, "tower": self.fitted.tower_config.to_json(), "holdout": self.fitted.holdout,
                 "seconds": self.fitted.seconds}
 
 
@@ -333,7 +355,7 @@ def save_next_item(fitted: NextItemFit, directory: Path, lineage: dict[str, str]
                                             lineage={**lineage, "epochs": str(fitted.epochs)},
                                             covisitation=asdict(fitted.sources.covisitation.config))
     metadata = RankerMetadata(feature_names=FEATURE_NAMES, label_gain=(0.0, 1.0), best_iteration=fitted.rounds,
-                              lineage={**lineage, "rounds": str(fitted.rounds)}, kind=NEXT_ITEM)
+                              lineage={**lineage, "rounds": str(fitted.rounds), "learning_rate": str(fitted.learning_rate)}, kind=NEXT_ITEM)
     ranker_dir = save_ranker(fitted.ranker, directory / RANKER_DIR, metadata)
     return retriever_dir, ranker_dir
 
@@ -345,6 +367,7 @@ def train_next_item(
     end: pd.Timestamp | None = None,
     epochs: int | None = None,
     rounds: int | None = None,
+    learning_rate: float | None = None,
     register: bool = True,
     show_progress: bool = True,
 ) -> NextItemRun:
@@ -352,7 +375,7 @@ def train_next_item(
 
     Args:
         end: learn only from events before this moment (the pipeline's challenger stops at its split).
-        epochs / rounds: the refit of a configuration chosen before (see `fit_next_item`).
+        epochs / rounds / learning_rate: the refit of a configuration chosen before (see `fit_next_item`).
         register: new versions of `vitrine-retriever` and `vitrine-ranker` (False: only the run).
     """
     import mlflow
@@ -362,7 +385,8 @@ def train_next_item(
 
     sequences = read_sequences(data, end=end)
     content = content_vectors(data, sequences.item_ids)
-    fitted = fit_next_item(sequences, content, config, epochs=epochs, rounds=rounds, show_progress=show_progress)
+    fitted = fit_next_item(sequences, content, config, epochs=epochs, rounds=rounds, learning_rate=learning_rate,
+                           show_progress=show_progress)
     configure(data, EXPERIMENT)
     tags = {**lineage(data), "events_before": "all" if end is None else pd.Timestamp(end).isoformat(),
             "content": "item_embeddings" if content is not None else "none"}
@@ -370,7 +394,8 @@ def train_next_item(
         mlflow.set_tags(tags)
         mlflow.log_params({**{f"tower.{k}": v for k, v in fitted.tower_config.to_json().items()},
                            **{f"train.{k}": v for k, v in config.train.__dict__.items()},
-                           "epochs": fitted.epochs, "rounds": fitted.rounds, "users": len(sequences.user_ids), "items": sequences.n_items})
+                           "epochs": fitted.epochs, "rounds": fitted.rounds, "learning_rate": fitted.learning_rate,
+                           "users": len(sequences.user_ids), "items": sequences.n_items})
         tower = fitted.holdout.get("tower") or {}
         mlflow.log_metrics({f"holdout.tower.{k.replace('@', '_at_')}": float(v) for k, v in tower.items() if isinstance(v, (int, float))})
         if fitted.holdout.get("ranker_valid_ndcg@10") is not None:
@@ -385,7 +410,8 @@ def train_next_item(
         versions: dict[str, str] = {}
         if register:
             base = run.info.artifact_uri.rstrip("/")
-            version_tags = {**tags, "kind": "next-item", "epochs": str(fitted.epochs), "rounds": str(fitted.rounds)}
+            version_tags = {**tags, "kind": "next-item", "epochs": str(fitted.epochs), "rounds": str(fitted.rounds),
+                            "learning_rate": str(fitted.learning_rate)}
             versions[RETRIEVER_MODEL] = register_model(RETRIEVER_MODEL, f"{base}/{RETRIEVER_DIR}", run.info.run_id, version_tags)
             versions[RANKER_MODEL] = register_model(RANKER_MODEL, f"{base}/{RANKER_DIR}", run.info.run_id, version_tags)
     return NextItemRun(fitted, model_dir, run.info.run_id, versions)

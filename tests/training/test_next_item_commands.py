@@ -10,6 +10,7 @@ import mlflow
 from tests.conftest import CliRunner
 from tests.shops import hand_made
 from training.leave_last_out import METRICS
+from training.train_next_item import RANKER_RATES, RANKER_ROUNDS
 from vitrine.paths import DataDir
 from vitrine.tracking import RANKER_MODEL, RETRIEVER_MODEL, configure
 
@@ -22,6 +23,10 @@ def test_train_registers_a_next_item_pair_and_evaluate_scores_every_row(tmp_path
     assert code == 0, err
     trained = json.loads(out)
     assert set(trained["versions"]) == {RETRIEVER_MODEL, RANKER_MODEL} and 1 <= trained["epochs"] <= 3
+    # The ranker within the tree budget, at the rate that scored best on its held-out requests.
+    by_rate = trained["holdout"]["ranker_valid_ndcg@10_by_rate"]
+    assert 1 <= trained["rounds"] <= RANKER_ROUNDS and set(by_rate) == {str(rate) for rate in RANKER_RATES}
+    assert by_rate[str(trained["learning_rate"])] == max(by_rate.values()) == trained["holdout"]["ranker_valid_ndcg@10"]
     configure(data)
     for model, version in trained["versions"].items():
         assert mlflow.MlflowClient().get_model_version(model, version).tags["kind"] == "next-item"

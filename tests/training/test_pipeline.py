@@ -347,6 +347,8 @@ def test_next_item_better_data_replaces_the_champion_and_worse_data_never_does(t
     retriever_run = client.get_run(client.get_model_version(RETRIEVER_MODEL, served[RETRIEVER_MODEL]).run_id)
     assert retriever_run.data.params["epochs"] == str(better.steps["retriever"].outputs["epochs"])  # the chosen epochs, refit
     assert retriever_run.data.params["rounds"] == str(better.steps["ranker"].outputs["best_iteration"])
+    # ... at the learning rate chosen with them.
+    assert retriever_run.data.params["learning_rate"] == str(better.steps["retriever"].outputs["learning_rate"])
     assert retriever_run.data.tags["events_before"] == "all"  # the refit saw every day
     for model, version in served.items():
         tags = client.get_model_version(model, version).tags
