@@ -273,7 +273,7 @@ def served_rows(data: DataDir, split: LeaveLastOut, root: Path, show_progress: b
         "pipeline": {"seconds": pipeline_seconds, "decision": result.decision.get("reason"),
                      "epochs": result.steps["retriever"].outputs.get("epochs"), "rounds": result.steps["retriever"].outputs.get("rounds"),
                      "learning_rate": result.steps["retriever"].outputs.get("learning_rate"),
-                     "ranker_valid_ndcg@10_by_rate": (result.steps["retriever"].outputs.get("holdout") or {}).get("ranker_valid_ndcg@10_by_rate"),
+                     "ranker_rates": (result.steps["retriever"].outputs.get("holdout") or {}).get("ranker_rates"),
                      "challenger": result.steps["evaluate"].outputs.get("challenger")},
         "seconds": round(time.perf_counter() - began, 1),
     }
