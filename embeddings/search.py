@@ -26,7 +26,7 @@ import numpy as np
 
 from embeddings.encode import load_encoder, read_item_embeddings
 from embeddings.encoder import ItemEncoder
-from vitrine.errors import InvalidInput, ModelUnavailable
+from vitrine.errors import InvalidInput, ModelUnavailable, NotFound
 from vitrine.paths import DataDir
 
 # Results per query unless the caller asks otherwise, and the most it may ask for (a page of a shop).
@@ -129,11 +129,12 @@ class ProductSearch:
         """The k items most similar to `item_id` (itself excluded), best first.
 
         Raises:
-            InvalidInput: unknown item_id, or k outside 1..MAX_K.
+            NotFound: an item_id that is not embedded.
+            InvalidInput: k outside 1..MAX_K.
         """
         row = self._row.get(item_id)
         if row is None:
-            raise InvalidInput(f"item_id '{item_id}': not in {len(self)} embedded items (run `vitrine embed` after adding items)")
+            raise NotFound(f"item_id '{item_id}': not in {len(self)} embedded items (run `vitrine embed` after adding items)")
         return self._top(self.vectors[row], _check_k(k), exclude=row)
 
 

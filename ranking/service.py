@@ -425,7 +425,7 @@ def create_app(
             raise InvalidInput("q: must contain some text")
         return {"query": q, "items": _hits(search.engine().search(q, k), serving)}
 
-    @app.get("/similar/{item_id}", response_model=SearchOut, responses=responses, summary="Items like an item")
+    @app.get("/similar/{item_id}", response_model=SearchOut, responses={**responses, 404: {"model": ErrorOut}}, summary="Items like an item")
     def similar_endpoint(
         item_id: str = PathParam(..., min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN.pattern),
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K),

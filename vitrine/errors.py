@@ -2,7 +2,8 @@
 
     VitrineError                 base; never raised itself
     ├── InvalidInput             the caller's input is wrong: a file, row, field or value (exit 2, HTTP 422)
-    │   └── UnusableFile         a whole input file cannot be used (missing columns, wrong types)
+    │   ├── UnusableFile         a whole input file cannot be used (missing columns, wrong types)
+    │   └── NotFound             a well-formed id of nothing there (HTTP 404)
     ├── FeatureUnavailable       the feature store cannot answer (source missing, Redis down) (exit 3, HTTP 503)
     └── ModelUnavailable         a model or index is absent or does not load (exit 4, HTTP 503)
 
@@ -29,6 +30,12 @@ class InvalidInput(VitrineError):
 
 class UnusableFile(InvalidInput):
     """A whole input file is unusable (missing required columns, unreadable, wrong types)."""
+
+
+class NotFound(InvalidInput):
+    """A well-formed id that names nothing (an item not in the catalog): HTTP 404, not a malformed request."""
+
+    http_status = 404
 
 
 class FeatureUnavailable(VitrineError):

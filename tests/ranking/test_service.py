@@ -133,7 +133,10 @@ def test_similar_items_and_search_without_an_encoder(client: TestClient, data: D
     body = client.get(f"/similar/{item}", params={"k": 4}).json()
     assert len(body["items"]) == 4 and item not in {h["item_id"] for h in body["items"]}
     assert all(h["title"] for h in body["items"])
-    assert client.get("/similar/I-not-in-catalog").status_code == 422
+    # A well-formed id of no item is not found (404); a malformed one or a bad k is a bad request (422).
+    missing = client.get("/similar/I-not-in-catalog", params={"k": 199})
+    assert missing.status_code == 404 and missing.json()["error"] == "NotFound" and "I-not-in-catalog" in missing.json()["detail"]
+    assert client.get(f"/similar/{item}", params={"k": 0}).status_code == 422
 
 
 def test_search_is_503_with_a_reason_when_no_encoder_is_trained(data: DataDir) -> None:
