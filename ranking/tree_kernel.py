@@ -27,8 +27,10 @@ from numba import njit
 
 from ranking.request_threads import request_pool
 
-# Rows from which a walk is split over two threads: below, the hand-off costs more than half the walk.
-SPLIT_ROWS = 64
+# Rows from which a walk is split over two threads: below, the hand-off costs more than half the walk
+# saves. A request's ~256 rows through 100 trees: 0.41 ms on one thread, 0.44 ms split (scale shop);
+# 512 rows: 0.78 ms against 0.41-0.52 ms split; a batch's thousands: half the time.
+SPLIT_ROWS = 512
 # LightGBM's kZeroThreshold: a value this close to 0 is zero for a split whose missing type is Zero.
 ZERO_THRESHOLD = 1e-35
 MISSING_TYPES = {"None": 0, "Zero": 1, "NaN": 2}

@@ -55,7 +55,7 @@ def test_a_split_walk_scores_as_rows_walked_alone() -> None:
     model = booster({}, rows(2000, 7))
     compiled = CompiledTrees.of(model)
     assert compiled is not None
-    probe = rows(SPLIT_ROWS * 2 + 1, 8)  # an odd count: the halves differ by a row
+    probe = rows(SPLIT_ROWS + 1, 8)  # an odd count: the halves differ by a row
     scores, leaves = compiled.predict(probe)
     alone = [compiled.predict(probe[i : i + 1]) for i in range(len(probe))]
     np.testing.assert_array_equal(scores, np.concatenate([a[0] for a in alone]))
