@@ -47,11 +47,12 @@ class ProductSearch:
     Args:
         item_ids: catalog ids, row-aligned with `vectors`.
         vectors: (n, d) float32 unit rows.
-        encoder: encodes query texts; its model_version must match the vectors'.
+        encoder: encodes query texts; its model_version must match the vectors'. None: similar items
+            only (text search answers ModelUnavailable).
         model_version: the version written with the vectors.
     """
 
-    def __init__(self, item_ids: list[str], vectors: np.ndarray, encoder: ItemEncoder, model_version: str) -> None:
+    def __init__(self, item_ids: list[str], vectors: np.ndarray, encoder: ItemEncoder | None, model_version: str) -> None:
         self.item_ids = item_ids
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.encoder = encoder
@@ -90,6 +91,8 @@ class ProductSearch:
             if cached is not None:
                 self._queries.move_to_end(text)
                 return cached
+        if self.encoder is None:
+            raise ModelUnavailable("text search: no text encoder is loaded with these vectors (similar items still work)")
         vector = self.encoder.encode_texts([text])[0]
         with self._queries_lock:
             self._queries[text] = vector

@@ -93,6 +93,8 @@ MAX_ID_LENGTH = 64
 # Longest category name a filter may name: catalog category paths are tens of characters; 200 leaves room
 # for long localized names while bounding what a caller can make the service hash and cache.
 MAX_CATEGORY_LENGTH = 200
+# What `check_category` accepts, for the API schema: no control characters.
+CATEGORY_PATTERN = r"^[^\x00-\x1f]+$"
 # The ANN search widens by the user's purchase count (so that dropping bought items still leaves about
 # CANDIDATES), but by at most this much: a user with thousands of purchases must not turn one request into
 # a catalog scan (and HNSW's efSearch, raised to the widest k ever asked, would stay high for everyone).

@@ -47,7 +47,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
 from ranking.model_watcher import POLL_INTERVAL_S, ModelWatcher, ServingState
-from ranking.recommender import ID_PATTERN, MAX_CATEGORY_LENGTH, MAX_ID_LENGTH, MAX_K, STAGES, RecommendationList, check_id
+from ranking.recommender import (
+    CATEGORY_PATTERN,
+    ID_PATTERN,
+    MAX_CATEGORY_LENGTH,
+    MAX_ID_LENGTH,
+    MAX_K,
+    STAGES,
+    RecommendationList,
+    check_id,
+)
 from vitrine.as_of import AS_OF_ENV, as_of_from_environment
 from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable, VitrineError
 from vitrine.options import OnlineKind
@@ -401,7 +410,8 @@ def create_app(
     async def recommend_endpoint(
         user_id: str = PathParam(..., min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN.pattern, description="The user's id"),
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="How many items"),
-        category: str | None = Query(None, min_length=1, max_length=MAX_CATEGORY_LENGTH, description="Only items of this category"),
+        category: str | None = Query(None, min_length=1, max_length=MAX_CATEGORY_LENGTH, pattern=CATEGORY_PATTERN,
+                                     description="Only items of this category (no control characters)"),
         exclude_purchased: bool = Query(True, description="Drop items the user already bought"),
         explain: bool = Query(True, description="Attach the top feature contributions (path attributions of the ranker's trees)"),
     ) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def similar_engine(data: DataDir):
     from embeddings.search import ProductSearch
 
     item_ids, vectors, _, meta = read_item_embeddings(data)
-    return ProductSearch(item_ids, vectors, encoder=None, model_version=meta.get("vitrine.model_version", "test"))  # type: ignore[arg-type]
+    return ProductSearch(item_ids, vectors, encoder=None, model_version=meta.get("vitrine.model_version", "test"))
 
 
 @pytest.fixture(scope="module")

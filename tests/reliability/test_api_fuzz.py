@@ -1,0 +1,59 @@
+"""The HTTP API under schemathesis: every operation of the OpenAPI schema, generated and negative inputs, in process.
+
+No answer may be a 5xx or break the schema it declares (status, content type, body); a negative case
+(a value the schema forbids) must be refused with a 4xx.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+
+from ranking.service import ServiceConfig, create_app
+from tests.shops import served_shop
+
+
+@pytest.fixture(scope="module")
+def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
+    """The served test shop's app, with text search through the packaged MiniLM at the shop vectors' width."""
+    from embeddings.dual_encoder import DualEncoderSpec, build_dual_encoder
+    from embeddings.encode import load_encoder, read_item_embeddings
+    from embeddings.search import ProductSearch
+
+    data = served_shop()
+    item_ids, vectors, _, meta = read_item_embeddings(data)
+    model = tmp_path_factory.mktemp("fuzz") / "encoder"
+    build_dual_encoder(DualEncoderSpec(projection_dim=vectors.shape[1]), seed=0).save(model)
+    search = ProductSearch(item_ids, vectors, load_encoder(data, str(model)), model_version=meta.get("vitrine.model_version", "test"))
+    app = create_app(ServiceConfig(data_dir=data.root, watch=False), search_engine=search)
+    with TestClient(app):  # runs the lifespan: the models are loaded before the first case
+        yield schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+# Generated cases per operation and mode: a few hundred requests in all, about a minute.
+EXAMPLES = 40
+
+
+@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE], ids=["valid", "invalid"])
+def test_every_operation_answers_within_its_schema(api_schema: schemathesis.BaseSchema, mode: schemathesis.GenerationMode) -> None:
+    """Valid inputs: no 5xx and answers as declared (a valid one refused is a failure too); invalid: a 4xx."""
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 5
+    calls = 0
+    for operation in operations:
+        if mode is schemathesis.GenerationMode.NEGATIVE and not list(operation.iter_parameters()):
+            continue  # nothing to make invalid (/healthz, /readyz, /metrics)
+
+        @given(case=operation.as_strategy(mode))
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def answers(case: schemathesis.Case) -> None:
+            nonlocal calls
+            calls += 1
+            case.call_and_validate()
+
+        answers()
+    assert calls >= len(operations) // 2  # every operation with something to vary was called
