@@ -93,8 +93,8 @@ MAX_ID_LENGTH = 64
 # Longest category name a filter may name: catalog category paths are tens of characters; 200 leaves room
 # for long localized names while bounding what a caller can make the service hash and cache.
 MAX_CATEGORY_LENGTH = 200
-# What `check_category` accepts, for the API schema: no control characters.
-CATEGORY_PATTERN = r"^[^\x00-\x1f]+$"
+# What `check_category` accepts (and the API schema declares): no control characters.
+CATEGORY_PATTERN = re.compile(r"^[^\x00-\x1f]+$")
 # The ANN search widens by the user's purchase count (so that dropping bought items still leaves about
 # CANDIDATES), but by at most this much: a user with thousands of purchases must not turn one request into
 # a catalog scan (and HNSW's efSearch, raised to the widest k ever asked, would stay high for everyone).
@@ -280,7 +280,7 @@ def check_id(value: str, field_name: str = "user_id") -> str:
         raise InvalidInput(f"{field_name}: must be a non-empty string")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidInput(f"{field_name}: {len(value)} characters, at most {MAX_ID_LENGTH} allowed")
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise InvalidInput(
             f"{field_name}: {value[:MAX_ID_LENGTH]!r} is malformed; ids are letters, digits and _ - . : "
             "and start with a letter or digit"
@@ -644,7 +644,7 @@ def shortlist(
 
 def check_category(category: str) -> str:
     """`category` if it is 1..MAX_CATEGORY_LENGTH characters without control characters, else InvalidInput."""
-    if not category or len(category) > MAX_CATEGORY_LENGTH or any(ord(ch) < 32 for ch in category):
+    if len(category) > MAX_CATEGORY_LENGTH or not CATEGORY_PATTERN.fullmatch(category):
         raise InvalidInput(f"category: {category[:MAX_CATEGORY_LENGTH]!r} must be 1..{MAX_CATEGORY_LENGTH} printable characters")
     return category
 

@@ -410,7 +410,7 @@ def create_app(
     async def recommend_endpoint(
         user_id: str = PathParam(..., min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN.pattern, description="The user's id"),
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="How many items"),
-        category: str | None = Query(None, min_length=1, max_length=MAX_CATEGORY_LENGTH, pattern=CATEGORY_PATTERN,
+        category: str | None = Query(None, min_length=1, max_length=MAX_CATEGORY_LENGTH, pattern=CATEGORY_PATTERN.pattern,
                                      description="Only items of this category (no control characters)"),
         exclude_purchased: bool = Query(True, description="Drop items the user already bought"),
         explain: bool = Query(True, description="Attach the top feature contributions (path attributions of the ranker's trees)"),

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from ranking.model_watcher import ModelWatcher, ServingState
-from ranking.recommender import MAX_K, Purchases, Recommender, check_id
+from ranking.recommender import MAX_CATEGORY_LENGTH, MAX_K, Purchases, Recommender, check_category, check_id
 from tests.servers import free_port, start_redis
 from tests.shops import register_dir
 from vitrine.errors import InvalidInput
@@ -343,6 +343,17 @@ def test_check_id_accepts_real_ids() -> None:
     for good in ("U000042", "A1B2C3D4E5", "user-1_2.3:4"):
         assert check_id(good) == good
     assert Purchases({}).of("U1") == frozenset()
+
+
+def test_ids_and_categories_with_control_characters_are_refused_even_at_the_end() -> None:
+    """A trailing newline passes `re.match(...$)`: the checks match the whole value, as the API schema's patterns do."""
+    for bad in ("U1\n", "U1\x00", "-U1"):
+        with pytest.raises(InvalidInput):
+            check_id(bad)
+    assert check_category("Toys & Games") == "Toys & Games"
+    for bad in ("Toys\n", "To\x06ys", "", "x" * (MAX_CATEGORY_LENGTH + 1)):
+        with pytest.raises(InvalidInput):
+            check_category(bad)
 
 
 def test_users_file_rows_without_an_id_are_refused_not_skipped(tmp_path: Path) -> None:
