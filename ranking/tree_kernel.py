@@ -31,6 +31,8 @@ from ranking.request_threads import request_pool
 # saves. A request's ~256 rows through 100 trees: 0.41 ms on one thread, 0.44 ms split (scale shop);
 # 512 rows: 0.78 ms against 0.41-0.52 ms split; a batch's thousands: half the time.
 SPLIT_ROWS = 512
+# A single core has no second thread to give half the walk to (read once, not per request).
+CORES = os.cpu_count() or 1
 # LightGBM's kZeroThreshold: a value this close to 0 is zero for a split whose missing type is Zero.
 ZERO_THRESHOLD = 1e-35
 MISSING_TYPES = {"None": 0, "Zero": 1, "NaN": 2}
@@ -116,7 +118,7 @@ class CompiledTrees:
         features = np.ascontiguousarray(features, dtype=np.float64)
         scores = np.empty(len(features), dtype=np.float64)
         leaves = np.empty((len(features), self.n_trees), dtype=np.int64)
-        half = len(features) // 2 if len(features) >= SPLIT_ROWS and (os.cpu_count() or 1) > 1 else len(features)
+        half = len(features) // 2 if len(features) >= SPLIT_ROWS and CORES > 1 else len(features)
         later = request_pool().submit(self._walk, features[half:], scores[half:], leaves[half:]) if half < len(features) else None
         self._walk(features[:half], scores[:half], leaves[:half])
         if later is not None:

@@ -26,7 +26,7 @@ def _config(max_epochs: int | None, max_users: int | None = None) -> Any:
 def train(
     epochs: Annotated[Optional[int], typer.Option(help="Train the tower exactly this many epochs (default: chosen on each user's last item).")] = None,
     rounds: Annotated[Optional[int], typer.Option(help="Boosting rounds of the ranker (default: chosen on each user's last item).")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(min=0.0, help="The ranker's learning rate with --rounds (default: 0.02).")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(min=0.0, help="The ranker's learning rate with --rounds (default: the first rate the fit tries).")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(min=1, help="Most epochs while choosing (default: SequenceTrainConfig).")] = None,
     max_users: Annotated[Optional[int], typer.Option(min=1, help="Train the tower on a seeded sample of this many users (default: all).")] = None,
     register: Annotated[bool, typer.Option(help="Register the tower and the ranker as vitrine-retriever and vitrine-ranker.")] = True,
