@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ranking.model_watcher import POLL_INTERVAL_S
 from vitrine.errors import InvalidInput
 from vitrine.options import AsOfOption, DataDirOption, JsonOption, OnlineOption, as_of, data_dir, online_store, print_json
 
@@ -64,6 +65,7 @@ def serve_command(
     workers: Annotated[int, typer.Option(help="Worker processes (about one per core; each loads the models).", min=1, max=64)] = 1,
     online: OnlineOption = "sqlite",
     alias: Annotated[str, typer.Option(help="Registry alias of the models to serve.")] = "champion",
+    poll_s: Annotated[float, typer.Option("--poll-s", help="Seconds between looks for a new champion or materialization.", min=0.1)] = POLL_INTERVAL_S,
     as_of_option: AsOfOption = None,
     data_dir_option: DataDirOption = None,
 ) -> None:
@@ -71,7 +73,8 @@ def serve_command(
     from ranking.service import ServiceConfig, serve
 
     moment = as_of(as_of_option)
-    config = ServiceConfig(data_dir=data_dir(data_dir_option).root, online=online_store(online), alias=alias, as_of=moment)
+    config = ServiceConfig(data_dir=data_dir(data_dir_option).root, online=online_store(online), alias=alias,
+                           poll_interval_s=poll_s, as_of=moment)
     err.print(f"serving on http://{host}:{port} (docs at /docs, metrics at /metrics)")
     if moment is not None:
         err.print(f"judging feature freshness as of {moment.isoformat()}, not now")
