@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from vitrine.paths import DataDir
+from vitrine.shop.contract import MAX_IMAGE_PIXELS
 
 Split = Literal["train", "validation", "test"]
 
@@ -33,9 +34,6 @@ TEST_SHARE = 0.1
 # Descriptions can run to paragraphs; this many characters keep every title and the first sentences,
 # which is what a 64-token text window sees anyway.
 MAX_DESCRIPTION_CHARS = 300
-
-# Decoded images larger than this many pixels are refused: a decompression bomb must not stop a batch.
-MAX_IMAGE_PIXELS = 40_000_000
 
 
 def split_of(item_id: str) -> Split:

@@ -33,6 +33,11 @@ USER_OPTIONAL = ("signup_at",)
 
 UTC_TIMESTAMP = "datetime64[ns, UTC]"
 
+# Images with more pixels are refused (by `ingest`, and by the encoder should one slip in): 40M pixels is a
+# 7,000 x 5,700 photo, past any product shot, while a decompression bomb (a few KB of PNG that decodes to
+# gigabytes) claims far more.
+MAX_IMAGE_PIXELS = 40_000_000
+
 ITEMS = pa.DataFrameSchema(
     {
         "item_id": pa.Column(str, pa.Check.str_length(min_value=1), unique=True),
