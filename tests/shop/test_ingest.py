@@ -215,7 +215,7 @@ def test_an_image_path_outside_the_source_is_not_followed(tmp_path: Path, data_d
 
     report = ingest(data_dir, source)
 
-    assert report.tables["items"].reasons == {"image_missing": 1}
+    assert report.tables["items"].reasons == {"image_outside_source": 1}
     assert not (data_dir.images / "secret.png").exists()
 
 

@@ -5,7 +5,7 @@ CSV, plus images), checks every row against the pandera schemas in `vitrine.shop
 cross-table rules, and writes what passes to `DataDir.shop` (see `vitrine.shop.store`).
 
 Nothing is dropped silently. Every problem becomes one row of `DataDir.rejects/<table>.parquet`:
-the row's original columns as text, plus
+the row's original columns as text (each cut to MAX_REJECT_VALUE_CHARS), plus
 
     reject_file    the source file, relative to the source dir (e.g. `events/part-003.csv`)
     reject_row     1-based data row in that file (the CSV header line is not counted)
@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import os
@@ -65,8 +66,19 @@ EVENT_CHUNK_ROWS = 1_000_000
 # Threads that decode images. PIL releases the GIL while decoding, so a few threads overlap
 # file reads and decoding without starving the other work on a 2-core machine.
 IMAGE_WORKERS = 4
-# Longest reject_value kept, so that a garbage megabyte-long cell does not bloat the rejects file.
+# Longest reject_value (and original cell) kept, so that a garbage megabyte-long cell does not bloat the rejects file.
 MAX_REJECT_VALUE_CHARS = 500
+# Longest text cell accepted. Real descriptions run to a few KB; a cell past 64 KB is an unclosed quote that
+# swallowed the rest of the file, or an attack, and every later stage would copy it (features, index, API).
+MAX_TEXT_CHARS = 65_536
+# How far past the ingest's clock a timestamp may lie: shop servers' clocks drift, and local times labelled
+# UTC run up to 14 h ahead; a day more is a broken clock or a placeholder date (2099-12-31), not an event.
+MAX_FUTURE_SKEW = pd.Timedelta(days=1)
+# The earliest timestamp accepted. Earlier ones are placeholders (1900-01-01) or negative epoch numbers;
+# no shop's history, and no created_at or signup_at, goes back past 1970.
+EARLIEST_TIMESTAMP = pd.Timestamp("1970-01-01", tz="UTC")
+# Bytes of a CSV file checked for UTF-8 at once: big enough for the check to run at disk speed.
+UTF8_CHECK_BLOCK = 1 << 20
 # UTC days handed to the event writer at once: Arrow's dataset writer refuses more than 1,024
 # partitions per call, and a real review log spans years (Amazon's Toys: 1999-2014, 5,000+ days).
 MAX_DAYS_PER_WRITE = 1_000
@@ -80,15 +92,30 @@ NOT_A_NUMBER = "not_a_number"  # price / quantity is not a number
 NON_POSITIVE_PRICE = "non_positive_price"  # price <= 0
 INVALID_QUANTITY = "invalid_quantity"  # quantity < 1
 DUPLICATE_ID = "duplicate_id"  # item_id / user_id seen on an earlier row (the first one is kept)
+# item_id / user_id equal to an earlier row's once both are NFKC-normalised ("Ａ1" and "A1", "ﬁ1" and "fi1"):
+# two ids a person reads as one; the first is kept. Ids are stored as given (trimmed), not normalised, so
+# that the shop finds its own ids in every answer.
+COLLIDING_ID = "colliding_id"
+NUL_BYTE = "nul_byte"  # a cell holds a NUL character (binary garbage; C-based readers cut the text at it)
+VALUE_TOO_LONG = "value_too_long"  # a cell is longer than MAX_TEXT_CHARS (reject_value holds its start)
+FUTURE_TIMESTAMP = "future_timestamp"  # a timestamp more than MAX_FUTURE_SKEW after the ingest's clock
+PRE_1970_TIMESTAMP = "pre_1970_timestamp"  # a timestamp before EARLIEST_TIMESTAMP (1970-01-01 UTC)
 IMAGE_MISSING = "image_missing"  # image_path names no file inside the source dir (item kept)
+# image_path leads out of the source dir (`../`, an absolute path, a symlink pointing out): the file is
+# neither read nor copied (item kept).
+IMAGE_OUTSIDE_SOURCE = "image_outside_source"
 IMAGE_CORRUPT = "image_corrupt"  # the file does not decode as an image (item kept)
+# More pixels than contract.MAX_IMAGE_PIXELS: a decompression bomb, refused before decoding (item kept).
+IMAGE_TOO_LARGE = "image_too_large"
 MISSING_TITLE_KEPT = "missing_title_kept"  # an item without a title (item kept, title "", its events too)
 REASONS = (
     MISSING_VALUE, UNKNOWN_EVENT_TYPE, UNKNOWN_ITEM, UNPARSABLE_TIMESTAMP, NOT_A_NUMBER,
-    NON_POSITIVE_PRICE, INVALID_QUANTITY, DUPLICATE_ID, IMAGE_MISSING, IMAGE_CORRUPT, MISSING_TITLE_KEPT,
+    NON_POSITIVE_PRICE, INVALID_QUANTITY, DUPLICATE_ID, COLLIDING_ID, NUL_BYTE, VALUE_TOO_LONG,
+    FUTURE_TIMESTAMP, PRE_1970_TIMESTAMP, IMAGE_MISSING, IMAGE_OUTSIDE_SOURCE, IMAGE_CORRUPT, IMAGE_TOO_LARGE,
+    MISSING_TITLE_KEPT,
 )
 # Reasons that flag a row but keep it (with the field nulled or emptied).
-KEEP_ROW_REASONS = frozenset({IMAGE_MISSING, IMAGE_CORRUPT, MISSING_TITLE_KEPT})
+KEEP_ROW_REASONS = frozenset({IMAGE_MISSING, IMAGE_OUTSIDE_SOURCE, IMAGE_CORRUPT, IMAGE_TOO_LARGE, MISSING_TITLE_KEPT})
 
 # Working column: a row's 0-based place in its source file, for reject rows found after filtering.
 SOURCE_ROW = "_source_row"
@@ -298,13 +325,16 @@ def _columns(path: Path, source: Path) -> list[str]:
     try:
         if path.suffix == ".parquet":
             return list(pq.read_schema(path).names)
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: a byte order mark (Excel's "CSV UTF-8" writes one) is not part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             return next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError, pyarrow.ArrowException, csv.Error) as exc:
         raise UnusableFile(f"{_relative(path, source)}: unreadable ({exc})") from exc
 
 
 def _check_columns(path: Path, source: Path, schema: pa.DataFrameSchema) -> None:
+    if path.suffix == ".csv":
+        _check_utf8(path, source)
     columns = _columns(path, source)
     missing = [name for name, column in schema.columns.items() if column.required and name not in columns]
     if missing:
@@ -312,6 +342,36 @@ def _check_columns(path: Path, source: Path, schema: pa.DataFrameSchema) -> None
             f"{_relative(path, source)}: required column {', '.join(repr(m) for m in missing)} missing "
             f"(columns present: {', '.join(columns) or 'none'})"
         )
+
+
+def _check_utf8(path: Path, source: Path) -> None:
+    """UnusableFile naming the byte, line and bytes where a CSV file stops being UTF-8.
+
+    Such a file is refused whole, not row by row: a byte that is not UTF-8 means the file was saved in
+    another encoding (Excel's plain "CSV" writes cp1252), so every row holding an accent, a euro sign or
+    a curly quote is affected, and rejecting those rows would quietly drop exactly the shop's non-ASCII
+    items and their sales. Guessing the encoding is no better: latin-1 decodes any bytes, so a wrong guess
+    stores garbled titles without a word. Saving the file as UTF-8 fixes it, and until then the previous
+    shop stays as it was.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 0
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(UTF8_CHECK_BLOCK)
+            pending = decoder.getstate()[0]  # the start of a character cut by the previous block
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                line = lines + exc.object[: exc.start].count(b"\n") + 1
+                raise UnusableFile(
+                    f"{_relative(path, source)}: not UTF-8 at byte {offset - len(pending) + exc.start:,} (line {line}: "
+                    f"{exc.object[exc.start : exc.start + 8]!r}); it was saved in another encoding (cp1252 or latin-1?): "
+                    f"save it as UTF-8 (Excel: 'CSV UTF-8')"
+                ) from exc
+            if not block:
+                return
+            offset, lines = offset + len(block), lines + block.count(b"\n")
 
 
 def _read_whole(path: Path, source: Path) -> pyarrow.Table:
@@ -389,7 +449,6 @@ def _coerce(table: pyarrow.Table, schema: pa.DataFrameSchema, path: Path, source
         else:
             values, text = _timestamp(raw, where)
             reason = UNPARSABLE_TIMESTAMP
-        columns[name] = values
         if text is not None:
             given = text.notna() & (text.str.strip() != "")
             failed = given & values.isna()
@@ -397,6 +456,10 @@ def _coerce(table: pyarrow.Table, schema: pa.DataFrameSchema, path: Path, source
                 sample = text[failed].iloc[0]
                 raise UnusableFile(f"{where} cannot be read as {kind} (no value parses, e.g. {sample!r})")
             problems += [_Problem(int(i), name, text.iat[i], reason) for i in failed.to_numpy().nonzero()[0]]
+        if kind == "timestamp":
+            values, outside = _within_range(values, name)
+            problems += outside
+        columns[name] = values
     frame = pd.DataFrame({name: series.reset_index(drop=True) for name, series in columns.items()}, index=pd.RangeIndex(table.num_rows))
     return frame, problems
 
@@ -437,11 +500,16 @@ def _arrow_cast(raw: pyarrow.ChunkedArray, target: pyarrow.DataType) -> pd.Serie
 
 
 def _timestamp(raw: pyarrow.ChunkedArray, where: str) -> tuple[pd.Series, pd.Series | None]:
+    """The values as UTC timestamps (NaT where text does not parse), and the text when some did not.
+
+    Typed columns keep the file's unit, so that a year outside the contract type's range (1677-2262 in
+    nanoseconds) is a value `_within_range` rejects rather than an overflow that stops the ingest."""
     kind = raw.type
-    if pyarrow.types.is_timestamp(kind) or pyarrow.types.is_date(kind):
+    if pyarrow.types.is_date(kind):
+        raw = raw.cast(pyarrow.timestamp("ms"))  # a day count of any year fits in milliseconds
+    if pyarrow.types.is_timestamp(raw.type):
         # Naive timestamps are taken to be UTC already, as the contract says.
-        values = pd.to_datetime(raw.to_pandas(), utc=True).astype(contract.UTC_TIMESTAMP)
-        return values, None
+        return pd.to_datetime(raw.to_pandas(coerce_temporal_nanoseconds=False), utc=True), None
     if pyarrow.types.is_null(kind):
         return pd.Series(pd.NaT, index=range(len(raw)), dtype=contract.UTC_TIMESTAMP), None
     if pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind):
@@ -456,6 +524,38 @@ def _timestamp(raw: pyarrow.ChunkedArray, where: str) -> tuple[pd.Series, pd.Ser
         return values.astype(contract.UTC_TIMESTAMP), text
     # Numbers are refused rather than guessed: seconds, milliseconds and nanoseconds all look alike.
     raise UnusableFile(f"{where} holds {kind}; write ISO 8601 text (2024-05-01T12:00:00Z) or a timestamp type")
+
+
+def _within_range(values: pd.Series, name: str) -> tuple[pd.Series, list[_Problem]]:
+    """`values` in the contract type with those before 1970 or too far ahead of the clock nulled, one problem each."""
+    latest = pd.Timestamp.now(tz="UTC") + MAX_FUTURE_SKEW
+    early, late = (values < EARLIEST_TIMESTAMP).to_numpy(), (values > latest).to_numpy()
+    problems = [_Problem(int(i), name, None, PRE_1970_TIMESTAMP) for i in early.nonzero()[0]]
+    problems += [_Problem(int(i), name, None, FUTURE_TIMESTAMP) for i in late.nonzero()[0]]
+    return values.mask(early | late).astype(contract.UTC_TIMESTAMP), problems
+
+
+def _text_problems(table: pyarrow.Table) -> list[_Problem]:
+    """Cells no column may hold, whatever its type in the contract: a NUL character, or more than MAX_TEXT_CHARS."""
+    problems = []
+    for name in table.column_names:
+        raw = table.column(name)
+        if pyarrow.types.is_dictionary(raw.type):
+            raw = raw.cast(raw.type.value_type)
+        if not (pyarrow.types.is_string(raw.type) or pyarrow.types.is_large_string(raw.type)):
+            continue
+        # Cheap screens before the exact per-cell checks (which cost ~0.3 s per 1M rows of 7 columns): no cell
+        # has more characters than bytes, and a NUL in a cell is a zero byte in the column's data buffers.
+        found = []
+        if (pc.max(pc.binary_length(raw)).as_py() or 0) > MAX_TEXT_CHARS:
+            found.append((VALUE_TOO_LONG, pc.greater(pc.utf8_length(raw), MAX_TEXT_CHARS)))
+        buffers = [chunk.buffers()[2] for chunk in raw.chunks]  # [validity, offsets, data]
+        if any(data is not None and (np.frombuffer(data, np.uint8) == 0).any() for data in buffers):
+            found.append((NUL_BYTE, pc.match_substring(raw, "\x00")))
+        for reason, bad in found:
+            rows = pc.fill_null(bad, False).to_numpy().nonzero()[0]
+            problems += [_Problem(int(i), name, None, reason) for i in rows]
+    return problems
 
 
 # pandera check name -> reject reason; the rest of the check names are the schema's own.
@@ -517,8 +617,12 @@ def _validate_chunk(
     report: TableReport, rejects: RejectWriter, *, known_items: pyarrow.Array | None = None,
 ) -> pd.DataFrame:
     """The valid rows of one chunk, in contract types; the invalid ones go to `rejects`."""
-    frame, problems = _coerce(table, schema, path, source)
+    problems = _text_problems(table)
+    frame, unparsed = _coerce(table, schema, path, source)
+    # One reject row per faulty cell: a 10 MB price is too long, not also not a number.
     skip = {(p.row, p.field) for p in problems}
+    problems += [p for p in unparsed if (p.row, p.field) not in skip]
+    skip |= {(p.row, p.field) for p in unparsed}
     problems += _schema_problems(frame, schema, skip, _relative(path, source))
     if known_items is not None:
         ids = frame["item_id"]
@@ -554,16 +658,21 @@ def _surviving_rows(total: int, rejected: set[int]) -> np.ndarray:
 
 
 def _drop_duplicates(frame: pd.DataFrame, key: str, path: Path, source: Path, report: TableReport, rejects: RejectWriter) -> pd.DataFrame:
-    """Keep the first valid row of each id; later ones are rejected as duplicates."""
+    """Keep the first valid row of each id; later ones are rejected as duplicates, or as colliding ids when
+    they equal an earlier id only once both are NFKC-normalised (`COLLIDING_ID`)."""
     duplicated = frame[key].duplicated(keep="first")
-    if duplicated.any():
-        dup = frame[duplicated]
-        problems = [_Problem(int(row), key, value, DUPLICATE_ID) for row, value in zip(dup[SOURCE_ROW], dup[key])]
+    normalised = pc.utf8_normalize(pyarrow.array(frame[key], type=pyarrow.large_string()), form="NFKC")
+    colliding = pd.Series(normalised.to_pandas(), index=frame.index).duplicated(keep="first") & ~duplicated
+    problems = []
+    for reason, dropped in ((DUPLICATE_ID, duplicated), (COLLIDING_ID, colliding)):
+        rows = frame[dropped]
+        problems += [_Problem(int(row), key, value, reason) for row, value in zip(rows[SOURCE_ROW], rows[key])]
+    if problems:
         rejects.add_from_source(report.table, _relative(path, source), problems)
         report.rejected += len(problems)
         report.accepted -= len(problems)
-        report.reasons[DUPLICATE_ID] += len(problems)
-    return frame[~duplicated].reset_index(drop=True)
+        report.reasons.update(p.reason for p in problems)
+    return frame[~(duplicated | colliding)].reset_index(drop=True)
 
 
 def _keep_untitled(frame: pd.DataFrame, path: Path, source: Path, report: TableReport, rejects: RejectWriter) -> pd.DataFrame:
@@ -599,19 +708,32 @@ def _canonical(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
 # --- images --------------------------------------------------------------------------------------
 
 
-def _image_problem(path: Path, source: Path) -> str | None:
-    """None when `path` is a decodable image inside `source`, else the reject reason."""
-    if source not in path.parents or not path.is_file():
+def _image_file(image_path: str, source: Path) -> Path | str:
+    """The decodable image file that `image_path` names inside `source` (symlinks followed), or the reject reason.
+
+    Where the path leads is settled before the file is touched: a path out of `source` is not even opened."""
+    try:
+        path = (source / image_path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name too long for the file system
+        return IMAGE_MISSING
+    if source not in path.parents:
+        return IMAGE_OUTSIDE_SOURCE
+    if not path.is_file():
         return IMAGE_MISSING
     try:
-        # verify() checks structure without decoding; load() then decodes the pixels (truncated files fail here).
+        # The header gives the size: a decompression bomb is refused before its pixels are decoded.
         with Image.open(path) as image:
+            if image.width * image.height > contract.MAX_IMAGE_PIXELS:
+                return IMAGE_TOO_LARGE
+            # verify() checks structure without decoding; load() then decodes the pixels (truncated files fail here).
             image.verify()
         with Image.open(path) as image:
             image.load()
+    except Image.DecompressionBombError:  # so large in pixels that PIL refuses to open it at all
+        return IMAGE_TOO_LARGE
     except Exception:  # PIL raises many unrelated types for bad files; every one means "not an image"
         return IMAGE_CORRUPT
-    return None
+    return path
 
 
 def _image_name(item_id: str, suffix: str) -> str:
@@ -639,17 +761,17 @@ def _place_images(
     """Check each item's image, copy the good ones into the shop and point image_path at the copy."""
     items = items.copy()
     given = items["image_path"].notna() if "image_path" in items else pd.Series(False, index=items.index)
-    candidates = [(i, (source / str(items.at[i, "image_path"])).resolve()) for i in items.index[given]]
+    candidates = [(i, str(items.at[i, "image_path"])) for i in items.index[given]]
     with ThreadPoolExecutor(IMAGE_WORKERS) as pool:
-        verdicts = list(pool.map(lambda pair: _image_problem(pair[1], source), candidates))
+        verdicts = list(pool.map(lambda pair: _image_file(pair[1], source), candidates))
     staging = data.shop / ".images-staging"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     problems, placed = [], {}
-    for (i, image), verdict in zip(candidates, verdicts):
-        if verdict is not None:
-            problems.append(_Problem(int(items.at[i, SOURCE_ROW]), "image_path", str(items.at[i, "image_path"]), verdict))
+    for (i, given_path), image in zip(candidates, verdicts):
+        if isinstance(image, str):  # the reject reason
+            problems.append(_Problem(int(items.at[i, SOURCE_ROW]), "image_path", given_path, image))
             continue
         name = _image_name(str(items.at[i, "item_id"]), image.suffix)
         link_or_copy(image, staging / name)
@@ -725,12 +847,12 @@ class RejectWriter:
 
 
 def _as_text(chunk: pyarrow.Table) -> pd.DataFrame:
-    """Every column as text (None for nulls), for the reject file."""
+    """Every column as text (None for nulls) of at most MAX_REJECT_VALUE_CHARS, for the reject file."""
     out = {}
     for name in chunk.column_names:
         column = chunk.column(name)
         try:
-            out[name] = column.cast(pyarrow.string()).to_pandas()
+            out[name] = pc.utf8_slice_codeunits(column.cast(pyarrow.string()), 0, MAX_REJECT_VALUE_CHARS).to_pandas()
         except (pyarrow.ArrowNotImplementedError, pyarrow.ArrowInvalid):
-            out[name] = pd.Series([None if v is None else str(v) for v in column.to_pylist()], dtype=object)
+            out[name] = pd.Series([None if v is None else str(v)[:MAX_REJECT_VALUE_CHARS] for v in column.to_pylist()], dtype=object)
     return pd.DataFrame(out, index=range(chunk.num_rows))
