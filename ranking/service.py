@@ -3,14 +3,16 @@
     GET /recommend/{user_id}?k=20&category=...&exclude_purchased=true   ranked items for a user
     GET /search?q=...&k=20                                             items matching a text query
     GET /similar/{item_id}?k=20                                        items like an item
+    POST /events                                                       one event or a list (202; appended to the spool)
     GET /healthz                                                       the process is alive (and which features are stale)
     GET /readyz                                                        models loaded? (503 until then; says why)
     GET /metrics                                                       Prometheus text format
-    GET /openapi.json, /docs                                           the published API
+    GET /openapi.json, /docs                                           the published API (a read-only console: GET only)
 
 Errors are mapped in ONE place (`error_response`): the `vitrine.errors` tree gives the status
-(InvalidInput 422, FeatureUnavailable / ModelUnavailable 503), FastAPI's own validation errors stay
-422, and anything unexpected is a 500 whose body never carries a stack trace. Ids are checked
+(InvalidInput 422, NotFound 404, NotAuthorized 401, PayloadTooLarge 413, FeatureUnavailable /
+ModelUnavailable / StorageUnavailable 503), FastAPI's own validation errors stay 422, and anything
+unexpected is a 500 whose body never carries a stack trace (it goes to the server log). Ids are checked
 against a strict pattern (`ranking.recommender.ID_PATTERN`) before anything else sees them, so no
 caller-controlled bytes reach a Redis key or a file path.
 
@@ -23,6 +25,17 @@ age, by /readyz and /healthz (both stay 200: the models serve, and a restart wou
 exported as `vitrine_feature_age_seconds{view}` beside `vitrine_feature_ttl_seconds{view}`, and
 makes every answer `degraded` with a `reason`.
 
+Posted events (`ranking.event_spool`) are checked against the data contract and appended, fsynced,
+to the data dir's spool (`live/events/events-YYYY-MM-DD-<pid>.csv`) before the 202; `vitrine ingest`
+in append mode reads that folder. A spool that cannot be written (read-only, full) answers 503
+naming the path and the reason, and counts in `vitrine_event_spool_failures_total`; every other
+endpoint keeps serving.
+
+Access: with `VITRINE_API_KEY` set, every endpoint but the probes (/healthz, /readyz) needs
+`Authorization: Bearer <key>` or `X-API-Key: <key>` (401 otherwise), /metrics and the console
+included; unset, the API is open and start-up logs a warning. CORS is closed unless
+`VITRINE_CORS_ORIGINS` names exact origins. Bodies over MAX_BODY_BYTES are refused (413) unread.
+
 Example:
     >>> app = create_app(ServiceConfig(data_dir=Path("data")))
     >>> # uvicorn.run(app, host="127.0.0.1", port=8000)   or: vitrine serve
@@ -30,13 +43,15 @@ Example:
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
+import os
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Literal
 
@@ -45,7 +60,9 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
 
+from ranking.event_spool import MAX_EVENT_BATCH, EventIn, EventSpool, parse_events
 from ranking.model_watcher import POLL_INTERVAL_S, ModelWatcher, ServingState
 from ranking.recommender import (
     CATEGORY_PATTERN,
@@ -58,7 +75,15 @@ from ranking.recommender import (
     check_id,
 )
 from vitrine.as_of import AS_OF_ENV, as_of_from_environment
-from vitrine.errors import FeatureUnavailable, InvalidInput, ModelUnavailable, VitrineError
+from vitrine.errors import (
+    FeatureUnavailable,
+    InvalidInput,
+    ModelUnavailable,
+    NotAuthorized,
+    PayloadTooLarge,
+    StorageUnavailable,
+    VitrineError,
+)
 from vitrine.options import OnlineKind
 from vitrine.paths import DataDir
 
@@ -75,6 +100,19 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05,
 # with a request sent on the closing connection, which the client sees as a read error.
 KEEP_ALIVE_S = 65
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.1)
+# Largest request body read. A full batch of MAX_EVENT_BATCH events is ~75 kB; 1 MiB leaves room for
+# long ids and pretty-printed JSON while a caller cannot make the service buffer megabytes per request.
+MAX_BODY_BYTES = 1 << 20
+# The API key, when set: every endpoint but PROBE_PATHS needs it.
+API_KEY_ENV = "VITRINE_API_KEY"
+# Exact origins (comma-separated, e.g. https://shop.example.com) whose pages may call the API; unset = none.
+CORS_ORIGINS_ENV = "VITRINE_CORS_ORIGINS"
+# Open without a key: an orchestrator's liveness and readiness probes cannot be given secrets easily,
+# and they say nothing about the shop. /metrics is NOT here: Prometheus scrapers send bearer tokens,
+# and the metrics name model versions and traffic.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# How `serve` hands ServiceConfig.event_spool to its uvicorn workers.
+EVENT_SPOOL_ENV = "VITRINE_SERVE_EVENT_SPOOL"
 
 
 @dataclass(frozen=True)
@@ -87,6 +125,9 @@ class ServiceConfig:
     poll_interval_s: float = POLL_INTERVAL_S  # how often to look for a new champion or materialization
     watch: bool = True  # poll in the background; False = load once at start-up (tests, batch)
     as_of: datetime | None = None  # the moment feature age is judged at (aware; replays a past day); None = the wall clock
+    event_spool: Path | None = None  # where POST /events appends; None = the data dir's live/events (`DataDir.live_events`)
+    api_key: str | None = field(default=None, repr=False)  # None = $VITRINE_API_KEY; neither = an open API (warned at start-up)
+    cors_origins: tuple[str, ...] | None = None  # exact origins allowed by CORS; None = $VITRINE_CORS_ORIGINS; empty = closed
 
 
 class ReasonOut(BaseModel):
@@ -134,6 +175,30 @@ class SearchOut(BaseModel):
 class ErrorOut(BaseModel):
     error: str
     detail: str
+
+
+class EventsOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    accepted: int  # events written and fsynced to the spool
+
+
+# POST /events takes one event or a list of them. The body is read by the endpoint itself (it is
+# bounded by MAX_BODY_BYTES first, and one bad event must be named by its index), so its schema is
+# declared here rather than inferred from a parameter.
+_EVENT_SCHEMA = EventIn.model_json_schema()
+EVENTS_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    _EVENT_SCHEMA,
+                    {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1, "maxItems": MAX_EVENT_BATCH, "title": "Events"},
+                ]
+            }
+        }
+    },
+}
 
 
 def recommend_payload(result: RecommendationList, k: int) -> dict[str, Any]:
@@ -188,6 +253,10 @@ class Metrics:
             registry=self.registry,
         )
         self.feature_ttl = Gauge("vitrine_feature_ttl_seconds", "a served view's ttl (0: never stale); age above it means stale", ["view"], registry=self.registry)
+        self.events = Counter("vitrine_events_accepted_total", "posted events written and fsynced to the spool", registry=self.registry)
+        self.spool_failures = Counter(
+            "vitrine_event_spool_failures_total", "posts refused because the spool could not be written, by errno name", ["reason"], registry=self.registry
+        )
         for reason in ("cold_start", "degraded", "padded"):
             self.fallbacks.labels(reason)
         for stage in STAGES:
@@ -280,6 +349,126 @@ class RequestMetrics:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
+def _header(scope: Any, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class BodyLimit:
+    """Pure ASGI middleware: a request body over `limit` bytes is refused with 413 before anything parses it.
+
+    A declared Content-Length over the limit is answered at once, unread; a chunked body is counted
+    as it arrives, and the read that crosses the limit raises PayloadTooLarge to the endpoint
+    reading it (mapped by `error_response`).
+    """
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await error_response(PayloadTooLarge(f"body: {int(declared)} bytes; at most {self.limit}"))(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise PayloadTooLarge(f"body: more than {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class ApiKeyGate:
+    """Pure ASGI middleware: every request but the probes must carry the API key.
+
+    The key comes as `Authorization: Bearer <key>` or `X-API-Key: <key>` and is compared in constant
+    time (`hmac.compare_digest`), so answer times do not tell how much of a guess was right.
+    """
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = self._given(scope)
+        if given is not None and hmac.compare_digest(given, self.key):
+            await self.app(scope, receive, send)
+            return
+        problem = "no API key" if given is None else "a wrong API key"
+        response = error_response(NotAuthorized(f"{problem}: send Authorization: Bearer <key> or X-API-Key: <key>"))
+        response.headers["WWW-Authenticate"] = 'Bearer realm="vitrine"'
+        await response(scope, receive, send)
+
+    @staticmethod
+    def _given(scope: Any) -> bytes | None:
+        authorization = _header(scope, b"authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+        return _header(scope, b"x-api-key")
+
+
+def access_settings(config: ServiceConfig) -> tuple[str | None, tuple[str, ...]]:
+    """The API key (None: open) and the CORS origins, from `config` or else the environment.
+
+    Raises:
+        InvalidInput: an origin that is not exact (`*`, a path, no scheme).
+    """
+    key = config.api_key if config.api_key is not None else os.environ.get(API_KEY_ENV)
+    if config.cors_origins is not None:
+        origins = config.cors_origins
+    else:
+        origins = tuple(o.strip() for o in os.environ.get(CORS_ORIGINS_ENV, "").split(",") if o.strip())
+    for origin in origins:
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not rest or "/" in rest or "*" in rest:
+            raise InvalidInput(f"{CORS_ORIGINS_ENV}: {origin!r} is not an exact origin like https://shop.example.com")
+    return key or None, origins
+
+
+def _declare_api_key(app: FastAPI) -> None:
+    """Make the published schema say that every operation but the probes needs the key (401 without it)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = app.openapi_schema
+        if schema is None:
+            schema = build()  # FastAPI keeps it as app.openapi_schema: changed once, in place
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": f"the service's {API_KEY_ENV}"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": f"the service's {API_KEY_ENV}"},
+            }
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    if path in PROBE_PATHS:
+                        operation["security"] = []
+                    else:
+                        operation.setdefault("responses", {})["401"] = {
+                            "description": "no API key, or a wrong one",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+                        }
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 class Search:
     """The embeddings stage's text and similar-item search, loaded on first use."""
 
@@ -344,6 +533,10 @@ def create_app(
 
     serving_threads()
     data = DataDir.resolve(config.data_dir)
+    api_key, cors_origins = access_settings(config)
+    if api_key is None:
+        log.warning("%s is not set: the API is open to anyone who can reach it", API_KEY_ENV)
+    spool = EventSpool(config.event_spool or data.live_events)
     metrics = Metrics()
     serving = state or ServingState(as_of=config.as_of)
     search = Search(data, search_engine)
@@ -376,6 +569,8 @@ def create_app(
         version="0.1.0",
         description="Multimodal recommendations for online shops: retrieval, reranking, search.",
         lifespan=lifespan,
+        # The console (/docs) is read-only: it runs GET requests only, never a POST of events.
+        swagger_ui_parameters={"supportedSubmitMethods": ["get"]},
     )
     app.state.serving = serving
     app.state.metrics = metrics
@@ -392,6 +587,19 @@ def create_app(
     async def _any_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
 
+    # Outermost last: metrics see every answer (401 and 413 too); CORS answers preflights before the
+    # key is asked for (a browser sends none with them); the body limit sits closest to the endpoints.
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    if api_key is not None:
+        app.add_middleware(ApiKeyGate, key=api_key)
+        _declare_api_key(app)
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     def recommender() -> Any:
@@ -443,6 +651,32 @@ def create_app(
         check_id(item_id, "item_id")
         return {"query": item_id, "items": _hits(search.engine().similar(item_id, k), serving)}
 
+    @app.post(
+        "/events",
+        status_code=202,
+        response_model=EventsOut,
+        responses={**responses, 413: {"model": ErrorOut}},
+        summary=f"Record shop events: one, or a list of at most {MAX_EVENT_BATCH}",
+        description=(
+            "Each event is checked against the data contract (ids, event_type, timestamp with a time zone or absent = now, "
+            "quantity >= 1, price > 0); one bad event refuses the post (422, naming its index and field). Accepted events "
+            "are on disk (fsynced) in the data dir's spool before the 202. 503: the spool cannot be written; nothing was stored."
+        ),
+        openapi_extra={"requestBody": EVENTS_BODY},
+    )
+    async def events_endpoint(request: Request) -> dict[str, Any]:
+        now = datetime.now(timezone.utc)
+        events = parse_events(await request.body(), now)
+        try:
+            # Off the event loop: an fsync takes milliseconds, and recommendations must not wait behind it.
+            await run_in_threadpool(spool.append, events, now)
+        except StorageUnavailable as exc:
+            metrics.spool_failures.labels(exc.reason).inc()
+            log.error("event post refused: %s", exc)
+            raise
+        metrics.events.inc(len(events))
+        return {"accepted": len(events)}
+
     @app.get("/healthz", summary="The process is alive; names served feature views older than their ttl")
     def healthz() -> dict[str, Any]:
         body = freshness_body(serving)
@@ -474,8 +708,6 @@ def create_app(
 
 def serve(host: str, port: int, workers: int, config: ServiceConfig) -> None:
     """Run the app under uvicorn (`vitrine serve`). Several workers each load their own models."""
-    import os
-
     import uvicorn
 
     if workers > 1:
@@ -490,6 +722,12 @@ def serve(host: str, port: int, workers: int, config: ServiceConfig) -> None:
             os.environ.pop(AS_OF_ENV, None)
         if config.data_dir is not None:
             os.environ["VITRINE_DATA_DIR"] = str(DataDir.resolve(config.data_dir).root)
+        if config.event_spool is not None:
+            os.environ[EVENT_SPOOL_ENV] = str(config.event_spool.resolve())
+        if config.api_key is not None:
+            os.environ[API_KEY_ENV] = config.api_key
+        if config.cors_origins is not None:
+            os.environ[CORS_ORIGINS_ENV] = ",".join(config.cors_origins)
         uvicorn.run(
             "ranking.service:app_from_environment",
             factory=True,
@@ -507,14 +745,13 @@ def app_from_environment() -> FastAPI:
     """The app configured from `VITRINE_*` variables (uvicorn `--factory`, multi-worker serving).
 
     `serve` sets VITRINE_SERVE_ONLINE, VITRINE_SERVE_ALIAS, VITRINE_SERVE_POLL_S, VITRINE_SERVE_WATCH,
-    VITRINE_AS_OF and VITRINE_DATA_DIR from its `ServiceConfig`, so every worker serves what one worker would.
+    VITRINE_AS_OF, VITRINE_DATA_DIR and VITRINE_SERVE_EVENT_SPOOL from its `ServiceConfig` (and
+    VITRINE_API_KEY, VITRINE_CORS_ORIGINS when it has them), so every worker serves what one worker would.
 
     Raises:
         InvalidInput: an unknown online store, a poll interval that is not a positive number, or a
             VITRINE_AS_OF that is not ISO 8601.
     """
-    import os
-
     online = os.environ.get("VITRINE_SERVE_ONLINE", "sqlite")
     if online not in ("sqlite", "redis"):
         raise InvalidInput(f"VITRINE_SERVE_ONLINE: {online!r} is not sqlite or redis")
@@ -531,6 +768,7 @@ def app_from_environment() -> FastAPI:
         poll_interval_s=poll_interval_s,
         watch=os.environ.get("VITRINE_SERVE_WATCH", "1") != "0",
         as_of=as_of_from_environment(),
+        event_spool=Path(os.environ[EVENT_SPOOL_ENV]) if os.environ.get(EVENT_SPOOL_ENV) else None,
     )
     return create_app(config)
 

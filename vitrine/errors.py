@@ -3,9 +3,13 @@
     VitrineError                 base; never raised itself
     ├── InvalidInput             the caller's input is wrong: a file, row, field or value (exit 2, HTTP 422)
     │   ├── UnusableFile         a whole input file cannot be used (missing columns, wrong types)
-    │   └── NotFound             a well-formed id of nothing there (HTTP 404)
+    │   ├── NotFound             a well-formed id of nothing there (HTTP 404)
+    │   ├── NotAuthorized        no API key, or a wrong one (HTTP 401)
+    │   └── PayloadTooLarge      a request body or batch over its limit (HTTP 413)
     ├── FeatureUnavailable       the feature store cannot answer (source missing, Redis down) (exit 3, HTTP 503)
-    └── ModelUnavailable         a model or index is absent or does not load (exit 4, HTTP 503)
+    ├── ModelUnavailable         a model or index is absent or does not load (exit 4, HTTP 503)
+    │   └── UntrustedArtifact    a model dir not as its saver wrote it: a pickle, a changed file, odd config
+    └── StorageUnavailable       a file under the data dir cannot be written: read-only, full, no permission (exit 5, HTTP 503)
 
 The CLI (`vitrine.cli`) and the HTTP layer (`ranking.service`) map these to exit and status codes,
 each in one place. Messages name the file, row, field and value wherever there is one.
@@ -38,6 +42,18 @@ class NotFound(InvalidInput):
     http_status = 404
 
 
+class NotAuthorized(InvalidInput):
+    """A request without the API key the service was started with, or with a wrong one."""
+
+    http_status = 401
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body (or a batch in it) over the service's limit: refused before it is parsed."""
+
+    http_status = 413
+
+
 class FeatureUnavailable(VitrineError):
     """The feature store (offline source or online store) cannot serve the request."""
 
@@ -50,3 +66,23 @@ class ModelUnavailable(VitrineError):
 
     exit_code = 4
     http_status = 503
+
+
+class StorageUnavailable(VitrineError):
+    """A file under the data dir cannot be written (read-only file system, disk full, no permission).
+
+    Nothing was written then; the message names the path and the operating system's reason.
+    """
+
+    exit_code = 5
+    http_status = 503
+
+    def __init__(self, message: str, reason: str = "unknown") -> None:
+        super().__init__(message)
+        self.reason = reason  # the errno name (EROFS, ENOSPC, EACCES), for metrics and logs
+
+
+class UntrustedArtifact(ModelUnavailable):
+    """A model directory that is not what Vitrine's own savers wrote: a pickle-capable file, a file changed
+    since its manifest was written, a config with unknown keys or wrong types, tensors of other shapes than
+    its config implies, a model text that is not LightGBM's (`ranking.artifact_check`). Never loaded."""

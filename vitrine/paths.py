@@ -10,6 +10,8 @@ Each stage writes files that the next stage reads; this module is the one place 
         events/event_date=YYYY-MM-DD/*.parquet
         images/<item_id>.<ext>
       incoming/                what `generate` / `import` wrote in the contract's format, before validation
+      live/events/             events posted to the service (`POST /events`), in the contract's format:
+                               events-YYYY-MM-DD-<pid>.csv per UTC day and process; `ingest(data, data.live, append=True)`
       truth/                   synthetic shops only: ground-truth tastes, for evaluation only
       rejects/                 rows that failed validation, with the reason
       embeddings/              item_embeddings.parquet, written by `vitrine embed`
@@ -67,6 +69,16 @@ class DataDir:
     @property
     def incoming(self) -> Path:
         return self.root / "incoming"
+
+    @property
+    def live(self) -> Path:
+        """A source folder for `ingest` (append mode): what the service received, not yet validated."""
+        return self.root / "live"
+
+    @property
+    def live_events(self) -> Path:
+        """The spool of `POST /events`: one CSV per UTC day and serving process."""
+        return self.live / "events"
 
     @property
     def truth(self) -> Path:
