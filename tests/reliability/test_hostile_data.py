@@ -522,6 +522,33 @@ def test_ids_that_collide_once_normalised_keep_the_first(
     record_property("outcome", f"rejected: {reason} for {later!r} after {first!r} ({fmt}) in items and users, the first kept")
 
 
+@pytest.mark.parametrize(("delivered", "reason"), [("A1", "colliding_id"), ("Ａ1", None)])
+def test_an_appended_id_is_checked_against_the_shop_it_joins(
+    tmp_path: Path, data_dir: DataDir, record_property: RecordProperty, delivered: str, reason: str | None
+) -> None:
+    ingest(data_dir, incoming(tmp_path / "first", items=plus_row("items", item_id="Ａ1")))
+    later = tmp_path / "later"
+    later.mkdir()
+    pd.DataFrame({"item_id": [delivered, "I2"], "title": ["Fullwidth again", "Blue shoe v2"]}).to_csv(later / "items.csv", index=False)
+    good_events().to_csv(later / "events.csv", index=False)
+
+    report = ingest(data_dir, later, append=True)
+
+    got = stored(data_dir, "items").set_index("item_id")
+    assert sorted(got.index) == ["I1", "I2", "I3", "Ａ1"]
+    assert got.at["I2", "title"] == "Blue shoe v2"
+    counts = report.tables["items"]
+    assert counts.reasons == Counter(rejects(data_dir, "items")["reject_reason"]) == ({reason: 1} if reason else {})
+    if reason is None:  # the same id: an upsert
+        assert (counts.read, counts.accepted, counts.rejected) == (2, 2, 0)
+        assert got.at["Ａ1", "title"] == "Fullwidth again"
+        record_property("outcome", "accepted: the stored id 'Ａ1' delivered again is an upsert")
+        return
+    assert (counts.read, counts.accepted, counts.rejected) == (2, 1, 1)
+    assert got.at["Ａ1", "title"] == "Red shirt"
+    record_property("outcome", f"rejected: {reason} for an appended {delivered!r} when the shop holds 'Ａ1'; the stored item unchanged")
+
+
 # --- timestamps ----------------------------------------------------------------------------------
 
 

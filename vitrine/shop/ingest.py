@@ -223,19 +223,22 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
         if path is not None:
             _check_columns(path, source, _schema_for(path, source))
 
+    # What an append adds to: the ids new rows must not collide with, and the rows they are upserted into.
+    old_items = store.read_items(data) if append and data.items.exists() else None
+    old_users = store.read_users(data) if append and users_file is not None and data.users.exists() else None
     items = pd.DataFrame()
     if items_file is not None:
         items = _validate_table(items_file, source, contract.ITEMS, reports["items"], rejects)
-        items = _drop_duplicates(items, "item_id", items_file, source, reports["items"], rejects)
+        items = _drop_duplicates(items, "item_id", items_file, source, reports["items"], rejects, old_items)
         items = _keep_untitled(items, items_file, source, reports["items"], rejects)
     users = None
     if users_file is not None:
         users = _validate_table(users_file, source, contract.USERS, reports["users"], rejects)
-        users = _drop_duplicates(users, "user_id", users_file, source, reports["users"], rejects)
+        users = _drop_duplicates(users, "user_id", users_file, source, reports["users"], rejects, old_users)
 
     known = [items["item_id"].astype(object)] if items_file is not None else []
-    if append and data.items.exists():
-        known.append(store.read_items(data)["item_id"].astype(object))
+    if old_items is not None:
+        known.append(old_items["item_id"].astype(object))
     known_items = pyarrow.array(pd.concat(known).unique() if known else [], type=pyarrow.large_string())
 
     writer = store.EventWriter(data, append=append)
@@ -258,10 +261,8 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
     # Everything validated: publish. Events first (the largest), then the tables that name them.
     days = writer.publish()
     if items_file is not None:
-        old_items = store.read_items(data) if append and data.items.exists() else None
         store.write_items(data, _upserted(_canonical(items, contract.ITEMS), old_items, "item_id"))
     if users is not None:
-        old_users = store.read_users(data) if append and data.users.exists() else None
         store.write_users(data, _upserted(_canonical(users, contract.USERS), old_users, "user_id"))
     # A table not delivered in an append keeps its last rejects; otherwise they describe this ingest.
     rejects.publish([name for name in TABLES if reports[name].files or not append])
@@ -657,12 +658,17 @@ def _surviving_rows(total: int, rejected: set[int]) -> np.ndarray:
     return np.setdiff1d(np.arange(total), np.fromiter(rejected, dtype=np.int64, count=len(rejected)))
 
 
-def _drop_duplicates(frame: pd.DataFrame, key: str, path: Path, source: Path, report: TableReport, rejects: RejectWriter) -> pd.DataFrame:
+def _drop_duplicates(
+    frame: pd.DataFrame, key: str, path: Path, source: Path, report: TableReport, rejects: RejectWriter, old: pd.DataFrame | None,
+) -> pd.DataFrame:
     """Keep the first valid row of each id; later ones are rejected as duplicates, or as colliding ids when
-    they equal an earlier id only once both are NFKC-normalised (`COLLIDING_ID`)."""
+    they equal an earlier id only once both are NFKC-normalised (`COLLIDING_ID`). With `old` (the shop an
+    append adds to), a row whose id the shop holds in another form collides too; the same id is an upsert."""
     duplicated = frame[key].duplicated(keep="first")
-    normalised = pc.utf8_normalize(pyarrow.array(frame[key], type=pyarrow.large_string()), form="NFKC")
-    colliding = pd.Series(normalised.to_pandas(), index=frame.index).duplicated(keep="first") & ~duplicated
+    normalised = _nfkc(frame[key])
+    colliding = normalised.duplicated(keep="first") & ~duplicated
+    if old is not None:
+        colliding |= normalised.isin(_nfkc(old[key])) & ~frame[key].isin(old[key]) & ~duplicated
     problems = []
     for reason, dropped in ((DUPLICATE_ID, duplicated), (COLLIDING_ID, colliding)):
         rows = frame[dropped]
@@ -673,6 +679,10 @@ def _drop_duplicates(frame: pd.DataFrame, key: str, path: Path, source: Path, re
         report.accepted -= len(problems)
         report.reasons.update(p.reason for p in problems)
     return frame[~(duplicated | colliding)].reset_index(drop=True)
+
+
+def _nfkc(ids: pd.Series) -> pd.Series:
+    return pd.Series(pc.utf8_normalize(pyarrow.array(ids, type=pyarrow.large_string()), form="NFKC").to_pandas(), index=ids.index)
 
 
 def _keep_untitled(frame: pd.DataFrame, path: Path, source: Path, report: TableReport, rejects: RejectWriter) -> pd.DataFrame:
