@@ -458,7 +458,7 @@ def test_a_file_with_an_image_suffix_that_is_no_image(
     )
 
     assert_image_refused(report, data_dir, "images/fake.jpg", "image_corrupt")
-    record_property("outcome", f"kept without image: image_corrupt for a {content} file named .jpg")
+    record_property("outcome", f"kept without image: image_corrupt for images/fake.jpg holding {content} bytes")
 
 
 # --- ids -----------------------------------------------------------------------------------------
