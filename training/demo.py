@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from training.pipeline import PipelineConfig, PipelineResult, run_pipeline
 from vitrine.paths import DataDir
@@ -114,7 +115,8 @@ def print_recommendations(data: DataDir, console: Console) -> None:
             table.add_column(column)
         for position, rec in enumerate(recs, start=1):
             reason = rec.reasons[0].feature if rec.reasons else "-"
-            table.add_row(str(position), rec.item_id, rec.title, f"{rec.score:.3f}", rec.source, reason)
+            # Shop text is shown as text: a title like "[link=...]" must not become rich markup.
+            table.add_row(str(position), Text(rec.item_id), Text(rec.title), f"{rec.score:.3f}", rec.source, reason)
         console.print(table)
 
 
