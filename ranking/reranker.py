@@ -1,9 +1,15 @@
 """The serving side of the LightGBM reranker: load a saved model, score a request's candidates.
 
-A ranker directory holds two files, never a pickle:
+A ranker directory holds three files, never a pickle:
 
     model.txt      the LightGBM booster in LightGBM's own text format
     ranker.json    its kind, the exact ordered feature list, label gains, training lineage and blend defaults
+    manifest.json  size and sha256 of both (`ranking.artifact_check`)
+
+`Reranker.load` refuses (`UntrustedArtifact`) a directory that holds a pickle or differs from its
+manifest, a ranker.json with unknown keys or values of other types, and a model.txt that does not
+read as a LightGBM model over the features ranker.json declares (`check_lightgbm_text`), before
+LightGBM parses a byte of it.
 
 Two kinds of ranker, by what their features describe (`FEATURES_OF`): `session` rankers order the
 two-tower retriever's candidates for a session (`ranking.ranker_features.build_features`);
@@ -40,11 +46,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ranking.artifact_check import MAX_TREES, check_lightgbm_text, check_model_dir, parse_json, write_manifest
 from ranking.next_item import FEATURE_NAMES as NEXT_ITEM_FEATURES
 from ranking.path_contributions import PathContributions
 from ranking.ranker_features import FEATURE_NAMES
 from ranking.tree_kernel import CompiledTrees
-from vitrine.errors import InvalidInput, ModelUnavailable
+from vitrine.errors import InvalidInput, ModelUnavailable, UntrustedArtifact
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL
 
@@ -113,23 +120,6 @@ class RankerMetadata:
         payload["label_gain"] = list(self.label_gain)
         return json.dumps(payload, indent=2, sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str, source: Path) -> "RankerMetadata":
-        try:
-            payload = json.loads(text)
-            return cls(
-                feature_names=tuple(payload["feature_names"]),
-                label_gain=tuple(float(g) for g in payload["label_gain"]),
-                reference_price=float(payload.get("reference_price", 1.0)),
-                cvr_prior=float(payload.get("cvr_prior", 0.0)),
-                best_iteration=int(payload.get("best_iteration", 0)),
-                lineage={str(k): str(v) for k, v in payload.get("lineage", {}).items()},
-                format_version=int(payload.get("format_version", FORMAT_VERSION)),
-                kind=str(payload.get("kind", SESSION)),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelUnavailable(f"{source}: not a ranker metadata file ({exc})") from exc
-
 
 def feature_list_difference(saved: tuple[str, ...], expected: tuple[str, ...] = FEATURE_NAMES) -> str | None:
     """A human description of how `saved` differs from `expected`, None when they are identical."""
@@ -164,6 +154,7 @@ def save_ranker(booster: Any, directory: Path, metadata: RankerMetadata) -> Path
     iteration = metadata.best_iteration if metadata.best_iteration > 0 else None
     booster.save_model(str(directory / MODEL_FILE), num_iteration=iteration)
     (directory / META_FILE).write_text(metadata.to_json() + "\n")
+    write_manifest(directory)
     return directory
 
 
@@ -207,6 +198,7 @@ class Reranker:
 
         Raises:
             ModelUnavailable: files missing or unreadable, or a feature list that is not `FEATURE_NAMES`.
+            UntrustedArtifact: files that are not what `save_ranker` wrote (see the module docstring).
         """
         import lightgbm
 
@@ -215,7 +207,8 @@ class Reranker:
         for path in (model_path, meta_path):
             if not path.is_file():
                 raise ModelUnavailable(f"{path}: missing; train one with `vitrine train ranker`")
-        metadata = RankerMetadata.from_json(meta_path.read_text(), meta_path)
+        check_model_dir(directory)
+        metadata = parse_json(RankerMetadata, meta_path)
         if metadata.kind not in FEATURES_OF:
             raise ModelUnavailable(f"{meta_path}: unknown ranker kind {metadata.kind!r}; this code knows {sorted(FEATURES_OF)}")
         difference = feature_list_difference(metadata.feature_names, FEATURES_OF[metadata.kind])
@@ -224,11 +217,17 @@ class Reranker:
                 f"{meta_path}: the model's features differ from the ones this code builds: {difference}; "
                 "retrain with `vitrine train ranker`"
             )
-        text = model_path.read_text()
+        try:
+            text = model_path.read_text()
+        except UnicodeDecodeError as exc:
+            raise UntrustedArtifact(f"{model_path}: not text, so not a LightGBM model ({exc})") from exc
+        # save_ranker keeps the first best_iteration trees (fewer when LightGBM stopped early: no split left).
+        most = min(metadata.best_iteration, MAX_TREES) if metadata.best_iteration > 0 else MAX_TREES
+        check_lightgbm_text(text, metadata.feature_names, model_path, max_trees=most)
         try:
             booster = lightgbm.Booster(model_str=text)
         except lightgbm.basic.LightGBMError as exc:
-            raise ModelUnavailable(f"{model_path}: LightGBM cannot read it ({exc})") from exc
+            raise UntrustedArtifact(f"{model_path}: LightGBM cannot read it ({exc})") from exc
         booster_difference = feature_list_difference(tuple(booster.feature_name()), metadata.feature_names)
         if booster_difference is not None:
             raise ModelUnavailable(f"{model_path}: booster features differ from {meta_path}: {booster_difference}")
@@ -267,7 +266,11 @@ class Reranker:
             if not (local / META_FILE).is_file() and (nested / META_FILE).is_file():
                 for path in nested.iterdir():
                     path.replace(local / path.name)
-        return cls.load(local, blend=blend, version=f"{name}/{model_version.version}")
+                nested.rmdir()
+        try:
+            return cls.load(local, blend=blend, version=f"{name}/{model_version.version}")
+        except UntrustedArtifact as exc:
+            raise UntrustedArtifact(f"{name} v{model_version.version}: {exc}") from exc
 
     def with_blend(self, blend: BlendConfig) -> "Reranker":
         """The same model with another blend (no reload, and the contribution table is shared)."""

@@ -9,6 +9,11 @@ A retriever is a directory (also logged as the MLflow artifacts of registered mo
     item_vectors.npy   [items, d] float32 unit-norm item vectors, row i is item_ids[i]
     item_ids.json      the item id of each row
     index.faiss        FAISS index over item_vectors (exact or HNSW, see ranking.ann)
+    manifest.json      size and sha256 of every file above (`ranking.artifact_check`)
+
+`Retriever.load` refuses a directory that holds a pickle, differs from its manifest, has a config.json
+with unknown keys or values of other types (`RetrieverConfigFile`), or weights of other shapes than
+that config builds (`UntrustedArtifact`, before anything is loaded into the model).
 
 At serving the user tower runs as plain tensor ops on CPU (`ranking.user_tower`: no
 DistributedModelParallel, which is only the training wrapper, and no TorchRec objects per request);
@@ -32,13 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
+from ranking.artifact_check import StrictFile, check_model_dir, check_state_dict, parse_json, write_manifest
 from ranking.retriever_inputs import FeatureRows, InputSpec, encode_users
 from ranking.two_tower import TwoTower, TwoTowerConfig
 from ranking.user_tower import UserTower
-from vitrine.errors import InvalidInput, ModelUnavailable
+from vitrine.errors import InvalidInput, ModelUnavailable, UntrustedArtifact
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, RETRIEVER_MODEL
 
@@ -54,6 +61,17 @@ ITEM_IDS_FILE = "item_ids.json"
 INDEX_FILE = "index.faiss"
 # Extra candidates fetched per excluded item that might occupy the top-k, so k survive the filter.
 EXCLUDE_SLACK = 1
+
+
+class RetrieverConfigFile(StrictFile):
+    """What `config.json` of a two-tower retriever dir holds (`save_retriever` writes it)."""
+
+    model: TwoTowerConfig  # the towers' shape
+    table_sizes: dict[str, int]  # rows of each embedding table (`InputSpec.table_sizes`)
+    content_dim: int  # width of the CLIP vectors
+    ann: dict[str, int | str]  # AnnConfig's fields and the index kind built
+    lineage: dict[str, str]  # run id, data snapshot, git commit...
+    created_at: str  # UTC, ISO 8601
 
 
 @dataclass(frozen=True)
@@ -103,22 +121,28 @@ def save_retriever(
     np.save(path / VECTORS_FILE, np.ascontiguousarray(item_vectors, dtype=np.float32))
     (path / ITEM_IDS_FILE).write_text(json.dumps(list(item_ids)))
     write_index(index, path / INDEX_FILE)
+    write_manifest(path)
     return path
 
 
 def load_towers(path: Path) -> tuple[TwoTower, InputSpec, dict[str, Any]]:
-    """The plain `TwoTower` (eval mode, CPU), its InputSpec and config.json of a retriever dir."""
-    for name in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE):
-        if not (path / name).exists():
-            raise ModelUnavailable(f"{path / name}: missing; not a retriever dir")
-    config = json.loads((path / CONFIG_FILE).read_text())
+    """The plain `TwoTower` (eval mode, CPU), its InputSpec and config.json of a checked retriever dir (`Retriever.load`).
+
+    Raises:
+        UntrustedArtifact: a config.json, vocab.json or weights file that is not what `save_retriever` writes.
+    """
+    parsed = parse_json(RetrieverConfigFile, path / CONFIG_FILE)
     spec = InputSpec.load(path / VOCAB_FILE)
-    model = TwoTower(TwoTowerConfig(**config["model"]), config["table_sizes"], config["content_dim"])
+    if parsed.table_sizes != spec.table_sizes or parsed.content_dim != spec.content_dim:
+        raise UntrustedArtifact(f"{path / CONFIG_FILE}: table sizes {parsed.table_sizes} and content dim {parsed.content_dim}, "
+                                f"but {VOCAB_FILE} makes {spec.table_sizes} and {spec.content_dim}")
+    model = TwoTower(parsed.model, parsed.table_sizes, parsed.content_dim)
     try:
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
-    except (RuntimeError, OSError) as exc:
-        raise ModelUnavailable(f"{path / WEIGHTS_FILE}: does not fit the model in {CONFIG_FILE} ({exc})") from exc
-    return model.eval(), spec, config
+        state = load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise UntrustedArtifact(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({exc})") from exc
+    check_state_dict(model, state, path / WEIGHTS_FILE)
+    return model.eval(), spec, json.loads((path / CONFIG_FILE).read_text())
 
 
 class Retriever:
@@ -155,9 +179,11 @@ class Retriever:
             retriever = Retriever.load("data/models/retriever")
         """
         path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, ITEM_IDS_FILE, INDEX_FILE):
+            if not (path / name).exists():
+                raise ModelUnavailable(f"{path / name}: missing; not a retriever dir")
+        check_model_dir(path)
         model, spec, config = load_towers(path)
-        if not (path / ITEM_IDS_FILE).exists():
-            raise ModelUnavailable(f"{path / ITEM_IDS_FILE}: missing; not a retriever dir")
         item_ids = json.loads((path / ITEM_IDS_FILE).read_text())
         index = read_index(path / INDEX_FILE)
         if index.ntotal != len(item_ids):
@@ -221,7 +247,11 @@ class Retriever:
 
 
 def load_retriever(path: str | Path, *, version: str | None = None) -> "Retriever | SequenceRetriever":
-    """The retriever in `path`, of whichever kind its config.json names (two-tower when it names none)."""
+    """The retriever in `path`, of whichever kind its config.json names (two-tower when it names none).
+
+    Raises:
+        ModelUnavailable: files missing or not loadable; UntrustedArtifact: see the module docstring.
+    """
     from ranking.sequence_retriever import SequenceRetriever, is_sequence_retriever
 
     path = Path(path)
@@ -233,6 +263,7 @@ def retriever_from_registry(data: DataDir, alias: str = CHAMPION_ALIAS, name: st
 
     Raises:
         ModelUnavailable: no such alias, or its files do not load.
+        UntrustedArtifact: its files are not what a saver wrote (the message names model, version and file).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -245,4 +276,7 @@ def retriever_from_registry(data: DataDir, alias: str = CHAMPION_ALIAS, name: st
         local = mlflow.artifacts.download_artifacts(artifact_uri=found.source)
     except MlflowException as exc:
         raise ModelUnavailable(f"model registry: no {name}@{alias} ({exc.message})") from exc
-    return load_retriever(local, version=str(found.version))
+    try:
+        return load_retriever(local, version=str(found.version))
+    except UntrustedArtifact as exc:
+        raise UntrustedArtifact(f"{name} v{found.version}: {exc}") from exc

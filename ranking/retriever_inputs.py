@@ -28,7 +28,8 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from feature_repo.columns import numeric_names
-from vitrine.errors import InvalidInput, UnusableFile
+from ranking.artifact_check import parse_json
+from vitrine.errors import InvalidInput
 
 # Index every vocabulary reserves for "not seen in training" (and for dropped-out ids).
 UNKNOWN = 0
@@ -151,10 +152,12 @@ class InputSpec:
 
     @classmethod
     def load(cls, path: Path) -> "InputSpec":
-        try:
-            return cls.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError) as exc:
-            raise UnusableFile(f"{path}: not a retriever vocabulary ({exc})") from exc
+        """The spec in `path`, parsed strictly.
+
+        Raises:
+            UntrustedArtifact: not JSON, an unknown key or a value of another type (named).
+        """
+        return parse_json(cls, path)
 
 
 @dataclass(frozen=True)

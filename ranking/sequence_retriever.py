@@ -12,6 +12,11 @@ A sequence retriever is a directory (the MLflow artifacts of a `vitrine-retrieve
     index.faiss        FAISS inner-product index over item_vectors (`ranking.ann`)
     content_neighbours.npy  [items, <= CONTENT_NEIGHBOURS] int32, each item's nearest items by content
                        (-1 padded; the content source's pool); only with content
+    manifest.json      size and sha256 of every file above (`ranking.artifact_check`)
+
+`SequenceRetriever.load` refuses a directory that holds a pickle, differs from its manifest, has a
+config.json with unknown keys or values of other types (`SequenceConfigFile`), or weights of other
+shapes than that config builds (`UntrustedArtifact`, before anything is loaded into the tower).
 
 A user is their sequence (`user_sequence.sequence_item_ids`, oldest first): ids outside the
 tower's catalog read as unknown items, as an item first seen after training does offline.
@@ -28,16 +33,19 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from feature_repo.covisitation import CoVisitConfig
 from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
+from ranking.artifact_check import StrictFile, check_model_dir, check_state_dict, parse_json, write_manifest
 from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
 from ranking.user_state_kernel import StateWeights
-from vitrine.errors import ModelUnavailable
+from vitrine.errors import ModelUnavailable, UntrustedArtifact
 
 KIND = "sequence"
 CONFIG_FILE = "config.json"
@@ -62,6 +70,19 @@ ENCODE_CHUNK = 1024
 KERNEL_USERS = 8
 
 
+class SequenceConfigFile(StrictFile):
+    """What `config.json` of a sequence retriever dir holds (`save_sequence_retriever` writes it)."""
+
+    kind: Literal["sequence"]
+    model: SequenceTowerConfig  # the tower's shape
+    n_items: int  # catalog rows
+    content_dim: int  # width of the content buffer's rows (0: ids only)
+    ann: dict[str, int | str]  # AnnConfig's fields and the index kind built
+    lineage: dict[str, str]  # run id, data snapshot, git commit, epochs...
+    covisitation: CoVisitConfig | None = None  # the co-visitation source's settings (None: saved before they were)
+    created_at: str  # UTC, ISO 8601
+
+
 def save_sequence_retriever(path: Path, retriever: "SequenceRetriever", *, lineage: Mapping[str, Any] | None = None,
                             covisitation: Mapping[str, Any] | None = None) -> Path:
     """Write a sequence retriever dir that `SequenceRetriever.load` serves from alone (what it holds, nothing rebuilt).
@@ -78,7 +99,7 @@ def save_sequence_retriever(path: Path, retriever: "SequenceRetriever", *, linea
         "n_items": model.n_items,
         "content_dim": int(model.content.shape[1]) if model.content_projection is not None else 0,
         "ann": retriever.config.get("ann") or {**AnnConfig().__dict__, "kind": index_kind(index)},
-        "lineage": dict(lineage or {}),
+        "lineage": {str(key): str(value) for key, value in (lineage or {}).items()},
         **({"covisitation": dict(covisitation)} if covisitation is not None else {}),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -90,12 +111,18 @@ def save_sequence_retriever(path: Path, retriever: "SequenceRetriever", *, linea
     write_index(index, path / INDEX_FILE)
     if retriever.content_neighbours is not None:
         np.save(path / CONTENT_NEIGHBOURS_FILE, retriever.content_neighbours)
+    write_manifest(path)
     return path
 
 
 def is_sequence_retriever(path: Path) -> bool:
+    """Whether `path`'s config.json names the sequence kind (False for anything else, even no JSON: the
+    two-tower loader then refuses it)."""
     config = path / CONFIG_FILE
-    return config.exists() and json.loads(config.read_text()).get("kind") == KIND
+    try:
+        return config.exists() and json.loads(config.read_text()).get("kind") == KIND
+    except (ValueError, AttributeError):
+        return False
 
 
 class SequenceRetriever:
@@ -163,17 +190,22 @@ class SequenceRetriever:
         for name in (CONFIG_FILE, WEIGHTS_FILE, ITEM_IDS_FILE, KNOWN_FILE, VECTORS_FILE, INDEX_FILE):
             if not (path / name).exists():
                 raise ModelUnavailable(f"{path / name}: missing; not a sequence retriever dir")
+        check_model_dir(path)
+        parsed = parse_json(SequenceConfigFile, path / CONFIG_FILE)
         config = json.loads((path / CONFIG_FILE).read_text())
-        if config.get("kind") != KIND:
-            raise ModelUnavailable(f"{path / CONFIG_FILE}: kind {config.get('kind')!r}, not {KIND!r}")
-        state = load_file(str(path / WEIGHTS_FILE))
-        content = state.get("content")
-        tower = SequenceTower(SequenceTowerConfig(**config["model"]), int(config["n_items"]),
-                              None if content is None or content.numel() == 0 else content.numpy())
         try:
-            tower.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelUnavailable(f"{path / WEIGHTS_FILE}: does not fit the model in {CONFIG_FILE} ({exc})") from exc
+            state = load_file(str(path / WEIGHTS_FILE))
+        except (SafetensorError, OSError) as exc:
+            raise UntrustedArtifact(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({exc})") from exc
+        # The content buffer is data the tower is built around: its shape is the config's, then every tensor is checked.
+        content = state.get("content")
+        uses_content = parsed.model.use_content and parsed.content_dim > 0
+        expected = (parsed.n_items, parsed.content_dim) if uses_content else (0, 0)
+        if content is None or tuple(content.shape) != expected:
+            found = None if content is None else tuple(content.shape)
+            raise UntrustedArtifact(f"{path / WEIGHTS_FILE}: tensor content: expected {expected}, found {found}")
+        tower = SequenceTower(parsed.model, parsed.n_items, content.numpy() if uses_content else None)
+        check_state_dict(tower, state, path / WEIGHTS_FILE)
         item_ids = [str(i) for i in json.loads((path / ITEM_IDS_FILE).read_text())]
         known = np.load(path / KNOWN_FILE)
         vectors = np.load(path / VECTORS_FILE)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ranking.artifact_check import write_manifest
 from ranking.model_watcher import ModelWatcher, ServingState
 from ranking.recommender import MAX_CATEGORY_LENGTH, MAX_K, Purchases, Recommender, check_category, check_id
 from tests.servers import free_port, start_redis
@@ -220,11 +221,14 @@ def test_watcher_refuses_broken_champions_and_takes_good_ones(registry_copy: Dat
     assert watcher.poll_once() and state.recommender is not None
     serving = dict(state.recommender.bundle.versions)
 
+    # Each broken model below is sealed by a manifest, as its (buggy) saver would have written it: the
+    # checks of a load, not the manifest's, must refuse it (tests/reliability/test_artifacts.py tampers).
     # A ranker whose feature list is the right one in another order.
     ranker_dir = download(data, "vitrine-ranker", tmp_path / "ranker")
     meta = json.loads((ranker_dir / "ranker.json").read_text())
     meta["feature_names"] = meta["feature_names"][::-1]
     (ranker_dir / "ranker.json").write_text(json.dumps(meta))
+    write_manifest(ranker_dir)
     bad_ranker = register_dir(data, "vitrine-ranker", ranker_dir)
     assert not watcher.poll_once()
     assert state.recommender.bundle.versions == serving
@@ -238,6 +242,7 @@ def test_watcher_refuses_broken_champions_and_takes_good_ones(registry_copy: Dat
     truncated = download(data, "vitrine-retriever", tmp_path / "truncated")
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    write_manifest(truncated)
     bad_retriever = register_dir(data, "vitrine-retriever", truncated)
     assert not watcher.poll_once()
     assert state.recommender.bundle.versions == serving
@@ -249,6 +254,7 @@ def test_watcher_refuses_broken_champions_and_takes_good_ones(registry_copy: Dat
     other = faiss.IndexFlatIP(index.d + 3)
     other.add(np.random.default_rng(0).normal(size=(index.ntotal, index.d + 3)).astype(np.float32))
     faiss.write_index(other, str(wrong_dim / "index.faiss"))
+    write_manifest(wrong_dim)
     register_dir(data, "vitrine-retriever", wrong_dim)
     assert not watcher.poll_once()
     assert state.recommender.bundle.versions == serving and "-d vectors" in (state.last_error or "")

@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from ranking.artifact_check import write_manifest
 from ranking.ranker_features import FEATURE_NAMES
 from ranking.reranker import (
     META_FILE,
@@ -62,15 +63,18 @@ def test_saved_as_text_with_feature_list_and_reloads_identically(model_dir: Path
 
 
 def test_a_model_with_other_features_is_refused_by_name(model_dir: Path, tmp_path: Path):
+    # Written (and sealed by a manifest) as a saver of another feature list would write them.
     for name in (MODEL_FILE, META_FILE):
         (tmp_path / name).write_text((model_dir / name).read_text())
     meta = json.loads((tmp_path / META_FILE).read_text())
     meta["feature_names"] = [n for n in meta["feature_names"] if n != "item_cvr_7d"] + ["old_feature"]
     (tmp_path / META_FILE).write_text(json.dumps(meta))
+    write_manifest(tmp_path)
     with pytest.raises(ModelUnavailable, match=r"missing \['item_cvr_7d'\].*unknown \['old_feature'\]"):
         Reranker.load(tmp_path)
     meta["feature_names"] = list(reversed(FEATURE_NAMES))
     (tmp_path / META_FILE).write_text(json.dumps(meta))
+    write_manifest(tmp_path)
     with pytest.raises(ModelUnavailable, match="another order"):
         Reranker.load(tmp_path)
 
@@ -80,6 +84,7 @@ def test_missing_or_truncated_files_are_model_unavailable(model_dir: Path, tmp_p
         Reranker.load(tmp_path)
     (tmp_path / META_FILE).write_text((model_dir / META_FILE).read_text())
     (tmp_path / MODEL_FILE).write_text((model_dir / MODEL_FILE).read_text()[:300])
+    write_manifest(tmp_path)
     with pytest.raises(ModelUnavailable, match="LightGBM"):
         Reranker.load(tmp_path)
 

@@ -63,8 +63,10 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TwoTower, Inp
 def test_saved_dir_holds_the_documented_files_and_no_pickle(saved) -> None:
     path, _, _ = saved
     assert sorted(p.name for p in path.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "vocab.json", "item_vectors.npy", "item_ids.json", "index.faiss"]
+        ["config.json", "model.safetensors", "vocab.json", "item_vectors.npy", "item_ids.json", "index.faiss", "manifest.json"]
     )
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == sorted(p.name for p in path.iterdir() if p.name != "manifest.json")
     config = json.loads((path / "config.json").read_text())
     assert config["lineage"]["data_snapshot"] == "deadbeef"
     assert config["ann"]["kind"] == "exact"

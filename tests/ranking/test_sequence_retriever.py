@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ranking.artifact_check import write_manifest
 from ranking.next_item import CONTENT_QUERY_ITEMS, CONTENT_RECENCY, _content_top
 from ranking.sequence_retriever import (
     CONTENT_NEIGHBOURS_FILE,
@@ -78,9 +79,11 @@ def test_a_saved_retriever_serves_what_was_trained(tmp_path: Path) -> None:
     cosines = np.take_along_axis(loaded.content @ loaded.content.T, neighbours.astype(np.int64), axis=1)
     assert (np.diff(cosines, axis=1) <= 1e-6).all()
     np.save(path / CONTENT_NEIGHBOURS_FILE, neighbours[:2])
+    write_manifest(path)  # as a saver of the wrong lists would have sealed them
     with pytest.raises(ModelUnavailable, match="content neighbours of 2 items"):
         SequenceRetriever.load(path)
     (path / "item_ids.json").write_text('["I1"]')
+    write_manifest(path)
     with pytest.raises(ModelUnavailable, match="item ids"):
         SequenceRetriever.load(path)
 
