@@ -8,7 +8,16 @@ the run's state file (`training.pipeline_state`). The runner wraps the whole run
 parent run and each step in a nested child run, so `mlflow ui` shows one tree per day.
 
 - Resumable: a re-run continues the newest unfinished run from its failed step (same parent run),
-  skipping finished steps; `--no-resume` starts over.
+  skipping finished steps; `--no-resume` starts over. A run killed outright (`kill -9`, OOM) is
+  resumed the same way: its step is still `running` in the state file, and its MLflow runs are
+  closed as KILLED when the re-run starts.
+- One run per data dir: `run_pipeline` holds `data/pipeline/.lock` (`training.pipeline_lock`) for
+  the whole run; a second one refuses (`PipelineBusy`) or waits `wait_s`.
+- No duplicate versions: every model version a step registers is tagged, at its creation, with
+  the pipeline run, the step and the step's attempt (`vitrine.tracking.registrations_tagged`).
+  When an attempt finishes, the versions earlier attempts of that step registered and never
+  handed on (the attempt died or failed before it was recorded) are deleted from the registry,
+  so a resumed run holds as many versions as an uninterrupted one.
 - A failed step ends its child run and the parent FAILED and the run never reaches `promote`, so
   the champion stays where it was.
 - Serving (`ranking.service`) polls the `@champion` alias: the alias moves in `promote` and
@@ -43,7 +52,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from rich.console import Console
 
-from training.pipeline_state import RunState, StepRecord
+from training.pipeline_lock import pipeline_lock
+from training.pipeline_state import RUNNING, RunState, StepRecord
 from training.promotion import PromotionPolicy
 from training.split_evaluation import DEFAULT_EVAL_DAYS, DEFAULT_MIN_TEST_USERS
 from vitrine import tracking
@@ -56,6 +66,17 @@ YESTERDAY = "YESTERDAY"
 PIPELINE_EXPERIMENT = "vitrine"
 # Tag that marks a parent run as a pipeline run, for `mlflow ui` filters: tags.vitrine.pipeline = 'true'.
 PIPELINE_TAG = "vitrine.pipeline"
+# Tags of every model version a step registers (and of the stage runs linked to a step): the
+# pipeline's parent run, the step, and the step's child run (one per attempt).
+PIPELINE_RUN_TAG, STEP_TAG, STEP_RUN_TAG = "pipeline_run_id", "pipeline.step", "pipeline.step_run_id"
+# Fault-injection seam of the reliability tests (tests/reliability/test_pipeline_faults.py): a comma
+# list of step names; after each one's work returned, and before it is recorded as done (the widest
+# window a crash can hit), the run prints "holding after <step>" and sleeps HOLD_S. Never set in
+# production: unset, it costs one environment lookup per step.
+HOLD_AFTER_ENV = "VITRINE_PIPELINE_HOLD_AFTER"
+# Long enough for a test to kill the run in the window; short enough that a variable left set by
+# mistake delays a run by minutes, not forever.
+HOLD_S = 120.0
 
 console = Console(stderr=True)
 
@@ -112,6 +133,8 @@ class PipelineConfig:
     # Online store the feast step materializes into: "sqlite" (embedded default) or "redis"
     # (`$VITRINE_REDIS`, host:port); the one the service reads.
     online: OnlineKind = "sqlite"
+    # Seconds to wait for another pipeline run on the same data dir to finish (its lock); 0 refuses at once.
+    wait_s: float = 0.0
     # What is trained and served: "next-item" (the sequence tower, co-visitation and popular
     # sources and their reranker, `training.train_next_item`) or "two-tower" (the two-tower
     # retriever and its session ranker). Stage settings: "next_item" (NextItemConfig), or
@@ -243,11 +266,19 @@ def run_pipeline(data: DataDir, config: PipelineConfig | None = None, steps: tup
         config: what to run; defaults to a full run with the default promotion policy.
         steps: the step list; defaults to `STEPS`. Tests pass a shorter list.
 
+    Raises:
+        StepFailed: a step raised; the run is resumable from it.
+        PipelineBusy: another run holds the data dir (`training.pipeline_lock`) for longer than `config.wait_s`.
+
     Example:
         >>> run_pipeline(DataDir.resolve("data"), PipelineConfig(since=date(2026, 1, 1)))  # doctest: +SKIP
     """
     config = config or PipelineConfig()
-    steps = STEPS if steps is None else steps
+    with pipeline_lock(data, config.wait_s):
+        return _run_locked(data, config, STEPS if steps is None else steps)
+
+
+def _run_locked(data: DataDir, config: PipelineConfig, steps: tuple[Step, ...]) -> PipelineResult:
     uri = tracking.configure(data, config.experiment)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     state, resumed = _open_state(data, config, uri, client)
@@ -286,16 +317,19 @@ def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
 
 def _run_step(step: Step, data: DataDir, config: PipelineConfig, state: RunState, client: MlflowClient) -> None:
     console.print(f"[bold]- {step.name}[/]: {step.description}")
+    _close_interrupted_attempt(client, state, step.name)
     parent = client.get_run(state.parent_run_id)
     tags = {"mlflow.parentRunId": parent.info.run_id, "mlflow.note.content": step.description,
-            "pipeline.step": step.name, **tracking.lineage(data)}
+            STEP_TAG: step.name, **tracking.lineage(data)}
     child = client.create_run(parent.info.experiment_id, run_name=step.name, tags=tags).info.run_id
     state.start_step(step.name, child)
     context = StepContext(data, config, state, client, child)
     started_ms = int(time.time() * 1000)
     started = time.perf_counter()
     try:
-        outputs = step.run(context)
+        with tracking.registrations_tagged({PIPELINE_RUN_TAG: parent.info.run_id, STEP_TAG: step.name, STEP_RUN_TAG: child}):
+            outputs = step.run(context)
+        _hold_if_asked(step.name)
     except BaseException as exc:
         seconds = time.perf_counter() - started
         client.set_tag(child, "pipeline.error", f"{type(exc).__name__}: {exc}"[:5000])
@@ -308,9 +342,61 @@ def _run_step(step: Step, data: DataDir, config: PipelineConfig, state: RunState
     seconds = time.perf_counter() - started
     client.log_metric(child, "step_seconds", seconds)
     _link_stage_runs(client, child, parent.info.run_id, step.name, started_ms)
+    dropped = _drop_earlier_attempts(client, parent.info.run_id, step.name, child)
+    if dropped:
+        client.set_tag(child, "pipeline.dropped_versions", ", ".join(dropped))
+        console.print(f"  dropped what an earlier attempt of {step.name} registered: {', '.join(dropped)}")
     client.set_terminated(child, "FINISHED")
     state.finish_step(step.name, run_id=child, seconds=seconds, outputs=outputs)
     console.print(f"  [green]{step.name} done[/] in {seconds:.1f}s")
+
+
+def _hold_if_asked(step: str) -> None:
+    """The reliability tests' kill window (`HOLD_AFTER_ENV`); nothing when the variable is unset."""
+    if step in os.environ.get(HOLD_AFTER_ENV, "").split(","):
+        console.print(f"  holding after {step} for {HOLD_S:g}s (${HOLD_AFTER_ENV})")
+        time.sleep(HOLD_S)
+
+
+def _close_interrupted_attempt(client: MlflowClient, state: RunState, step: str) -> None:
+    """Close the MLflow runs of an attempt whose process died inside `step` (the state still says running).
+
+    A killed process ends nothing: its step's child run and the stage runs it opened stay RUNNING
+    in MLflow for ever. They are linked to the step as a finished attempt's are, and marked KILLED.
+    """
+    record = state.steps.get(step)
+    if record is None or record.status != RUNNING:
+        return
+    try:
+        attempt = client.get_run(record.run_id)
+    except MlflowException:
+        return  # deleted from the store: nothing to close
+    linked = _link_stage_runs(client, record.run_id, state.parent_run_id, step, attempt.info.start_time)
+    for run_id in [record.run_id, *linked]:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "pipeline.error", f"interrupted: the process died during step {step!r}")
+            client.set_terminated(run_id, "KILLED")
+    console.print(f"  [yellow]an earlier attempt of {step} died in it (run {record.run_id}): closed as KILLED[/]")
+
+
+def _drop_earlier_attempts(client: MlflowClient, parent: str, step: str, child: str) -> list[str]:
+    """Delete the model versions that earlier attempts of `step` in this pipeline run registered; "name/version" each.
+
+    Such a version was never handed on: its attempt died or failed before the step was recorded,
+    and the attempt that just finished registered its own. A version `@champion` points to is kept
+    whatever made it (serving follows the alias). The data dir's lock guarantees no attempt of this
+    run is alive but the caller's.
+    """
+    from vitrine.tracking import CHAMPION_ALIAS
+
+    dropped = []
+    for version in client.search_model_versions(f"tags.{PIPELINE_RUN_TAG} = '{parent}'"):
+        tags = version.tags
+        if tags.get(STEP_TAG) != step or tags.get(STEP_RUN_TAG) in (None, child) or CHAMPION_ALIAS in version.aliases:
+            continue
+        client.delete_model_version(version.name, version.version)
+        dropped.append(f"{version.name}/{version.version}")
+    return dropped
 
 
 def _link_stage_runs(client: MlflowClient, child: str, parent: str, step: str, since_ms: int) -> list[str]:

@@ -31,6 +31,14 @@ ResumeOption = Annotated[
     bool,
     typer.Option("--resume/--no-resume", help="Continue the newest unfinished run from its failed step."),
 ]
+WaitOption = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        help="Seconds to wait for another pipeline run on the same data dir to finish. Default 0: refuse at once "
+        "(exit 6), naming the running one's pid and start time.",
+    ),
+]
 RecommenderOption = Annotated[
     str,
     typer.Option("--recommender", help="next-item (sequence tower + co-visitation + content + popular, reranked) or two-tower."),
@@ -76,16 +84,20 @@ def run_command(
     rule: RuleOption = None,
     online: OnlineOption = "sqlite",
     recommender: RecommenderOption = "next-item",
+    wait: WaitOption = 0.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate new data, embed, build + materialize features, train, evaluate, promote if better, refit."""
+    """Validate new data, embed, build + materialize features, train, evaluate, promote if better, refit.
+
+    One run per data dir at a time: a second one refuses (or waits `--wait` seconds).
+    """
     from training.pipeline import RECOMMENDERS, PipelineConfig, StepFailed, resolve_since, run_pipeline
 
     if recommender not in RECOMMENDERS:
         raise InvalidInput(f"--recommender: {recommender!r} is not one of {', '.join(RECOMMENDERS)}")
     data = data_dir(data_dir_option)
-    config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule),
-                            progress=not as_json, online=online_store(online), recommender=recommender)  # type: ignore[arg-type]
+    config = PipelineConfig(since=resolve_since(since), resume=resume, policy=parse_rules(rule), progress=not as_json,
+                            online=online_store(online), recommender=recommender, wait_s=wait)  # type: ignore[arg-type]
     try:
         result = run_pipeline(data, config)  # with --json, `vitrine.cli` keeps stdout for the JSON
     except StepFailed as failed:

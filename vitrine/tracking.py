@@ -11,8 +11,11 @@ only spelling of them, and `register_model` the only code that creates versions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
+from collections.abc import Iterator
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
 
@@ -40,6 +43,10 @@ CHALLENGER_ALIAS = "challenger"
 # The refit has seen every day, those of the next run's split too, so the next evaluation scores this
 # version in the champion's place: both sides of the comparison then never saw the test days.
 VALIDATED_ALIAS = "validated"
+
+# Tags `register_model` adds to every version it creates while `registrations_tagged` is in force:
+# the pipeline names its run and step there, so a version knows from birth which attempt made it.
+_REGISTRATION_TAGS: ContextVar[dict[str, str]] = ContextVar("vitrine_registration_tags", default={})
 
 # Packages whose versions decide whether a model can be reproduced or even loaded.
 LINEAGE_PACKAGES = ("vitrine", "torch", "torchrec", "fbgemm-gpu-cpu", "feast", "lightgbm", "transformers", "faiss-cpu", "mlflow")
@@ -115,14 +122,31 @@ def lineage(data: DataDir) -> dict[str, str]:
     return tags
 
 
+@contextlib.contextmanager
+def registrations_tagged(tags: dict[str, str]) -> Iterator[None]:
+    """Every version `register_model` creates inside the block carries `tags` too (they win over the stage's).
+
+    The tags go in with the version's creation, in one call: a process killed right after it
+    still leaves a version that says who made it (`training.pipeline` finds a dead attempt's
+    versions by them).
+    """
+    token = _REGISTRATION_TAGS.set({**_REGISTRATION_TAGS.get(), **tags})
+    try:
+        yield
+    finally:
+        _REGISTRATION_TAGS.reset(token)
+
+
 def register_model(name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
     """A new version of registered model `name` (created when absent) for the artifacts at `source`.
+
+    The stages log the model's files before they call this, so a version never points at nothing.
 
     Args:
         name: one of the model names above.
         source: the artifact URI of the model folder (a plain folder: the stages save their own formats).
         run_id: the MLflow run that produced it.
-        tags: lineage and figures, copied onto the version.
+        tags: lineage and figures, copied onto the version (with those of `registrations_tagged`).
 
     Returns:
         The new version number, as text.
@@ -135,4 +159,5 @@ def register_model(name: str, source: str, run_id: str, tags: dict[str, str]) ->
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=MODEL_DESCRIPTIONS.get(name, ""))
+    tags = {**tags, **_REGISTRATION_TAGS.get()}
     return str(client.create_model_version(name, source=source, run_id=run_id, tags=tags).version)
