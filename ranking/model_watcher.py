@@ -8,8 +8,11 @@ off the request path (reusing the parts that did not change), checks that the pa
 the bundle they started with.
 
 A candidate that fails to load (truncated file, wrong dimension, feature list mismatch, missing
-artifact) is refused: the old bundle keeps serving and `status()` (shown by `/readyz`) names the
-version and the reason. The same broken version is not retried until the registry moves again.
+artifact) is refused: the old bundle keeps serving and `ServingState.last_error` (shown by `/readyz`)
+names the version and the reason. The same broken version is not retried until the registry moves again.
+A candidate whose files are not what Vitrine's savers wrote (a pickle, a file changed since its
+manifest, a strange config, weights or model text: `ranking.artifact_check`) is refused before any
+of it is loaded, and logged as an error: someone or something wrote into the model registry.
 
 Each poll also reads every served view's watermark (`ranking.recommender.read_freshness`) into
 `ServingState.freshness` and the live recommender, which is how requests, `/readyz` and `/metrics`
@@ -33,7 +36,7 @@ from typing import Any, Callable
 from ranking.item_table import materialization_version
 from ranking.online_features import Freshness, StaleView, open_reader, stale_reason
 from ranking.recommender import SERVED_VIEWS, USER_VIEWS, ModelBundle, Purchases, Recommender, check_bundle, load_items, read_freshness
-from vitrine.errors import VitrineError
+from vitrine.errors import UntrustedArtifact, VitrineError
 from vitrine.options import OnlineKind
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL
@@ -154,10 +157,17 @@ class ModelWatcher:
             return False
         self.state.checked_at = datetime.now(timezone.utc)
         self._observe(freshness)
-        if probe == self.state.loaded or probe == self.state.refused:
+        if probe == self.state.loaded:
+            if self.state.last_error is not None:  # the registry is readable again, or its alias moved back to what serves
+                self._clear()
+            return False
+        if probe == self.state.refused:
             return False
         try:
             bundle = self._build(probe)
+        except UntrustedArtifact as exc:
+            self._refuse(probe, str(exc), level=logging.ERROR)
+            return False
         except VitrineError as exc:
             self._refuse(probe, str(exc))
             return False
@@ -218,13 +228,21 @@ class ModelWatcher:
         if self.on_change:
             self.on_change(self.state)
 
-    def _refuse(self, probe: Probe | None, reason: str) -> None:
+    def _clear(self) -> None:
+        with self.state.lock:
+            self.state.last_error = None
+            self.state.refused = None
+        log.info("model watcher: the registry names what serves again")
+        if self.on_change:
+            self.on_change(self.state)
+
+    def _refuse(self, probe: Probe | None, reason: str, level: int = logging.WARNING) -> None:
         with self.state.lock:
             if probe is not None:
                 reason = f"refused {RETRIEVER_MODEL} v{probe.retriever} + {RANKER_MODEL} v{probe.ranker}: {reason}"
             self.state.last_error = reason
             self.state.refused = probe
-        log.warning("model watcher: %s", self.state.last_error)
+        log.log(level, "model watcher: %s", reason)
         if self.on_change:
             self.on_change(self.state)
 
