@@ -129,3 +129,31 @@ def test_json_output_is_the_document_alone_whatever_else_prints(vitrine_cli, tmp
     code, out, err = vitrine_cli("generate", "--users", "30", "--items", "20", "--days", "3", "--data-dir", str(tmp_path / "data"), "--json")
     assert code == 0, err
     assert json.loads(out)["generate"]["users"] == 30 and "Materializing" in err
+
+
+def test_ingest_live_prints_new_and_already_stored_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vitrine_cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    data = DataDir.resolve(tmp_path / "data")
+    assert vitrine_cli("ingest", "--source", str(tiny_source(tmp_path / "src")), "--data-dir", str(data.root))[0] == 0
+    data.live_events.mkdir(parents=True)
+    (data.live_events / "events-2024-03-01-7.csv").write_text(
+        "user_id,item_id,event_type,timestamp,session_id,quantity,price\nu3,I1,click,2024-03-01T10:30:00.000000Z,,,\n"
+    )
+
+    code, out, _ = vitrine_cli("ingest", "--live", "--data-dir", str(data.root), "--json")
+    again, table, _ = vitrine_cli("ingest", "--live", "--data-dir", str(data.root))
+
+    assert code == 0 and again == 0
+    payload = json.loads(out)
+    assert (payload["merge"], payload["tables"]["events"]["new"], payload["tables"]["events"]["already_stored"]) == (True, 1, 0)
+    assert payload["moved"] == [str(data.live / "ingested" / "events-2024-03-01-7.csv")]  # 2024-03-01 is long past
+    assert "already stored" in table and "(merge)" in table
+    assert sorted(store.read_events(data)["user_id"]) == ["u1", "u2", "u3"]
+
+
+def test_ingest_live_with_a_source_exits_2(tmp_path: Path, vitrine_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, _, err = vitrine_cli("ingest", "--live", "--source", str(tmp_path), "--data-dir", str(tmp_path / "data"))
+
+    assert code == 2 and "--live" in err

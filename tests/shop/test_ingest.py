@@ -1,4 +1,4 @@
-"""The data contract as `ingest` enforces it: reject rows, whole-file errors, formats, append."""
+"""The data contract as `ingest` enforces it: reject rows, whole-file errors, formats, append, merge, the live spool."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from vitrine.errors import UnusableFile
 from vitrine.paths import DataDir
 from vitrine.shop import ingest as ingest_module
 from vitrine.shop import store
-from vitrine.shop.ingest import REJECT_COLUMNS, ingest
+from vitrine.shop.ingest import REJECT_COLUMNS, ingest, ingest_live
 
 ITEM_COLUMNS = ["item_id", "title", "description", "category", "brand", "price", "image_path", "created_at"]
 
@@ -433,3 +433,124 @@ def test_a_log_spanning_years_of_days_is_stored_day_by_day(tmp_path: Path, data_
 
     assert report.tables["events"].accepted == 1_500 and len(report.event_days) == 1_500
     assert len(store.event_days(data_dir)) == 1_500 and len(store.read_events(data_dir)) == 1_500
+
+
+# --- merging, and the service's spool ---------------------------------------------------------------
+
+SPOOL_HEADER = "user_id,item_id,event_type,timestamp,session_id,quantity,price\n"
+
+
+def spool_line(user: str, item: str, minute: int, day: str = "2024-01-03") -> str:
+    """One line as `ranking.event_spool` writes it."""
+    return f"{user},{item},purchase,{day}T11:{minute:02d}:00.000000Z,s9,1.0,19.5\n"
+
+
+def write_spool(data: DataDir, name: str, text: str) -> Path:
+    data.live_events.mkdir(parents=True, exist_ok=True)
+    path = data.live_events / name
+    path.write_text(text)
+    return path
+
+
+def test_merge_adds_to_the_days_the_shop_holds_and_a_second_run_adds_nothing(tmp_path: Path, data_dir: DataDir) -> None:
+    ingest(data_dir, write_shop(tmp_path / "export", good_items(), good_events()))  # 2 events on 2024-01-03
+    source = tmp_path / "later"
+    source.mkdir()
+    (source / "events.csv").write_text(SPOOL_HEADER + spool_line("u7", "I2", 1) + spool_line("u8", "I3", 2))
+
+    first = ingest(data_dir, source, append=True, merge=True)
+    after_first = store.read_events(data_dir)
+    second = ingest(data_dir, source, append=True, merge=True)
+
+    assert first.to_dict()["tables"]["events"] | {"files": None, "reasons": None} == {
+        "files": None, "read": 2, "accepted": 2, "rejected": 0, "reasons": None, "new": 2, "already_stored": 0,
+    }  # fmt: skip
+    assert first.event_days == ["2024-01-03"] and first.merge
+    day = after_first[after_first["timestamp"].dt.strftime("%Y-%m-%d") == "2024-01-03"]
+    assert sorted(day["user_id"]) == ["u1", "u1", "u7", "u8"]  # the export's two events kept
+    assert (second.tables["events"].accepted, second.tables["events"].already_stored, second.event_days) == (2, 2, [])
+    pd.testing.assert_frame_equal(store.read_events(data_dir), after_first)
+    assert "already stored" in [column.header for column in second.to_table().columns]
+
+
+def test_merge_needs_append(tmp_path: Path, data_dir: DataDir) -> None:
+    with pytest.raises(ValueError, match="append=True"):
+        ingest(data_dir, write_shop(tmp_path / "src", good_items(), good_events()), merge=True)
+
+
+@pytest.mark.parametrize(
+    ("half", "cut"),
+    [("u9,I1,purch", "event_type"), ("u9,I1,purchase,2024-01-03T11:09:00.0", "timestamp"), ("u9,I1,purchase,2024-01-03T11:09:00.000000Z,s9,1.0,19", "price")],
+    ids=["in-event-type", "in-timestamp", "in-price"],
+)
+def test_a_half_written_last_line_is_one_reject_and_is_stored_once_finished(
+    tmp_path: Path, data_dir: DataDir, half: str, cut: str
+) -> None:
+    """A line cut in its price ("19" of "19.5") or timestamp would parse as a wrong event: it is never read as one."""
+    ingest(data_dir, write_shop(tmp_path / "export", good_items(), good_events()))
+    path = write_spool(data_dir, "events-2024-01-03-7.csv", SPOOL_HEADER + spool_line("u7", "I2", 1) + spool_line("u8", "I3", 2) + half)
+
+    report = ingest_live(data_dir, now=pd.Timestamp("2024-01-03T12:00Z"))
+
+    events = report.tables["events"]
+    assert (events.read, events.accepted, events.rejected, dict(events.reasons)) == (3, 2, 1, {"half_written_line": 1})
+    reject = rejects(data_dir, "events").iloc[0]
+    assert (reject["reject_file"], reject["reject_row"], reject["reject_reason"], reject["reject_field"]) == (
+        "events/events-2024-01-03-7.csv", 3, "half_written_line", cut,
+    )  # fmt: skip
+    assert half.endswith(reject["reject_value"])
+    assert sorted(store.read_events(data_dir)["user_id"]) == ["u1", "u1", "u2", "u2", "u7", "u8"]
+
+    with path.open("a") as handle:  # the service finishes the line
+        handle.write(spool_line("u9", "I1", 9)[len(half) :])
+    again = ingest_live(data_dir, now=pd.Timestamp("2024-01-03T12:05Z"))
+
+    assert (again.tables["events"].new, again.tables["events"].already_stored) == (1, 2)
+    stored = store.read_events(data_dir)
+    assert sorted(stored["user_id"]) == ["u1", "u1", "u2", "u2", "u7", "u8", "u9"]
+    assert stored.loc[stored["user_id"] == "u9", "price"].tolist() == [19.5]
+    assert not (data_dir.rejects / "events.parquet").exists()
+
+
+def test_a_file_with_no_finished_line_yet_is_one_reject_not_a_crash(data_dir: DataDir, tmp_path: Path) -> None:
+    ingest(data_dir, write_shop(tmp_path / "export", good_items(), good_events()))
+    write_spool(data_dir, "events-2024-01-03-7.csv", SPOOL_HEADER[:20])
+
+    report = ingest_live(data_dir, now=pd.Timestamp("2024-01-03T12:00Z"))
+
+    assert (report.tables["events"].read, dict(report.tables["events"].reasons)) == (1, {"half_written_line": 1})
+    assert rejects(data_dir, "events").iloc[0]["reject_field"] == "line"
+    assert len(store.read_events(data_dir)) == 4
+
+
+def test_ingest_live_moves_past_days_files_and_keeps_todays(tmp_path: Path, data_dir: DataDir) -> None:
+    ingest(data_dir, write_shop(tmp_path / "export", good_items(), good_events()))
+    old = write_spool(data_dir, "events-2024-01-03-7.csv", SPOOL_HEADER + spool_line("u7", "I2", 1))
+    just_ended = write_spool(data_dir, "events-2024-01-04-7.csv", SPOOL_HEADER + spool_line("u8", "I2", 2, day="2024-01-04"))
+    today = write_spool(data_dir, "events-2024-01-05-7.csv", SPOOL_HEADER + spool_line("u9", "I2", 3, day="2024-01-05"))
+    assert not list(data_dir.live.glob("items.*")) and not list(data_dir.live.glob("users.*"))  # live/ holds events only
+
+    # 00:05: yesterday's file may still get a post received before midnight (SPOOL_SETTLE).
+    report = ingest_live(data_dir, now=pd.Timestamp("2024-01-05T00:05Z"))
+
+    ingested = data_dir.live / "ingested"
+    assert report.moved == [ingested / old.name]
+    assert report.to_dict()["moved"] == [str(ingested / old.name)]
+    assert not old.exists() and just_ended.exists() and today.exists()
+    assert sorted(store.read_events(data_dir)["user_id"]) == ["u1", "u1", "u2", "u2", "u7", "u8", "u9"]
+
+    later = ingest_live(data_dir, now=pd.Timestamp("2024-01-05T09:00Z"))
+
+    assert later.moved == [ingested / just_ended.name] and today.exists()
+    assert (later.tables["events"].accepted, later.tables["events"].already_stored) == (2, 2)
+    assert len(store.read_events(data_dir)) == 7
+
+
+def test_ingest_live_without_any_post_is_an_empty_ingest(tmp_path: Path, data_dir: DataDir) -> None:
+    ingest(data_dir, write_shop(tmp_path / "export", good_items(), good_events()))
+    before = store.read_events(data_dir)
+
+    report = ingest_live(data_dir)
+
+    assert (report.tables["events"].read, report.tables["events"].already_stored, report.moved) == (0, 0, [])
+    pd.testing.assert_frame_equal(store.read_events(data_dir), before)

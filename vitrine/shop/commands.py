@@ -3,6 +3,7 @@
     vitrine generate [--users N --items M --days D --seed S --start YYYY-MM-DD] [--scale]   (default: ends yesterday)
     vitrine import amazon-reviews --reviews F --meta F [--images DIR]
     vitrine ingest [--source DIR] [--append]
+    vitrine ingest --live          (the service's spool: merged into the shop, past days' files moved)
 
 Each one ends with `ingest`, so the shop in `data/shop` is always validated, and prints the counts
 (a table, or JSON with `--json`). Invalid rows never fail a command: they go to `data/rejects/`.
@@ -94,13 +95,25 @@ def generate(
 def ingest_command(
     source: Annotated[Optional[Path], typer.Option(help="Dir with the contract files (default: <data-dir>/incoming).")] = None,
     append: Annotated[bool, typer.Option("--append", help="Add to the stored shop: upsert items/users, replace only the event days given.")] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Ingest the events posted to the service (<data-dir>/live), merged into the days stored (a row stored "
+            "already is not stored twice); then move past days' spool files to live/ingested/.",
+        ),
+    ] = False,
     data_dir_option: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Validate a shop in the data contract and store it; invalid rows go to <data-dir>/rejects/."""
-    from vitrine.shop.ingest import ingest
+    from vitrine.errors import InvalidInput
+    from vitrine.shop.ingest import ingest, ingest_live
 
-    report = ingest(data_dir(data_dir_option), source, append=append)
+    if live and source is not None:
+        raise InvalidInput("--live reads <data-dir>/live; leave out --source")
+    data = data_dir(data_dir_option)
+    report = ingest_live(data) if live else ingest(data, source, append=append)
     if as_json:
         print_json(report.to_dict())
     else:

@@ -23,6 +23,11 @@ Whole-file problems (no such file, unreadable, a required column missing, a colu
 cannot be read as its type at all) raise `UnusableFile` before anything is written, so a failed
 ingest leaves the previous canonical shop as it was.
 
+`ingest_live` reads what the service received (`POST /events`, the spool in `DataDir.live`) into
+the shop in merge mode: the days it holds are added to, never replaced, and a spool file read
+again adds only the lines it did not hold the last time (`store.WriteMode.MERGE_DAYS`). Files of
+past days then move to `live/ingested/`.
+
 Example:
     >>> from vitrine.paths import DataDir
     >>> report = ingest(DataDir.resolve("data"))          # reads data/incoming/
@@ -35,6 +40,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -43,6 +49,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +89,20 @@ UTF8_CHECK_BLOCK = 1 << 20
 # UTC days handed to the event writer at once: Arrow's dataset writer refuses more than 1,024
 # partitions per call, and a real review log spans years (Amazon's Toys: 1999-2014, 5,000+ days).
 MAX_DAYS_PER_WRITE = 1_000
+# Bytes read at once from the end of a spool file, looking back for its last newline. A spool line is
+# under 1 KB, so one read almost always finds it.
+TAIL_BLOCK = 1 << 16
+# Most bytes of a half-written line read for its reject row: a spool line is under 1 KB; the first MiB
+# of anything longer is enough to name the cell it stops in.
+MAX_HALF_LINE_BYTES = 1 << 20
+# How long after a UTC day ends `ingest_live` leaves that day's spool files in place. A file is named for
+# the day a post was received, and a post received at 23:59:59 is written a moment later; 10 minutes is far
+# past the time one post takes, so no line reaches a file after it has moved.
+SPOOL_SETTLE = pd.Timedelta(minutes=10)
+# A spool file's name (`ranking.event_spool.EventSpool.file_for`): the UTC day its posts were received.
+SPOOL_FILE = re.compile(r"^events-(\d{4}-\d{2}-\d{2})-\d+\.csv$")
+# Where `ingest_live` moves the spool files of past days, under DataDir.live.
+INGESTED_FOLDER = "ingested"
 
 # Why a row was rejected (reject_reason). The README lists them with what to fix.
 MISSING_VALUE = "missing_value"  # a required field is empty
@@ -108,11 +129,14 @@ IMAGE_CORRUPT = "image_corrupt"  # the file does not decode as an image (item ke
 # More pixels than contract.MAX_IMAGE_PIXELS: a decompression bomb, refused before decoding (item kept).
 IMAGE_TOO_LARGE = "image_too_large"
 MISSING_TITLE_KEPT = "missing_title_kept"  # an item without a title (item kept, title "", its events too)
+# The last line of a spool file lacks its newline (`spool=True` only): a post still being written, or one a
+# crash cut. The line is read again, whole, by the next ingest of the spool (reject_field: the cell it stops in).
+HALF_WRITTEN_LINE = "half_written_line"
 REASONS = (
     MISSING_VALUE, UNKNOWN_EVENT_TYPE, UNKNOWN_ITEM, UNPARSABLE_TIMESTAMP, NOT_A_NUMBER,
     NON_POSITIVE_PRICE, INVALID_QUANTITY, DUPLICATE_ID, COLLIDING_ID, NUL_BYTE, VALUE_TOO_LONG,
     FUTURE_TIMESTAMP, PRE_1970_TIMESTAMP, IMAGE_MISSING, IMAGE_OUTSIDE_SOURCE, IMAGE_CORRUPT, IMAGE_TOO_LARGE,
-    MISSING_TITLE_KEPT,
+    MISSING_TITLE_KEPT, HALF_WRITTEN_LINE,
 )
 # Reasons that flag a row but keep it (with the field nulled or emptied).
 KEEP_ROW_REASONS = frozenset({IMAGE_MISSING, IMAGE_OUTSIDE_SOURCE, IMAGE_CORRUPT, IMAGE_TOO_LARGE, MISSING_TITLE_KEPT})
@@ -134,12 +158,22 @@ class TableReport:
     accepted: int = 0  # rows written to the canonical shop
     rejected: int = 0  # rows dropped (each has at least one reject row)
     reasons: Counter[str] = field(default_factory=Counter)  # reject rows by reason (kept rows included)
+    # Accepted rows the shop held already, so not stored twice (events of a merge only; else None).
+    already_stored: int | None = None
+
+    @property
+    def new(self) -> int | None:
+        """Accepted rows the shop did not hold yet (a merge's events; else None: every accepted row was written)."""
+        return None if self.already_stored is None else self.accepted - self.already_stored
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        counts = {
             "files": self.files, "read": self.read, "accepted": self.accepted,
             "rejected": self.rejected, "reasons": dict(sorted(self.reasons.items())),
         }
+        if self.already_stored is not None:
+            counts |= {"new": self.new, "already_stored": self.already_stored}
+        return counts
 
 
 @dataclass
@@ -153,6 +187,8 @@ class IngestReport:
     tables: dict[str, TableReport]
     images: int = 0  # images copied or linked into the shop
     event_days: list[str] = field(default_factory=list)  # UTC days whose partitions were written
+    merge: bool = False  # event days were merged into, not replaced
+    moved: list[Path] = field(default_factory=list)  # spool files moved to live/ingested/ (`ingest_live`)
 
     @property
     def problems(self) -> int:
@@ -162,28 +198,34 @@ class IngestReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": str(self.source), "shop": str(self.shop), "rejects": str(self.rejects),
-            "append": self.append, "images": self.images,
+            "append": self.append, "merge": self.merge, "images": self.images,
             "event_days": {"count": len(self.event_days), "first": self.event_days[0] if self.event_days else None,
                            "last": self.event_days[-1] if self.event_days else None},
             "tables": {name: report.to_dict() for name, report in self.tables.items()},
+            "moved": [str(path) for path in self.moved],
         }
 
     def to_table(self) -> Table:
-        table = Table(title=f"ingest {self.source} -> {self.shop}")
-        for column in ("table", "read", "accepted", "rejected", "reject rows by reason"):
+        table = Table(title=f"ingest {self.source} -> {self.shop}" + (" (merge)" if self.merge else ""))
+        columns = ("table", "read", "accepted", *(("already stored",) if self.merge else ()), "rejected", "reject rows by reason")
+        for column in columns:
             table.add_column(column, justify="left" if column in ("table", "reject rows by reason") else "right")
         for name, report in self.tables.items():
             reasons = ", ".join(f"{reason} {count:,}" for reason, count in sorted(report.reasons.items()))
-            table.add_row(name, f"{report.read:,}", f"{report.accepted:,}", f"{report.rejected:,}", reasons or "-")
+            held = () if not self.merge else ("-" if report.already_stored is None else f"{report.already_stored:,}",)
+            table.add_row(name, f"{report.read:,}", f"{report.accepted:,}", *held, f"{report.rejected:,}", reasons or "-")
         table.caption = (
             f"{self.images:,} images, {len(self.event_days)} event days"
             + (f" ({self.event_days[0]} .. {self.event_days[-1]})" if self.event_days else "")
             + (f"; reject rows in {self.rejects}" if self.problems else "")
+            + (f"; {len(self.moved)} spool files moved to {self.moved[0].parent}" if self.moved else "")
         )
         return table
 
 
-def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -> IngestReport:
+def ingest(
+    data: DataDir, source: Path | None = None, *, append: bool = False, merge: bool = False, spool: bool = False
+) -> IngestReport:
     """Validate the contract files in `source` and write what passes to the canonical shop.
 
     Args:
@@ -194,6 +236,12 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
         append: add to the existing shop instead of replacing it: items and users are upserted by
             id, event days present in `source` replace those days (other days are not rewritten),
             and `items` may be absent (events may refer to items already in the shop).
+        merge: with `append`: event days present in `source` are merged into those days instead of
+            replacing them; a row the shop holds already is not stored twice, so ingesting the same
+            files again changes nothing (`store.WriteMode.MERGE_DAYS`; counts in `already_stored`).
+        spool: `source` is the service's spool (`data.live`), whose CSV files may still be growing:
+            each is read up to its last newline, and the bytes after it are one `half_written_line`
+            reject row (read whole next time). No event files at all is an empty ingest, not an error.
 
     Returns:
         The counts per table; `report.to_table()` / `report.to_dict()` print them.
@@ -207,6 +255,8 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
         >>> report.tables["events"].reasons
         Counter({'unknown_item': 3})
     """
+    if merge and not append:
+        raise ValueError("merge=True merges into a stored shop: pass append=True too")
     source = (source or data.incoming).resolve()
     if not source.is_dir():
         raise InvalidInput(f"{source}: no such directory to ingest")
@@ -217,11 +267,13 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
 
     items_file = _one_file(source, "items", required=not append)
     users_file = _one_file(source, "users", required=False)
-    event_files = _event_files(source)
+    event_files = _event_files(source, required=not spool)
+    # Where each spool CSV's finished lines end (bytes after it are a half line); None: read it whole.
+    ends = {path: _finished_length(path) if spool and path.suffix == ".csv" else None for path in event_files}
     # Whole-file problems first, so that a failed ingest writes nothing.
     for path in [items_file, users_file, *event_files]:
-        if path is not None:
-            _check_columns(path, source, _schema_for(path, source))
+        if path is not None and ends.get(path) != 0:  # 0: not even the header is finished yet
+            _check_columns(path, source, _schema_for(path, source), ends.get(path))
 
     # What an append adds to: the ids new rows must not collide with, and the rows they are upserted into.
     old_items = store.read_items(data) if append and data.items.exists() else None
@@ -241,15 +293,21 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
         known.append(old_items["item_id"].astype(object))
     known_items = pyarrow.array(pd.concat(known).unique() if known else [], type=pyarrow.large_string())
 
-    writer = store.EventWriter(data, append=append)
+    mode = store.WriteMode.MERGE_DAYS if merge else store.WriteMode.REPLACE_DAYS if append else store.WriteMode.REPLACE_ALL
+    writer = store.EventWriter(data, mode)
     try:
         for path in event_files:
             reports["events"].files.append(_relative(path, source))
-            for offset, chunk in _chunks(path, source):
-                events = _validate_chunk(chunk, offset, path, source, contract.EVENTS, reports["events"], rejects,
-                                         known_items=known_items)
-                for days in _day_slices(events):
-                    writer.write(days)
+            end, rows = ends[path], 0
+            if end != 0:
+                for offset, chunk in _chunks(path, source, end):
+                    events = _validate_chunk(chunk, offset, path, source, contract.EVENTS, reports["events"], rejects,
+                                             known_items=known_items)
+                    rows = offset + chunk.num_rows
+                    for days in _day_slices(events):
+                        writer.write(days)
+            if end is not None:
+                _reject_half_line(path, source, end, rows, reports["events"], rejects)
         image_count = 0
         if items_file is not None:
             items, image_count = _place_images(items, items_file, source, data, append, reports["items"], rejects)
@@ -259,14 +317,74 @@ def ingest(data: DataDir, source: Path | None = None, *, append: bool = False) -
         raise
 
     # Everything validated: publish. Events first (the largest), then the tables that name them.
-    days = writer.publish()
+    published = writer.publish()
+    if merge:
+        reports["events"].already_stored = published.already_stored
     if items_file is not None:
         store.write_items(data, _upserted(_canonical(items, contract.ITEMS), old_items, "item_id"))
     if users is not None:
         store.write_users(data, _upserted(_canonical(users, contract.USERS), old_users, "user_id"))
     # A table not delivered in an append keeps its last rejects; otherwise they describe this ingest.
     rejects.publish([name for name in TABLES if reports[name].files or not append])
-    return IngestReport(source, data.shop, data.rejects, append, reports, image_count, days)
+    return IngestReport(source, data.shop, data.rejects, append, reports, image_count, published.days, merge)
+
+
+def ingest_live(data: DataDir, now: datetime | None = None) -> IngestReport:
+    """Ingest what the service received (`data.live`) in merge mode, then move past days' spool files.
+
+    Reads every spool file in `data.live_events` with `ingest(data, data.live, append=True,
+    merge=True, spool=True)`: the days they hold are added to (a shop's export of the same day
+    stays), rows stored by an earlier run are not stored again, and a half-written last line is one
+    reject row. Then the files of UTC days that ended more than SPOOL_SETTLE before `now` move to
+    `live/ingested/`; today's stay, since the service still appends to them, and the next run reads
+    them again. `live/` needs no items or users file: events are checked against the shop's items.
+
+    Args:
+        data: the data dir, holding the shop and the spool.
+        now: the moment that decides which files are past (default: the clock); naive is UTC.
+
+    Returns:
+        The ingest's counts, `moved` naming the files moved.
+
+    Example:
+        >>> report = ingest_live(DataDir.resolve("data"))
+        >>> report.tables["events"].already_stored, [p.name for p in report.moved]
+        (1200, ['events-2026-12-05-4242.csv'])
+    """
+    moment = store.utc(now if now is not None else pd.Timestamp.now(tz="UTC"))
+    # Chosen before reading, so that every file moved below has been read whole by this ingest.
+    settled = [path for path in _spool_files(data) if _spool_day(path) + pd.Timedelta(days=1) + SPOOL_SETTLE <= moment]
+    data.live_events.mkdir(parents=True, exist_ok=True)
+    report = ingest(data, data.live, append=True, merge=True, spool=True)
+    report.moved = _move_to_ingested(settled, data.live / INGESTED_FOLDER)
+    return report
+
+
+def _spool_files(data: DataDir) -> list[Path]:
+    """The spool files named as the service names them; other files are read but never moved."""
+    if not data.live_events.is_dir():
+        return []
+    return sorted(path for path in data.live_events.iterdir() if path.is_file() and SPOOL_FILE.match(path.name))
+
+
+def _spool_day(path: Path) -> pd.Timestamp:
+    match = SPOOL_FILE.match(path.name)
+    assert match is not None  # `_spool_files` keeps matching names only
+    return pd.Timestamp(match.group(1), tz="UTC")
+
+
+def _move_to_ingested(files: list[Path], folder: Path) -> list[Path]:
+    """Move `files` into `folder`; a name already there gets a number (`events-D-pid.1.csv`), never overwritten."""
+    moved = []
+    for path in files:
+        folder.mkdir(parents=True, exist_ok=True)
+        target, copy = folder / path.name, 0
+        while target.exists():
+            copy += 1
+            target = folder / f"{path.stem}.{copy}{path.suffix}"
+        path.rename(target)
+        moved.append(target)
+    return moved
 
 
 def _day_slices(events: pd.DataFrame) -> Iterator[pd.DataFrame]:
@@ -302,13 +420,13 @@ def _one_file(source: Path, table: str, *, required: bool) -> Path | None:
     return found[0] if found else None
 
 
-def _event_files(source: Path) -> list[Path]:
+def _event_files(source: Path, *, required: bool = True) -> list[Path]:
     single = _one_file(source, "events", required=False)
     folder = source / "events"
     parts = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in FORMATS) if folder.is_dir() else []
     if single is not None and parts:
         raise UnusableFile(f"{source}: both {single.name} and an events/ folder; keep one")
-    if single is None and not parts:
+    if single is None and not parts and required:
         raise UnusableFile(f"{source}: no events.parquet, events.csv or events/ folder of .parquet/.csv parts")
     return [single] if single is not None else parts
 
@@ -333,9 +451,9 @@ def _columns(path: Path, source: Path) -> list[str]:
         raise UnusableFile(f"{_relative(path, source)}: unreadable ({exc})") from exc
 
 
-def _check_columns(path: Path, source: Path, schema: pa.DataFrameSchema) -> None:
+def _check_columns(path: Path, source: Path, schema: pa.DataFrameSchema, end: int | None = None) -> None:
     if path.suffix == ".csv":
-        _check_utf8(path, source)
+        _check_utf8(path, source, end)
     columns = _columns(path, source)
     missing = [name for name, column in schema.columns.items() if column.required and name not in columns]
     if missing:
@@ -345,8 +463,8 @@ def _check_columns(path: Path, source: Path, schema: pa.DataFrameSchema) -> None
         )
 
 
-def _check_utf8(path: Path, source: Path) -> None:
-    """UnusableFile naming the byte, line and bytes where a CSV file stops being UTF-8.
+def _check_utf8(path: Path, source: Path, end: int | None = None) -> None:
+    """UnusableFile naming the byte, line and bytes where a CSV file (its first `end` bytes) stops being UTF-8.
 
     Such a file is refused whole, not row by row: a byte that is not UTF-8 means the file was saved in
     another encoding (Excel's plain "CSV" writes cp1252), so every row holding an accent, a euro sign or
@@ -357,7 +475,7 @@ def _check_utf8(path: Path, source: Path) -> None:
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, lines = 0, 0
-    with path.open("rb") as handle:
+    with _opened(path, end) as handle:
         while True:
             block = handle.read(UTF8_CHECK_BLOCK)
             pending = decoder.getstate()[0]  # the start of a character cut by the previous block
@@ -379,8 +497,11 @@ def _read_whole(path: Path, source: Path) -> pyarrow.Table:
     return pyarrow.concat_tables([chunk for _, chunk in _chunks(path, source)]) if path.stat().st_size else pyarrow.table({})
 
 
-def _chunks(path: Path, source: Path) -> Iterator[tuple[int, pyarrow.Table]]:
-    """(row offset, table) pieces of at most about EVENT_CHUNK_ROWS rows; CSV cells stay text."""
+def _chunks(path: Path, source: Path, end: int | None = None) -> Iterator[tuple[int, pyarrow.Table]]:
+    """(row offset, table) pieces of at most about EVENT_CHUNK_ROWS rows; CSV cells stay text.
+
+    `end`: read a CSV file's first `end` bytes only (a spool file's finished lines)."""
+    head = None if end is None or path.suffix != ".csv" else _opened(path, end)
     try:
         if path.suffix == ".parquet":
             reader = pq.ParquetFile(path)
@@ -390,7 +511,7 @@ def _chunks(path: Path, source: Path) -> Iterator[tuple[int, pyarrow.Table]]:
             # Every CSV cell is read as text: ids like "00123" stay ids and bad values stay visible.
             columns = _columns(path, source)
             stream = pacsv.open_csv(
-                path,
+                path if head is None else head,
                 read_options=pacsv.ReadOptions(block_size=64 << 20),
                 convert_options=pacsv.ConvertOptions(
                     column_types={name: pyarrow.string() for name in columns},
@@ -409,6 +530,78 @@ def _chunks(path: Path, source: Path) -> Iterator[tuple[int, pyarrow.Table]]:
             yield offset, pyarrow.Table.from_batches(pending, schema=schema)
     except (OSError, pyarrow.ArrowException) as exc:
         raise UnusableFile(f"{_relative(path, source)}: unreadable ({exc})") from exc
+    finally:
+        if head is not None:
+            head.close()
+
+
+class _Head(io.RawIOBase):
+    """The first `size` bytes of a file, as a stream: the finished part of a spool file that may still grow."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        super().__init__()
+        self._file = path.open("rb")
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")[: self._left]
+        read = self._file.readinto(view) if len(view) else 0
+        self._left -= read
+        return read
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _opened(path: Path, end: int | None) -> io.BufferedIOBase:
+    """`path` opened for binary reading, or its first `end` bytes when `end` is given."""
+    return path.open("rb") if end is None else io.BufferedReader(_Head(path, end))
+
+
+def _finished_length(path: Path) -> int:
+    """The bytes of `path` up to and including its last newline: the lines a writer has finished."""
+    with path.open("rb") as handle:
+        position = handle.seek(0, os.SEEK_END)
+        while position > 0:
+            start = max(0, position - TAIL_BLOCK)
+            handle.seek(start)
+            newline = handle.read(position - start).rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            position = start
+    return 0
+
+
+def _reject_half_line(path: Path, source: Path, end: int, rows: int, report: TableReport, rejects: RejectWriter) -> None:
+    """The bytes after `end` (a line still being written, or cut by a crash) as one HALF_WRITTEN_LINE reject row.
+
+    `rows` is the number of finished data rows before it. The reject row holds the cells the line has so far,
+    named by the header, and names the cell it stops in; a file without a finished header gets `line` instead."""
+    with path.open("rb") as handle:
+        handle.seek(end)
+        tail = handle.read(MAX_HALF_LINE_BYTES)
+    if not tail:
+        return
+    text = tail.decode("utf-8", errors="replace")  # a line may stop inside a character
+    header = _columns(path, source) if end else []
+    try:
+        cells = next(csv.reader([text]), [])
+    except csv.Error:  # an unclosed quote
+        cells = [text]
+    if header and cells:
+        row = {name: [cells[i] if i < len(cells) else None] for i, name in enumerate(header)}
+        cut = header[min(len(cells), len(header)) - 1]
+    else:
+        row, cut = {"line": [text]}, "line"
+    chunk = pyarrow.table({name: pyarrow.array(values, pyarrow.string()) for name, values in row.items()})
+    rejects.add(report.table, chunk, [_Problem(0, cut, text, HALF_WRITTEN_LINE)], rows, _relative(path, source))
+    report.read += 1
+    report.rejected += 1
+    report.reasons[HALF_WRITTEN_LINE] += 1
 
 
 # --- validating rows -----------------------------------------------------------------------------
