@@ -614,7 +614,13 @@ def create_app(
     # arrival order. As a sync endpoint each request would hop to a pool thread, and the threads of
     # concurrent requests would share the GIL, so every one of them finished late. Its only I/O is
     # the online-store read, bounded by the store's timeouts and circuit breaker.
-    @app.get("/recommend/{user_id}", response_model=RecommendOut, responses=responses, summary="Top-k items for a user")
+    # OpenAPI links say which answer feeds which call (an item listed -> items like it; an event posted ->
+    # that user's list): clients can follow them, and schemathesis's stateful phase chains calls by them.
+    similar_link = {"operationId": "similar", "parameters": {"item_id": "$response.body#/items/0/item_id"}}
+    listed = {"description": "The items", "links": {"SimilarToFirst": similar_link}}
+
+    @app.get("/recommend/{user_id}", response_model=RecommendOut, responses={**responses, 200: listed},
+             summary="Top-k items for a user", operation_id="recommend")  # fmt: skip
     async def recommend_endpoint(
         user_id: str = PathParam(..., min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN.pattern, description="The user's id"),
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="How many items"),
@@ -634,7 +640,8 @@ def create_app(
     def recommend_without_user() -> None:
         raise InvalidInput("user_id: must be a non-empty id, e.g. /recommend/U000042")
 
-    @app.get("/search", response_model=SearchOut, responses=responses, summary="Items matching a text query")
+    @app.get("/search", response_model=SearchOut, responses={**responses, 200: listed}, summary="Items matching a text query",
+             operation_id="search")  # fmt: skip
     def search_endpoint(
         q: str = Query(..., min_length=1, max_length=MAX_QUERY_LENGTH, description="Free text, e.g. 'red floral dress'"),
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K),
@@ -643,7 +650,8 @@ def create_app(
             raise InvalidInput("q: must contain some text")
         return {"query": q, "items": _hits(search.engine().search(q, k), serving)}
 
-    @app.get("/similar/{item_id}", response_model=SearchOut, responses={**responses, 404: {"model": ErrorOut}}, summary="Items like an item")
+    @app.get("/similar/{item_id}", response_model=SearchOut, responses={**responses, 200: listed, 404: {"model": ErrorOut}},
+             summary="Items like an item", operation_id="similar")  # fmt: skip
     def similar_endpoint(
         item_id: str = PathParam(..., min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN.pattern),
         k: int = Query(DEFAULT_K, ge=1, le=MAX_K),
@@ -655,7 +663,9 @@ def create_app(
         "/events",
         status_code=202,
         response_model=EventsOut,
-        responses={**responses, 413: {"model": ErrorOut}},
+        responses={**responses, 413: {"model": ErrorOut}, 202: {"description": "Stored", "links": {"RecommendForPoster": {
+            "operationId": "recommend", "parameters": {"user_id": "$request.body#/user_id"}}}}},
+        operation_id="post_events",
         summary=f"Record shop events: one, or a list of at most {MAX_EVENT_BATCH}",
         description=(
             "Each event is checked against the data contract (ids, event_type, timestamp with a time zone or absent = now, "
