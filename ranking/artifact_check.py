@@ -219,6 +219,9 @@ def check_lightgbm_text(text: str, feature_names: Sequence[str], path: Path, max
     Checks the `tree` / `version=v4` header, one class and one tree per iteration, the feature names
     and `max_feature_idx`, and that the trees are numbered 0..n-1, at most `max_trees`, each exactly
     as long as `tree_sizes` says (LightGBM seeks by those sizes), up to `end of trees`.
+
+    Why before LightGBM: its parser does not always raise. One extra line inside a tree makes
+    LightGBM 4.7 call std::terminate, which kills the whole serving process, not just the load.
     """
 
     def refuse(reason: str) -> UntrustedArtifact:

@@ -114,6 +114,7 @@ def not_lightgbm(model: Path, trap: Path) -> None:
 
 
 def lightgbm_tree_edited(model: Path, trap: Path) -> None:
+    """One line more in the first tree. Given to LightGBM 4.7 it calls std::terminate: the test process would die."""
     text = (model / "model.txt").read_text()
     (model / "model.txt").write_text(text.replace("Tree=0\n", "Tree=0\nextra=1\n", 1))
     write_manifest(model)
