@@ -1,5 +1,6 @@
-"""POST /events: what is accepted is on disk exactly once and ingests into the shop; a spool that cannot
-be written answers 503 and the rest of the service keeps serving.
+"""POST /events: what is accepted is on disk exactly once and ingests into the shop (`vitrine ingest --live`
+adds it to the days the shop's export holds, once however often it runs); a spool that cannot be written
+answers 503 and the rest of the service keeps serving.
 
 Read-only and full disks are made for real where this machine allows it:
 - read-only: as a normal user, chmod 0o555 on the spool folder and 0o444 on its file (EACCES). As root
@@ -13,6 +14,7 @@ Read-only and full disks are made for real where this machine allows it:
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import threading
@@ -26,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
 from ranking.event_spool import MAX_EVENT_BATCH, SPOOL_COLUMNS, EventSpool
 from ranking.model_watcher import ServingState
 from ranking.service import ServiceConfig, create_app
+from tests.conftest import CliRunner
 from tests.servers import free_port
 from tests.shops import served_shop
 from vitrine.paths import DataDir
@@ -118,6 +122,55 @@ def test_posted_events_ingest_into_the_shop(tmp_path: Path, record_property: Rec
     # The +02:00 timestamp is stored as the same moment in UTC; the event without one got the server's clock.
     assert new.iloc[1]["timestamp"] == now - timedelta(minutes=4)
     assert abs(new.iloc[3]["timestamp"] - datetime.now(timezone.utc)) < timedelta(minutes=5)
+
+
+def test_live_ingest_adds_posts_to_the_exports_day_once_and_moves_past_files(
+    tmp_path: Path, vitrine_cli: CliRunner, record_property: Record
+) -> None:
+    """`vitrine ingest --live`, twice: the export's day D keeps its events and gains the posted ones, once."""
+    from vitrine.shop.store import read_events
+
+    data = contract_shop(tmp_path)  # 30 views on 2026-01-05, from the shop's export
+    day = "2026-01-05"
+    # Purchases on day D posted today (a tracker that flushes late): they go to today's spool file.
+    posted = [event(f"U{i % 4:03d}", f"I{i:03d}", "purchase", timestamp=f"{day}T15:{i:02d}:00Z", quantity=1, price=5.5 + i) for i in range(6)]
+    with offline_app(data.root) as client:
+        answer = client.post("/events", json=posted)
+    today = EventSpool(data.live_events).file_for(datetime.now(timezone.utc))
+    # A past day's file of a worker gone since, whose last post a crash cut in two (its price "12.5" reads "1").
+    old = data.live_events / "events-2026-01-06-99999.csv"
+    old.write_text(
+        ",".join(SPOOL_COLUMNS) + "\n"
+        + "".join(f"U00{i},I00{i},add_to_cart,{day}T16:0{i}:00.000000Z,s-{i},1.0,\n" for i in (1, 2))
+        + f"U003,I007,purchase,{day}T16:09:00.000000Z,s-9,1.0,1"
+    )  # fmt: skip
+    export = read_events(data)
+
+    runs = [vitrine_cli("ingest", "--live", "--data-dir", str(data.root), "--json") for _ in range(2)]
+    stored = read_events(data)
+    first, second = (json.loads(out)["tables"]["events"] for _, out, _ in runs)
+
+    on_day = stored[stored["timestamp"].dt.strftime("%Y-%m-%d") == day]
+    kept = [(r.user_id, r.item_id, r.event_type, r.timestamp) for r in on_day.itertuples()]
+    expected = [(r.user_id, r.item_id, r.event_type, r.timestamp) for r in export.itertuples()]
+    expected += [(e["user_id"], e["item_id"], "purchase", pd.Timestamp(e["timestamp"])) for e in posted]
+    expected += [(f"U00{i}", f"I00{i}", "add_to_cart", pd.Timestamp(f"{day}T16:0{i}:00Z")) for i in (1, 2)]
+    lost = sum(1 for row in expected if row not in kept)
+    record_property("requests", 1)
+    record_property("failed_requests", int(answer.status_code != 202))
+    record_property("events_lost", lost)
+    record_property(
+        "outcome",
+        f"6 posts and 2 spooled lines merged into the export's day of 30 by `ingest --live`: {len(on_day)} on the day, "
+        f"{second['already_stored']} already stored on the second run, the half line one reject",
+    )
+    assert answer.status_code == 202 and [code for code, _, _ in runs] == [0, 0]
+    assert lost == 0 and len(on_day) == len(stored) == 30 + 6 + 2  # nothing doubled, nothing else
+    assert (first["new"], first["already_stored"], first["rejected"], first["reasons"]) == (8, 0, 1, {"half_written_line": 1})
+    assert (second["accepted"], second["new"], second["already_stored"], second["rejected"]) == (6, 0, 6, 0)
+    assert not ((stored["user_id"] == "U003") & (stored["timestamp"] == pd.Timestamp(f"{day}T16:09:00Z"))).any()
+    assert today.exists() and not old.exists() and (data.live / "ingested" / old.name).exists()
+    assert json.loads(runs[0][1])["moved"] == [str(data.live / "ingested" / old.name)] and json.loads(runs[1][1])["moved"] == []
 
 
 @pytest.mark.parametrize(
