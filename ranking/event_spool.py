@@ -7,7 +7,7 @@ events format (`vitrine.shop.contract`): CSV with the header
 
 one file per UTC day of receipt and serving process, `events-YYYY-MM-DD-<pid>.csv`, so that several
 uvicorn workers never write to the same file. Timestamps are UTC, ISO 8601 with a `Z`; an absent
-optional value is an empty cell. `ingest(data, data.live, append=True)` reads the folder as it is.
+optional value is an empty cell. `vitrine ingest --live` (`ingest_live(data)`) merges the folder into the shop.
 
 An accepted event is on disk before the caller hears so: each batch is written, flushed and
 `fsync`ed (and the folder too when the file is new) before `EventSpool.append` returns. A batch is

@@ -11,7 +11,8 @@ Each stage writes files that the next stage reads; this module is the one place 
         images/<item_id>.<ext>
       incoming/                what `generate` / `import` wrote in the contract's format, before validation
       live/events/             events posted to the service (`POST /events`), in the contract's format:
-                               events-YYYY-MM-DD-<pid>.csv per UTC day and process; `ingest(data, data.live, append=True)`
+                               events-YYYY-MM-DD-<pid>.csv per UTC day and process; `vitrine ingest --live` merges them
+      live/ingested/           spool files of past days, moved there once merged
       truth/                   synthetic shops only: ground-truth tastes, for evaluation only
       rejects/                 rows that failed validation, with the reason
       embeddings/              item_embeddings.parquet, written by `vitrine embed`
