@@ -20,6 +20,16 @@ the service only, never on the request, so a consumer's column list is stable.
 Failure modes. A missing source file, an unreachable Redis or a missing registry raise
 FeatureUnavailable; wrong entity ids, a missing event_timestamp or an empty time range raise
 InvalidInput. All are checked before anything is written, so the online store keeps what it had.
+
+A killed writer. Feast rewrites its registry file in place (truncate, then write), so a process
+killed in that write (`kill -9` of a materialize or of the pipeline) leaves it empty or cut off.
+An empty registry lists no views, and materializing "every view" would load none and succeed; a
+cut one does not parse, and every later `feast` call would fail on it. So `apply` sets a registry
+that does not parse aside (`registry.db.unreadable-<time>`, kept for a post-mortem) and writes it
+afresh from definitions.py, and `materialize` applies first whenever the registry lacks a view
+definitions.py declares. The watermarks of `materialize-incremental` are lost with such a
+registry: the next incremental run starts as a first one does, and the online store, whose rows
+only newer ones replace, ends as an uninterrupted run leaves it.
 """
 
 from __future__ import annotations
@@ -133,6 +143,7 @@ def apply(data: DataDir, online: OnlineKind = "sqlite") -> None:
     Raises:
         FeatureUnavailable: Redis unreachable (for online="redis"), or Feast rejects the definitions.
     """
+    _set_aside_unreadable_registry(data, online)
     store = open_store(data, online)
     if online == "redis":
         _check_redis(store)
@@ -174,7 +185,7 @@ def materialize(
     start = _utc(start) if start is not None else None
     if start is not None and start >= end:
         raise InvalidInput(f"materialize: empty time range [{start.isoformat()}, {end.isoformat()})")
-    if not (data.feast / REGISTRY_FILES[online]).exists():
+    if not _registry_complete(data, online):
         apply(data, online)
     store = open_store(data, online)
     known = {view.name for view in store.list_feature_views()}
@@ -201,6 +212,36 @@ def materialize(
         stats["views"][name] = round(time.perf_counter() - view_started, 3)
     stats["seconds"] = round(time.perf_counter() - began, 3)
     return stats
+
+
+def _registered_views(path: Path) -> set[str] | None:
+    """Names of the feature views the registry file at `path` holds; None when it is absent or does not parse."""
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+    from google.protobuf.message import DecodeError
+
+    proto = RegistryProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except (OSError, DecodeError):
+        return None
+    return {view.spec.name for view in proto.feature_views}
+
+
+def _registry_complete(data: DataDir, online: OnlineKind) -> bool:
+    """The registry parses and holds every feature view definitions.py declares (see "A killed writer")."""
+    from feast import FeatureView
+
+    registered = _registered_views(data.feast / REGISTRY_FILES[online])
+    declared = {d.name for d in definitions(data) if isinstance(d, FeatureView)}
+    return registered is not None and declared <= registered
+
+
+def _set_aside_unreadable_registry(data: DataDir, online: OnlineKind) -> None:
+    """Rename a registry file that does not parse (a writer killed in it), so that Feast writes a new one."""
+    path = data.feast / REGISTRY_FILES[online]
+    if path.exists() and _registered_views(path) is None:
+        stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S")
+        path.replace(path.with_name(f"{path.name}.unreadable-{stamp}"))
 
 
 def historical_features(data: DataDir, entity_df: pd.DataFrame, service: str, online: OnlineKind = "sqlite") -> pd.DataFrame:
@@ -232,7 +273,7 @@ def historical_features(data: DataDir, entity_df: pd.DataFrame, service: str, on
     """
     _check_online(online)
     frame = _checked_entity_df(entity_df)
-    if not (data.feast / REGISTRY_FILES[online]).exists():
+    if not _registry_complete(data, online):
         apply(data, online)
     store = open_store(data, online)
     refs, names = _service_features(store, service, [k for k in JOIN_KEYS.values() if k in frame.columns])
@@ -279,7 +320,7 @@ def online_features(store: "feast.FeatureStore", service: str, entity_rows: Mapp
 def feature_columns(data: DataDir, service: str, join_keys: Iterable[str] = ("user_id", "item_id")) -> list[str]:
     """The feature column names `historical_features` / `online_features` return for these join keys."""
     store = open_store(data)
-    if not (data.feast / REGISTRY_FILES["sqlite"]).exists():
+    if not _registry_complete(data, "sqlite"):
         apply(data)
     refs, names = _service_features(store, service, list(join_keys))
     return [names[ref.replace(":", "__")] for ref in refs]
