@@ -12,8 +12,8 @@ checks its directory in this order before any of it is parsed:
    with its size and sha256; a file changed, missing or not listed is refused, and so is a directory
    without a manifest (one saved before this check: re-save or retrain it);
 3. then each loader parses its own files strictly: `parse_json` (pydantic, unknown keys and wrong
-   types refused by key), `check_state_dict` (every tensor's name, shape and dtype against the module
-   its config builds, before `load_state_dict`), `check_lightgbm_text` (header, feature names and
+   types refused by key), `load_state` (every tensor's name, shape and dtype against the module its
+   config builds, compared on fake tensors before that module is built), `check_lightgbm_text` (header, feature names and
    trees of a LightGBM model text before LightGBM parses it).
 
 Each refusal is an `UntrustedArtifact` (a `ModelUnavailable`) naming the file and the reason; the
@@ -35,14 +35,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from vitrine.errors import UntrustedArtifact
 
@@ -61,6 +64,7 @@ MAX_TREES = 20_000
 LIGHTGBM_HEADER = ("tree", "version=v4")
 
 Parsed = TypeVar("Parsed")
+Module = TypeVar("Module", bound=torch.nn.Module)
 
 
 class StrictFile(BaseModel):
@@ -191,26 +195,42 @@ def parse_json(schema: type[Parsed], path: Path) -> Parsed:
         raise UntrustedArtifact(f"{path}: {where}: {first['msg']}{more}") from exc
 
 
-def check_state_dict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Load `state` into `module` (built from the config) after checking every tensor's name, shape and dtype.
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors file `path` (a format that holds no code); a file that does not parse is refused."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise UntrustedArtifact(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load_state(build: Callable[[], Module], state: Mapping[str, torch.Tensor], path: Path) -> Module:
+    """`build()` (the module a config describes) holding `state`, once every tensor's name, shape and dtype is its own.
+
+    `build` runs twice: first on fake tensors, which hold no memory, to compare the shapes, so that a
+    config asking for a billion-row table is refused instead of exhausting the machine; then for real.
 
     Raises:
-        UntrustedArtifact: a tensor missing, unknown, or of another shape or dtype, named with both.
+        UntrustedArtifact: a tensor missing, unknown, or of another shape or dtype (named, with both shapes).
     """
-    expected = module.state_dict()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True):
+        warnings.simplefilter("ignore")  # torch warns that fake tensors have no data pointer: none is read
+        expected = {name: (tuple(tensor.shape), tensor.dtype) for name, tensor in build().state_dict().items()}
     missing = [name for name in expected if name not in state]
     unknown = [name for name in state if name not in expected]
     if missing or unknown:
         raise UntrustedArtifact(f"{path}: tensors do not match the model its config builds: missing {missing[:5]}, unknown {unknown[:5]}")
-    for name, tensor in expected.items():
+    for name, (shape, dtype) in expected.items():
         found = state[name]
-        if tuple(found.shape) != tuple(tensor.shape) or found.dtype != tensor.dtype:
-            raise UntrustedArtifact(f"{path}: tensor {name}: expected {tuple(tensor.shape)} {tensor.dtype}, "
-                                    f"found {tuple(found.shape)} {found.dtype}")
+        if tuple(found.shape) != shape or found.dtype != dtype:
+            raise UntrustedArtifact(f"{path}: tensor {name}: expected {shape} {dtype}, found {tuple(found.shape)} {found.dtype}")
+    module = build()
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise UntrustedArtifact(f"{path}: does not load into the model its config builds ({exc})") from exc
+    return module
 
 
 def check_lightgbm_text(text: str, feature_names: Sequence[str], path: Path, max_trees: int = MAX_TREES) -> None:

@@ -37,11 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
-from ranking.artifact_check import StrictFile, check_model_dir, check_state_dict, parse_json, write_manifest
+from ranking.artifact_check import StrictFile, check_model_dir, load_state, parse_json, read_weights, write_manifest
 from ranking.retriever_inputs import FeatureRows, InputSpec, encode_users
 from ranking.two_tower import TwoTower, TwoTowerConfig
 from ranking.user_tower import UserTower
@@ -136,12 +135,8 @@ def load_towers(path: Path) -> tuple[TwoTower, InputSpec, dict[str, Any]]:
     if parsed.table_sizes != spec.table_sizes or parsed.content_dim != spec.content_dim:
         raise UntrustedArtifact(f"{path / CONFIG_FILE}: table sizes {parsed.table_sizes} and content dim {parsed.content_dim}, "
                                 f"but {VOCAB_FILE} makes {spec.table_sizes} and {spec.content_dim}")
-    model = TwoTower(parsed.model, parsed.table_sizes, parsed.content_dim)
-    try:
-        state = load_file(str(path / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as exc:
-        raise UntrustedArtifact(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({exc})") from exc
-    check_state_dict(model, state, path / WEIGHTS_FILE)
+    state = read_weights(path / WEIGHTS_FILE)
+    model = load_state(lambda: TwoTower(parsed.model, parsed.table_sizes, parsed.content_dim), state, path / WEIGHTS_FILE)
     return model.eval(), spec, json.loads((path / CONFIG_FILE).read_text())
 
 

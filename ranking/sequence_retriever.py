@@ -37,12 +37,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from feature_repo.covisitation import CoVisitConfig
 from ranking.ann import AnnConfig, build_index, index_kind, read_index, search, write_index
-from ranking.artifact_check import StrictFile, check_model_dir, check_state_dict, parse_json, write_manifest
+from ranking.artifact_check import StrictFile, check_model_dir, load_state, parse_json, read_weights, write_manifest
 from ranking.sequence_tower import SequenceTower, SequenceTowerConfig, pad_histories
 from ranking.user_state_kernel import StateWeights
 from vitrine.errors import ModelUnavailable, UntrustedArtifact
@@ -193,10 +192,7 @@ class SequenceRetriever:
         check_model_dir(path)
         parsed = parse_json(SequenceConfigFile, path / CONFIG_FILE)
         config = json.loads((path / CONFIG_FILE).read_text())
-        try:
-            state = load_file(str(path / WEIGHTS_FILE))
-        except (SafetensorError, OSError) as exc:
-            raise UntrustedArtifact(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({exc})") from exc
+        state = read_weights(path / WEIGHTS_FILE)
         # The content buffer is data the tower is built around: its shape is the config's, then every tensor is checked.
         content = state.get("content")
         uses_content = parsed.model.use_content and parsed.content_dim > 0
@@ -204,8 +200,8 @@ class SequenceRetriever:
         if content is None or tuple(content.shape) != expected:
             found = None if content is None else tuple(content.shape)
             raise UntrustedArtifact(f"{path / WEIGHTS_FILE}: tensor content: expected {expected}, found {found}")
-        tower = SequenceTower(parsed.model, parsed.n_items, content.numpy() if uses_content else None)
-        check_state_dict(tower, state, path / WEIGHTS_FILE)
+        content_rows = content.numpy() if uses_content else None
+        tower = load_state(lambda: SequenceTower(parsed.model, parsed.n_items, content_rows), state, path / WEIGHTS_FILE)
         item_ids = [str(i) for i in json.loads((path / ITEM_IDS_FILE).read_text())]
         known = np.load(path / KNOWN_FILE)
         vectors = np.load(path / VECTORS_FILE)

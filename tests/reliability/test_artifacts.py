@@ -99,6 +99,18 @@ def config_other_shape(model: Path, trap: Path) -> None:
     edit_config(model, trap, reseal=True, change=lambda c: c["model"].update(output_dim=c["model"]["output_dim"] + 1))
 
 
+# Wider than any machine's memory: built for real, its first layer alone would be 2**31 x 64 floats (512 GiB).
+HUGE = 2**31
+
+
+def config_huge_layer(model: Path, trap: Path) -> None:
+    edit_config(model, trap, reseal=True, change=lambda c: c["model"].update(hidden_dim=HUGE))
+
+
+def config_huge_feedforward(model: Path, trap: Path) -> None:
+    edit_config(model, trap, reseal=True, change=lambda c: c["model"].update(feedforward_dim=HUGE))
+
+
 def weights_wrong_shape(model: Path, trap: Path) -> None:
     state = load_file(str(model / "model.safetensors"))
     name = next(name for name, tensor in state.items() if tensor.ndim == 2)
@@ -175,6 +187,7 @@ TWO_TOWER = [
     Tampering("config.json-wrong-type-resealed", RETRIEVER_MODEL, config_wrong_type, ("config.json", "model.hidden_dim", "integer")),
     Tampering("config.json-other-shape-resealed", RETRIEVER_MODEL, config_other_shape, ("model.safetensors", "expected (", "found (")),
     Tampering("safetensors-wrong-shape-resealed", RETRIEVER_MODEL, weights_wrong_shape, ("model.safetensors", "tensor ", "expected (", "found (")),
+    Tampering("config.json-huge-layer-resealed", RETRIEVER_MODEL, config_huge_layer, ("model.safetensors", f"expected ({HUGE}, ", "found (")),
     Tampering("model.txt-not-lightgbm-resealed", RANKER_MODEL, not_lightgbm, ("model.txt", "not a LightGBM model", "import pathlib")),
     Tampering("model.txt-tree-edited-resealed", RANKER_MODEL, lightgbm_tree_edited, ("model.txt", "tree_sizes")),
     Tampering("model.txt-other-features-resealed", RANKER_MODEL, lightgbm_other_features, ("model.txt", "feature_names")),
@@ -190,6 +203,7 @@ NEXT_ITEM = [
     Tampering("config.json-unknown-setting-resealed", RETRIEVER_MODEL, covisitation_unknown_setting, ("config.json", "covisitation.loader")),
     Tampering("content-wrong-shape-resealed", RETRIEVER_MODEL, content_wrong_shape, ("model.safetensors", "tensor content", "expected (", "found (")),
     Tampering("safetensors-wrong-shape-resealed", RETRIEVER_MODEL, weights_wrong_shape, ("model.safetensors", "tensor ", "expected (", "found (")),
+    Tampering("config.json-huge-feedforward-resealed", RETRIEVER_MODEL, config_huge_feedforward, ("model.safetensors", f"expected ({HUGE}, ")),
     Tampering("model.txt-not-lightgbm-resealed", RANKER_MODEL, not_lightgbm, ("model.txt", "not a LightGBM model", "import pathlib")),
     Tampering("manifest-missing", RANKER_MODEL, manifest_missing, ("manifest.json", "missing")),
 ]
