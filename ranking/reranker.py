@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -243,6 +244,7 @@ class Reranker:
 
         Raises:
             ModelUnavailable: no such alias, or its files do not load.
+            UntrustedArtifact: its files are not what `save_ranker` wrote; the download is deleted.
         """
         import mlflow
         from mlflow.exceptions import MlflowException
@@ -270,6 +272,7 @@ class Reranker:
         try:
             return cls.load(local, blend=blend, version=f"{name}/{model_version.version}")
         except UntrustedArtifact as exc:
+            shutil.rmtree(local, ignore_errors=True)  # no refused file (a pickle, say) stays in the data dir
             raise UntrustedArtifact(f"{name} v{model_version.version}: {exc}") from exc
 
     def with_blend(self, blend: BlendConfig) -> "Reranker":

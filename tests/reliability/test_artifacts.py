@@ -295,6 +295,7 @@ def refused_then_clean(case: Tampering, watched: Watched, tmp_path: Path, caplog
 
     assert kept
     assert not trap.exists(), "something unpickled the tampered file"
+    assert not (watched.data.models / "ranker" / "registry" / f"v{version}").exists()  # the ranker's download is not kept
     for error in (state.last_error, body["last_error"]):
         assert error is not None and f"{case.model} v{version}" in error
         assert all(word in error for word in case.reason), error
@@ -346,5 +347,5 @@ def test_a_service_starting_on_a_tampered_champion_is_not_ready_and_says_why(
     assert answer.status_code == 503 and not body["ready"]
     assert f"{RANKER_MODEL} v{version}" in body["last_error"] and "model.pkl" in body["last_error"]
     assert recommend.status_code == 503
-    assert not trap.exists()
+    assert not trap.exists() and not (data.models / "ranker" / "registry" / f"v{version}").exists()
     assert any("model.pkl" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records if r.name == WATCHER_LOG)
