@@ -745,8 +745,8 @@ def check_bundle(bundle: ModelBundle) -> ModelBundle:
 
     Raises:
         ModelUnavailable: the retriever's index does not match its item ids, its vectors have another
-            dimension than its user tower, the ranker ranks another kind of candidates, or its features
-            differ from what this code builds.
+            dimension than its user tower, the ranker ranks another kind of candidates, its features
+            differ from what this code builds, or a next-item ranker comes from another fit than the retriever.
     """
     from ranking.reranker import FEATURES_OF, NEXT_ITEM, SESSION, feature_list_difference
     from ranking.retriever import Retriever
@@ -770,6 +770,14 @@ def check_bundle(bundle: ModelBundle) -> ModelBundle:
     difference = feature_list_difference(tuple(bundle.reranker.feature_names), FEATURES_OF[wanted])
     if difference is not None:
         raise ModelUnavailable(f"ranker {bundle.reranker.version}: {difference}")
+    # A next-item ranker learned from its own fit's tower and co-visitation; with another fit's it would
+    # serve, quietly worse. The aliases move one model at a time, so a poll between the two moves sees
+    # two fits: refusing that bundle keeps the old pair serving until both aliases name one fit.
+    ranker_fit = bundle.reranker.metadata.lineage.get("run_id")
+    retriever_fit = retriever.config.get("lineage", {}).get("run_id") if retriever.kind == "sequence" else None
+    if ranker_fit and retriever_fit and ranker_fit != retriever_fit:
+        raise ModelUnavailable(f"ranker {bundle.reranker.version} was fitted with the retriever of run {ranker_fit}, not with "
+                               f"retriever {retriever.version} (run {retriever_fit}): waiting for both aliases to name one fit")
     known = bundle.items.table.positions(retriever.item_ids[: min(len(retriever.item_ids), 1000)])
     if len(known) and (known < 0).all():
         raise ModelUnavailable(f"retriever {retriever.version}: none of its items is in the current catalog")

@@ -20,7 +20,7 @@ import pytest
 
 from tests.reliability.load import Answer, Traffic, served, server_log
 from tests.servers import free_port, start_redis
-from tests.shops import register_dir, replayed_shop, served_next_item_shop
+from tests.shops import replayed_shop, served_next_item_shop, tiny_next_item_config
 from vitrine.paths import DataDir
 
 pytestmark = pytest.mark.slow
@@ -54,13 +54,6 @@ def pair(answer: Answer) -> tuple[str, str]:
     """The (retriever, ranker) registry versions that gave an answer."""
     versions = dict(answer.versions)
     return versions.get("retriever", "").split("/")[-1], versions.get("ranker", "").split("/")[-1]
-
-
-def download_version(data: DataDir, name: str, version: str, into: Path) -> Path:
-    import mlflow
-
-    source = mlflow.MlflowClient().get_model_version(name, version).source
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into)))
 
 
 def record(record_property, answers: list[Answer], outcome: str) -> None:
@@ -124,10 +117,11 @@ def test_redis_stopped_and_restarted_degrades_then_recovers_without_restart(copy
     assert settled and not any(a.degraded for a in settled)
 
 
-def test_new_champion_mid_load_fails_no_request_and_never_mixes_versions(copy_of, tmp_path: Path, record_property) -> None:
+def test_new_champion_mid_load_fails_no_request_and_never_mixes_versions(copy_of, record_property) -> None:
     import mlflow
 
     from training.promotion import _ranker_last
+    from training.train_next_item import train_next_item
     from vitrine.tracking import CHAMPION_ALIAS, configure
 
     data = copy_of(served_next_item_shop())
@@ -136,9 +130,8 @@ def test_new_champion_mid_load_fails_no_request_and_never_mixes_versions(copy_of
     old = {name: str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) for name in ("vitrine-retriever", "vitrine-ranker")}
     with served(data.root) as base, Traffic(base, paths_of(data)) as traffic:
         time.sleep(PHASE_S)
-        # The same models again as new versions: registered first, then the aliases move (the ranker last, as `promote` does).
-        new = {name: register_dir(data, name, download_version(data, name, version, tmp_path / name), alias=None)
-               for name, version in old.items()}  # fmt: skip
+        # A new fit while the old one serves, then its aliases move one model at a time, the ranker last, as `promote` does.
+        new = train_next_item(data, tiny_next_item_config(), show_progress=False).versions
         swap_at = traffic.elapsed()
         for name in _ranker_last(new):
             client.set_registered_model_alias(name, CHAMPION_ALIAS, new[name])
@@ -156,6 +149,37 @@ def test_new_champion_mid_load_fails_no_request_and_never_mixes_versions(copy_of
     assert pairs == {old_pair, new_pair}, pairs  # no answer from a retriever of one fit and a ranker of another
     last = max(a.at for a in answers if pair(a) == old_pair)
     assert all(pair(a) == new_pair for a in answers if a.at > last), "the old pair came back after the new one served"
+
+
+def test_aliases_naming_two_fits_keep_the_old_pair_serving(copy_of, record_property) -> None:
+    """The moment between the two alias moves of a promotion, held still: the watcher must not serve it."""
+    import mlflow
+
+    from feature_repo.store import open_store
+    from ranking.model_watcher import ModelWatcher, ServingState
+    from training.train_next_item import train_next_item
+    from vitrine.tracking import CHAMPION_ALIAS, configure
+
+    data = copy_of(served_next_item_shop())
+    state = ServingState()
+    watcher = ModelWatcher(data, open_store(data), state)
+    assert watcher.poll_once() and state.recommender is not None
+    serving = dict(state.recommender.bundle.versions)
+    new = train_next_item(data, tiny_next_item_config(), show_progress=False).versions
+    configure(data)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("vitrine-retriever", CHAMPION_ALIAS, new["vitrine-retriever"])
+    assert not watcher.poll_once()
+    assert state.recommender.bundle.versions == serving
+    assert "waiting for both aliases to name one fit" in (state.last_error or "")
+    assert len(state.recommender.recommend(users(data)[0], k=5)) == 5
+    client.set_registered_model_alias("vitrine-ranker", CHAMPION_ALIAS, new["vitrine-ranker"])
+    assert watcher.poll_once()
+    versions = state.recommender.bundle.versions
+    assert (versions["retriever"].split("/")[-1], versions["ranker"].split("/")[-1]) == (new["vitrine-retriever"], new["vitrine-ranker"])
+    assert state.last_error is None
+    record_property("versions_lost", 0)
+    record_property("outcome", "retriever alias moved alone: refused, old pair served; ranker moved too: the new pair served")
 
 
 def test_stale_features_are_flagged_under_load_and_cleared_by_materializing(copy_of, record_property) -> None:
