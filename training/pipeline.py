@@ -382,17 +382,20 @@ def _close_interrupted_attempt(client: MlflowClient, state: RunState, step: str)
 def _drop_earlier_attempts(client: MlflowClient, parent: str, step: str, child: str) -> list[str]:
     """Delete the model versions that earlier attempts of `step` in this pipeline run registered; "name/version" each.
 
-    Such a version was never handed on: its attempt died or failed before the step was recorded,
-    and the attempt that just finished registered its own. A version `@champion` points to is kept
-    whatever made it (serving follows the alias). The data dir's lock guarantees no attempt of this
-    run is alive but the caller's.
+    Such a version was never handed on: its attempt died or failed before the step was recorded.
+    Only a model the finishing attempt registered again loses its earlier versions (the step's
+    output names the new one); a model it did not register keeps them, since the step may be using
+    what the dead attempt left (the embed step reuses an encoder a killed attempt saved). A
+    version `@champion` points to is kept whatever made it: serving follows the alias. The data
+    dir's lock guarantees that no attempt of this run is alive but the caller's.
     """
     from vitrine.tracking import CHAMPION_ALIAS
 
+    versions = [v for v in client.search_model_versions(f"tags.{PIPELINE_RUN_TAG} = '{parent}'") if v.tags.get(STEP_TAG) == step]
+    registered_now = {v.name for v in versions if v.tags.get(STEP_RUN_TAG) == child}
     dropped = []
-    for version in client.search_model_versions(f"tags.{PIPELINE_RUN_TAG} = '{parent}'"):
-        tags = version.tags
-        if tags.get(STEP_TAG) != step or tags.get(STEP_RUN_TAG) in (None, child) or CHAMPION_ALIAS in version.aliases:
+    for version in versions:
+        if version.tags.get(STEP_RUN_TAG) == child or version.name not in registered_now or CHAMPION_ALIAS in version.aliases:
             continue
         client.delete_model_version(version.name, version.version)
         dropped.append(f"{version.name}/{version.version}")

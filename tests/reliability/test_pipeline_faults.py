@@ -24,7 +24,18 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from training.pipeline import HOLD_AFTER_ENV, PIPELINE_RUN_TAG, STEP_RUN_TAG, STEP_TAG, STEPS
+from training.pipeline import (
+    HOLD_AFTER_ENV,
+    PIPELINE_RUN_TAG,
+    STEP_RUN_TAG,
+    STEP_TAG,
+    STEPS,
+    PipelineConfig,
+    Step,
+    StepContext,
+    StepFailed,
+    run_pipeline,
+)
 from training.pipeline_lock import PipelineBusy, pipeline_lock
 from vitrine.paths import DataDir
 from vitrine.tracking import CHAMPION_ALIAS, RANKER_MODEL, RETRIEVER_MODEL
@@ -160,6 +171,50 @@ def test_a_second_run_refuses_at_once_or_waits_for_the_first(hand_made_data: Dat
             with pipeline_lock(data):
                 pass
     record_property("outcome", f"second run refused in {refused_in:.1f}s naming pid {first.pid}; a --wait run took over after kill -9")
+
+
+# --- a step that dies after registering, retried ------------------------------------------------
+
+TEST_MODEL = "vitrine-test-faults"
+
+
+def register_then_maybe_fail(ctx: StepContext) -> dict[str, Any]:
+    """A stage's way of registering (files logged, then the version), then a failure until data/fixed exists."""
+    import mlflow
+
+    from vitrine import tracking
+
+    folder = ctx.data.root / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / "weights.txt").write_text("weights")
+    tracking.configure(ctx.data)
+    with mlflow.start_run(run_name="stage") as run:
+        mlflow.log_artifacts(str(folder), artifact_path="model")
+        version = tracking.register_model(TEST_MODEL, f"{run.info.artifact_uri}/model", run.info.run_id, {})
+    if not (ctx.data.root / "fixed").exists():
+        raise RuntimeError("died after registering")
+    return {"version": version}
+
+
+def test_a_retried_step_leaves_one_version_not_one_per_attempt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               record_property: Callable[[str, object], None]) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    data = DataDir(tmp_path / "data")
+    steps = (Step("train", register_then_maybe_fail, "registers, then fails until fixed"),)
+    with pytest.raises(StepFailed):
+        run_pipeline(data, PipelineConfig(progress=False), steps)
+    client = tracking_client(data)
+    assert [v.version for v in client.search_model_versions(f"name = '{TEST_MODEL}'")] == [1]
+
+    (data.root / "fixed").touch()
+    result = run_pipeline(data, PipelineConfig(progress=False), steps)
+    versions = client.search_model_versions(f"name = '{TEST_MODEL}'")
+    assert [str(v.version) for v in versions] == [result.steps["train"].outputs["version"]] == ["2"]
+    assert versions[0].tags[STEP_RUN_TAG] == result.steps["train"].run_id and versions[0].tags[PIPELINE_RUN_TAG] == result.parent_run_id
+    assert client.get_run(result.steps["train"].run_id).data.tags["pipeline.dropped_versions"] == f"{TEST_MODEL}/1"
+    record_property("versions_lost", 0)
+    record_property("outcome", "a step failed after registering v1, retried: v1 dropped, v2 the only version and the step's output")
 
 
 # --- kill -9 in every step, resumed ---------------------------------------------------------------
