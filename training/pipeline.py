@@ -237,20 +237,37 @@ def _external_parent(client: MlflowClient) -> str | None:
 def _open_state(data: DataDir, config: PipelineConfig, uri: str, client: MlflowClient) -> tuple[RunState, bool]:
     since = config.since.isoformat() if config.since else None
     parent = _external_parent(client)
-    if config.resume:
-        state = RunState.latest_unfinished(data.pipeline, since=since, tracking_uri=uri)
-        if state is not None:
-            try:
-                client.get_run(state.parent_run_id)
-                return state, True
-            except MlflowException:
-                pass  # parent run deleted from the store: start afresh
+    unfinished = RunState.latest_unfinished(data.pipeline, since=since, tracking_uri=uri)
+    if unfinished is not None and config.resume:
+        try:
+            client.get_run(unfinished.parent_run_id)
+            return unfinished, True
+        except MlflowException:
+            pass  # parent run deleted from the store: start afresh
+    elif unfinished is not None and unfinished.status == RUNNING:
+        _close_abandoned_run(client, unfinished)
     if parent is None:
         experiment = mlflow.get_experiment_by_name(config.experiment)
         assert experiment is not None  # created by tracking.configure
         run_name = f"pipeline {datetime.now(timezone.utc):%Y-%m-%d %H:%M}" + (f" since {since}" if since else "")
         parent = client.create_run(experiment.experiment_id, run_name=run_name).info.run_id
     return RunState.new(data.pipeline, parent_run_id=parent, since=since, tracking_uri=uri), False
+
+
+def _close_abandoned_run(client: MlflowClient, state: RunState) -> None:
+    """`--no-resume` after a run was killed: its MLflow runs (parent, the step it died in) are closed as KILLED.
+
+    A state still `running` while we hold the lock belongs to a dead process; left alone, its runs
+    would say RUNNING in `mlflow ui` for ever.
+    """
+    for step, record in state.steps.items():
+        if record.status == RUNNING:
+            _close_interrupted_attempt(client, state, step)
+    try:
+        if client.get_run(state.parent_run_id).info.status == "RUNNING":
+            client.set_terminated(state.parent_run_id, "KILLED")
+    except MlflowException:
+        pass  # deleted from the store: nothing to close
 
 
 def run_pipeline(data: DataDir, config: PipelineConfig | None = None, steps: tuple[Step, ...] | None = None) -> PipelineResult:

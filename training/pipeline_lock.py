@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vitrine.errors import VitrineError
+from vitrine.errors import StorageUnavailable, VitrineError
 from vitrine.paths import DataDir
 
 # The lock file under `data/pipeline/` (a dot file: `RunState.latest_unfinished` globs *.json).
@@ -56,16 +56,21 @@ def pipeline_lock(data: DataDir, wait_s: float = 0.0) -> Iterator[Path]:
 
     Raises:
         PipelineBusy: the lock is still held after `wait_s` seconds.
+        StorageUnavailable: the lock file cannot be created (a read-only or full data dir).
     """
     path = lock_path(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_RDWR without O_TRUNC: opening must not wipe the holder's note before we own the lock.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_RDWR without O_TRUNC: opening must not wipe the holder's note before we own the lock.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageUnavailable(f"{path}: cannot open the pipeline lock ({exc.strerror or exc})") from exc
     try:
         _acquire(fd, path, data, wait_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _holder_note().encode(), 0)
-        os.fsync(fd)
+        with contextlib.suppress(OSError):  # the note only informs; a full disk must not stop the run here
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _holder_note().encode(), 0)
+            os.fsync(fd)
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the flock

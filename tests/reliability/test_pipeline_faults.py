@@ -126,7 +126,7 @@ def hand_made_data(tmp_path: Path) -> DataDir:
     return hand_made(DataDir(tmp_path / "data"))
 
 
-def test_a_second_run_refuses_at_once_or_waits_for_the_first(hand_made_data: DataDir, tmp_path: Path,
+def test_a_second_run_refuses_at_once_or_waits_for_the_first(hand_made_data: DataDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               record_property: Callable[[str, object], None]) -> None:
     data = hand_made_data
     first_log = tmp_path / "first.log"
@@ -170,6 +170,15 @@ def test_a_second_run_refuses_at_once_or_waits_for_the_first(hand_made_data: Dat
         with pytest.raises(PipelineBusy, match="another pipeline run holds"):
             with pipeline_lock(data):
                 pass
+
+    # --no-resume after the kills: the abandoned run's MLflow runs are closed; none says RUNNING for ever.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    abandoned = newest_state(data)["parent_run_id"]
+    fresh = run_pipeline(data, PipelineConfig(resume=False, progress=False), (Step("noop", lambda ctx: {}, "does nothing"),))
+    client = tracking_client(data)
+    assert fresh.parent_run_id != abandoned and client.get_run(abandoned).info.status == "KILLED"
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()], "attributes.status = 'RUNNING'")
     record_property("outcome", f"second run refused in {refused_in:.1f}s naming pid {first.pid}; a --wait run took over after kill -9")
 
 
