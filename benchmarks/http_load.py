@@ -72,6 +72,16 @@ def wait_ready(base: str, server: subprocess.Popen[bytes] | None, workers: int) 
     raise SystemExit(f"{base} not ready after {SERVER_START_TIMEOUT_S} s")
 
 
+def stop_server(server: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if the server has not exited within `grace_s` seconds."""
+    server.terminate()
+    try:
+        server.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=5)
+
+
 class Connections:
     """Keep-alive HTTP/1.1 connections to one loopback server, for GETs of small JSON answers.
 
@@ -217,12 +227,7 @@ def main() -> None:
         print(json.dumps(report, indent=2))
     finally:
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=5)
+            stop_server(server)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,13 @@ def start_redis(port: int, workdir: Path) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"redis-server did not start on {port}")
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if `process` has not exited within `grace_s` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)

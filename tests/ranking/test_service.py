@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from ranking.recommender import MAX_K
 from ranking.service import ServiceConfig, create_app
-from tests.servers import free_port
+from tests.servers import free_port, stop
 from tests.shops import served_shop
 from vitrine.paths import DataDir
 
@@ -209,12 +209,7 @@ def test_real_uvicorn_process_on_loopback(data: DataDir, known_user: str) -> Non
             assert np.median(latencies) < 1.0  # sanity only; benchmarks/http_load.py measures
             assert http.get("/recommend/bad%20id").status_code == 422
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=5)
+        stop(server)
 
 
 def metric(metrics_text: str, name: str, **labels: str) -> float:

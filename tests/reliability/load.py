@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import free_port
+from tests.servers import free_port, stop
 
 # A fresh process imports torch, Feast and MLflow and loads the models: tens of seconds on a busy box.
 SERVER_START_TIMEOUT_S = 180.0
@@ -53,12 +53,7 @@ def served(data_root: Path, env: dict[str, str] | None = None, *, online: str = 
                 time.sleep(0.25)
             yield base
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=5)
+            stop(server)
 
 
 def server_log(data_root: Path) -> str:
