@@ -10,14 +10,14 @@ parent run and each step in a nested child run, so `mlflow ui` shows one tree pe
 - Resumable: a re-run continues the newest unfinished run from its failed step (same parent run),
   skipping finished steps; `--no-resume` starts over. A run killed outright (`kill -9`, OOM) is
   resumed the same way: its step is still `running` in the state file, and its MLflow runs are
-  closed as KILLED when the re-run starts.
+  closed as KILLED when the re-run (or a `--no-resume` one) starts.
 - One run per data dir: `run_pipeline` holds `data/pipeline/.lock` (`training.pipeline_lock`) for
   the whole run; a second one refuses (`PipelineBusy`) or waits `wait_s`.
 - No duplicate versions: every model version a step registers is tagged, at its creation, with
   the pipeline run, the step and the step's attempt (`vitrine.tracking.registrations_tagged`).
-  When an attempt finishes, the versions earlier attempts of that step registered and never
-  handed on (the attempt died or failed before it was recorded) are deleted from the registry,
-  so a resumed run holds as many versions as an uninterrupted one.
+  When an attempt finishes, the versions earlier attempts of that step registered of the same
+  models and never handed on (the attempt died or failed before it was recorded) are deleted
+  from the registry, so a resumed run holds as many versions as an uninterrupted one.
 - A failed step ends its child run and the parent FAILED and the run never reaches `promote`, so
   the champion stays where it was.
 - Serving (`ranking.service`) polls the `@champion` alias: the alias moves in `promote` and
@@ -66,8 +66,8 @@ YESTERDAY = "YESTERDAY"
 PIPELINE_EXPERIMENT = "vitrine"
 # Tag that marks a parent run as a pipeline run, for `mlflow ui` filters: tags.vitrine.pipeline = 'true'.
 PIPELINE_TAG = "vitrine.pipeline"
-# Tags of every model version a step registers (and of the stage runs linked to a step): the
-# pipeline's parent run, the step, and the step's child run (one per attempt).
+# Tags of every model version a step registers: the pipeline's parent run, the step, and the
+# step's child run (one per attempt).
 PIPELINE_RUN_TAG, STEP_TAG, STEP_RUN_TAG = "pipeline_run_id", "pipeline.step", "pipeline.step_run_id"
 # Fault-injection seam of the reliability tests (tests/reliability/test_pipeline_faults.py): a comma
 # list of step names; after each one's work returned, and before it is recorded as done (the widest
