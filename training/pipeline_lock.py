@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vitrine.errors import StorageUnavailable, VitrineError
+from vitrine.errors import Busy, StorageUnavailable
 from vitrine.paths import DataDir
 
 # The lock file under `data/pipeline/` (a dot file: `RunState.latest_unfinished` globs *.json).
@@ -36,10 +36,8 @@ LOCK_FILE = ".lock"
 WAIT_POLL_S = 1.0
 
 
-class PipelineBusy(VitrineError):
+class PipelineBusy(Busy):
     """Another pipeline run holds the data dir's lock (exit 6). The message names its pid and start time."""
-
-    exit_code = 6
 
 
 def lock_path(data: DataDir) -> Path:

@@ -9,7 +9,8 @@
     ├── FeatureUnavailable       the feature store cannot answer (source missing, Redis down) (exit 3, HTTP 503)
     ├── ModelUnavailable         a model or index is absent or does not load (exit 4, HTTP 503)
     │   └── UntrustedArtifact    a model dir not as its saver wrote it: a pickle, a changed file, odd config
-    └── StorageUnavailable       a file under the data dir cannot be written: read-only, full, no permission (exit 5, HTTP 503)
+    ├── StorageUnavailable       a file under the data dir cannot be written: read-only, full, no permission (exit 5, HTTP 503)
+    └── Busy                     another process holds the data dir's lock (a pipeline run) (exit 6)
 
 The CLI (`vitrine.cli`) and the HTTP layer (`ranking.service`) map these to exit and status codes,
 each in one place. Messages name the file, row, field and value wherever there is one.
@@ -86,3 +87,9 @@ class UntrustedArtifact(ModelUnavailable):
     """A model directory that is not what Vitrine's own savers wrote: a pickle-capable file, a file changed
     since its manifest was written, a config with unknown keys or wrong types, tensors of other shapes than
     its config implies, a model text that is not LightGBM's (`ranking.artifact_check`). Never loaded."""
+
+
+class Busy(VitrineError):
+    """Another process holds a lock this work needs (a pipeline run over the same data dir); the message names it."""
+
+    exit_code = 6
