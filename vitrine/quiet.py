@@ -23,6 +23,9 @@ NOISY_PACKAGES = ("torchrec", "fbgemm_gpu", "torch", "sqlalchemy", "feast", "mlf
 NOISY_MESSAGES: tuple[tuple[type[Warning], str], ...] = (
     (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor"),
     (Warning, r".*unsafe cast from uint64 to int64"),  # ranx's numba kernels (NumbaTypeSafetyWarning)
+    # Importing Feast sets PROMETHEUS_MULTIPROC_DIR for the whole process (feast/metrics.py), and then every
+    # `clear()` of a labelled metric warns; the service's metrics live in their own registry, where it works.
+    (UserWarning, r"Clearing labels has not been implemented in multi-process mode"),
 )
 # torch.fx logs (not warns) once when torchrec asks whether it is being traced.
 NOISY_LOGGERS = ("torch.fx._symbolic_trace",)
