@@ -236,8 +236,13 @@ class Metrics:
     """The service's Prometheus metrics, in a registry of its own (one per app, so tests can build many)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
+        # Importing Feast turns on prometheus_client's multiprocess mode for the whole process (feast/metrics.py
+        # sets PROMETHEUS_MULTIPROC_DIR before it imports prometheus_client), which keeps every value in a file
+        # per pid and metric name: two apps in one process would add up each other's counts, and `clear()`
+        # would clear nothing. Each worker is scraped on its own, so the values stay in process.
+        values.ValueClass = values.MutexValue
         self.registry = CollectorRegistry()
         self.requests = Counter("vitrine_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram("vitrine_request_latency_seconds", "HTTP request latency by endpoint", ["endpoint"], buckets=REQUEST_BUCKETS, registry=self.registry)

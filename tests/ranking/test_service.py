@@ -280,3 +280,18 @@ def test_worker_config_travels_through_the_environment(tmp_path: Path, monkeypat
 def load_failures(metrics_text: str) -> float:
     lines = [line for line in metrics_text.splitlines() if line.startswith("vitrine_model_load_failures_total ")]
     return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_apps_in_one_process_count_on_their_own_even_after_feast_turned_multiprocess_mode_on(tmp_path: Path, monkeypatch) -> None:
+    from prometheus_client import generate_latest, values
+
+    from ranking.service import Metrics
+
+    # What importing feast.metrics first does: prometheus_client's values in files per pid and metric name.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    first = Metrics()
+    first.events.inc(3)
+    second = Metrics()  # a later app in the same process (the next test, or a reloaded app)
+    second.events.inc(1)
+    assert "vitrine_events_accepted_total 1.0" in generate_latest(second.registry).decode()
